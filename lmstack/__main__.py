@@ -1,0 +1,3 @@
+from lmstack.cli import main
+
+raise SystemExit(main())

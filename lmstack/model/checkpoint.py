@@ -1,0 +1,264 @@
+"""Checkpoints are Hugging Face model folders; `load` also takes a GGUF file or a hub name.
+
+A folder holds config.json, model.safetensors, tokenizer.json (+ tokenizer_config.json),
+generation_config.json and lmstack.json (stage, parent, arguments, metrics). Writes are atomic: the
+folder is built under a temporary name and renamed into place, so a killed run never leaves half a
+checkpoint where a good one was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lmstack.errors import LmstackError
+from lmstack.model.config import ModelConfig
+from lmstack.model.hf import config_from_hf, config_to_hf, state_from_hf, state_to_hf
+from lmstack.model.transformer import Transformer
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise LmstackError(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise LmstackError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+
+
+def build_model(cfg: ModelConfig, device="cpu", dtype=torch.float32, init: bool = True) -> Transformer:
+    """A model with fresh weights (init=True) or uninitialised storage for loading into (fast for big ones)."""
+    if init:
+        return Transformer(cfg).to(device=device, dtype=dtype)
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    model = model.to_empty(device=device).to(dtype)
+    if cfg.tie_embeddings:
+        model.lm_head.weight = model.tok_emb.weight
+    if not cfg.is_gpt2:
+        from lmstack.model.transformer import rope_inv_freq
+        model.inv_freq = rope_inv_freq(cfg).to(device)
+    return model
+
+
+def _load_file(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.name.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise LmstackError(f"{path}: weights file not found") from None
+    except Exception as e:  # safetensors/pickle errors have many types; all mean the file is unusable
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise LmstackError(f"{path}: corrupt or unreadable weights file ({msg})") from None
+
+
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    for name in WEIGHT_FILES:
+        p = folder / name
+        if not p.exists():
+            continue
+        if name.endswith(".index.json"):
+            index = read_json(p)
+            sd = {}
+            for shard in sorted(set(index.get("weight_map", {}).values())):
+                sd.update(_load_file(folder / shard))
+            return sd
+        return _load_file(p)
+    raise LmstackError(f"{folder}: no weights file (expected one of {', '.join(WEIGHT_FILES)})")
+
+
+@dataclass
+class LM:
+    """A model with its tokenizer: what `lmstack.load` returns and every stage passes around."""
+
+    model: Transformer
+    tokenizer: object | None = None  # lmstack.tokenizer.Tokenizer
+    generation_config: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)  # lmstack.json: stage, parent, args, metrics
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.cfg
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device=None, dtype=None) -> LM:
+        self.model.to(device=device, dtype=dtype)
+        return self
+
+    def __call__(self, ids) -> torch.Tensor:
+        """Logits [B, T, vocab] for token ids (a list, a list of lists or a tensor)."""
+        if not torch.is_tensor(ids):
+            ids = torch.tensor(ids if ids and isinstance(ids[0], list) else [ids])
+        with torch.inference_mode():
+            return self.model(ids.to(self.device))
+
+    def encode(self, text: str) -> list[int]:
+        self._need_tokenizer()
+        return self.tokenizer.encode(text)
+
+    def _need_tokenizer(self):
+        if self.tokenizer is None:
+            raise LmstackError("this checkpoint has no tokenizer (tokenizer.json); pass token ids instead")
+
+    def sampling(self, **kw):
+        from lmstack.infer.sampling import SamplingParams
+        return SamplingParams(**kw)
+
+    def generate(self, prompts, **sampling):
+        """Text (or token-id) prompts in, completions out. Returns a str for one str prompt."""
+        from lmstack.infer.engine import generate
+        single = isinstance(prompts, str) or (prompts and isinstance(prompts[0], int))
+        batch = [prompts] if single else list(prompts)
+        ids = [self.encode(p) if isinstance(p, str) else list(p) for p in batch]
+        outs = generate(self.model, ids, self.sampling(**sampling), self.tokenizer)
+        if self.tokenizer is None:
+            return outs[0] if single else outs
+        texts = [o.text for o in outs]
+        return texts[0] if single else texts
+
+    def chat_ids(self, messages) -> list[int]:
+        self._need_tokenizer()
+        return self.tokenizer.encode_chat(messages, add_generation_prompt=True)[0]
+
+    def chat(self, messages, **sampling) -> str:
+        from lmstack.infer.engine import generate
+        return generate(self.model, [self.chat_ids(messages)], self.sampling(**sampling), self.tokenizer)[0].text
+
+    def stream(self, prompt_ids: list[int], **sampling):
+        from lmstack.infer.engine import stream
+        self._need_tokenizer()
+        return stream(self.model, [prompt_ids], self.sampling(**sampling), self.tokenizer)
+
+    def save(self, path, **meta) -> Path:
+        return save(self, path, **meta)
+
+
+def save(lm: LM, path, **meta) -> Path:
+    """Write a checkpoint folder atomically. Extra keyword arguments are merged into lmstack.json."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        cfg = lm.config
+        hf = config_to_hf(cfg)
+        dtype = lm.model.tok_emb.weight.dtype
+        hf["torch_dtype"] = str(dtype).replace("torch.", "")
+        (tmp / "config.json").write_text(json.dumps(hf, indent=2))
+        save_file(state_to_hf(lm.model.state_dict(), cfg), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if lm.tokenizer is not None:
+            lm.tokenizer.save(tmp)
+        gen = dict(lm.generation_config)
+        gen.setdefault("bos_token_id", cfg.bos_token_id)
+        gen.setdefault("eos_token_id", cfg.eos_token_id)
+        if cfg.pad_token_id is not None:
+            gen.setdefault("pad_token_id", cfg.pad_token_id)
+        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
+        info = {**lm.meta, **meta, "lmstack_config": cfg.to_dict()}
+        (tmp / "lmstack.json").write_text(json.dumps(info, indent=2, default=str))
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _check_tokenizer_fits(tok, cfg: ModelConfig, where):
+    if tok is not None and tok.vocab_size > cfg.vocab_size:
+        raise LmstackError(
+            f"{where}: tokenizer has {tok.vocab_size} tokens but the model's vocab_size is {cfg.vocab_size}"
+        )
+
+
+def load_folder(folder: Path, device="cpu", dtype=torch.float32) -> LM:
+    from lmstack.tokenizer import Tokenizer
+
+    cfg = config_from_hf(read_json(folder / "config.json"), where=str(folder / "config.json"))
+    sd = state_from_hf(read_weights(folder), cfg, where=str(folder))
+    model = build_model(cfg, device=device, dtype=dtype, init=False)
+    model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=True)
+    model.eval()
+    tok = None
+    if (folder / "tokenizer.json").exists() or (folder / "vocab.json").exists():
+        tok = Tokenizer.load(folder)
+        _check_tokenizer_fits(tok, cfg, folder)
+    gen = read_json(folder / "generation_config.json") if (folder / "generation_config.json").exists() else {}
+    meta = read_json(folder / "lmstack.json") if (folder / "lmstack.json").exists() else {}
+    meta.pop("lmstack_config", None)
+    return LM(model, tok, gen, meta)
+
+
+def load_gguf(path: Path, device="cpu", dtype=torch.float32) -> LM:
+    from lmstack.model.gguf import read_gguf
+    from lmstack.tokenizer import Tokenizer
+
+    g = read_gguf(path, dtype=dtype)
+    cfg = config_from_hf(g.hf_config, where=str(path))
+    sd = state_from_hf(g.state_dict, cfg, where=str(path))
+    model = build_model(cfg, device=device, dtype=dtype, init=False)
+    model.load_state_dict(sd, strict=True)
+    model.eval()
+    extra_stop = []
+    if g.chat_template and "<|im_end|>" in g.chat_template:
+        extra_stop = ["<|im_end|>"]
+    tok = Tokenizer(g.tokenizer, bos_token=g.bos_token, eos_token=g.eos_token, pad_token=g.pad_token,
+                    chat_template=g.chat_template, extra_stop_tokens=extra_stop)
+    _check_tokenizer_fits(tok, cfg, path)
+    gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": sorted(tok.stop_ids)}
+    return LM(model, tok, gen, {"source": str(path), "gguf": g.metadata})
+
+
+def load(path_or_name, device="cpu", dtype=torch.float32) -> LM:
+    """Load a checkpoint folder, a .gguf file, or a Hugging Face hub name (downloaded when online)."""
+    p = Path(str(path_or_name)).expanduser()
+    if isinstance(dtype, str):
+        dtype = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+                 "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}[dtype]
+    if p.is_dir():
+        return load_folder(p, device, dtype)
+    if p.is_file():
+        if p.suffix == ".gguf":
+            return load_gguf(p, device, dtype)
+        raise LmstackError(f"{p}: not a checkpoint folder or .gguf file")
+    name = str(path_or_name)
+    if name.startswith((".", "/", "~")) or name.endswith(".gguf") or name.count("/") > 1:
+        raise LmstackError(f"{name}: no such file or folder")
+    return load_folder(Path(download(name)), device, dtype)
+
+
+def download(name: str) -> str:
+    """Fetch a hub repository's model files; offline this is a clear error rather than a hang."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise LmstackError(f"'{name}' is not a local path and the Hugging Face hub is offline (HF_HUB_OFFLINE=1)")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise LmstackError(f"'{name}' is not a local path; install huggingface_hub to download it") from None
+    try:
+        return snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model",
+                                                       "pytorch_model*.bin"])
+    except Exception as e:
+        raise LmstackError(f"could not download '{name}' from the Hugging Face hub: {str(e).splitlines()[0]}") \
+            from None

@@ -1,0 +1,440 @@
+"""Read a llama.cpp GGUF file of a Llama-family model into Hugging Face form.
+
+`read_gguf` returns a transformers `LlamaConfig`-compatible dict, a state dict under HF tensor
+names and layouts, a `tokenizers.Tokenizer` rebuilt from the vocabulary metadata, the special
+tokens and the chat template. Every tensor is dequantised, so the result is an ordinary dense model.
+
+Two things differ from a naive copy and are undone here:
+- llama.cpp's converter permutes the rows of q_proj/k_proj from HF's rotate-half RoPE layout to
+  the interleaved one its kernels use; `_unpermute_rope_rows` applies the inverse.
+- GGUF lists tensor dims fastest-first (ggml's `ne`), i.e. reversed from PyTorch's.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from lmstack.errors import LmstackError
+
+# Architectures whose tensors follow Llama's naming and layout. Mistral and Mixtral-free Mistral
+# derivatives are written by llama.cpp as "llama" too. Qwen2 is not here: it has q/k/v biases but
+# no o_proj bias, which a LlamaConfig cannot express, and llama.cpp does not permute its Q/K.
+SUPPORTED_ARCHITECTURES = ("llama",)
+
+# GGUF per-layer tensor name -> HF per-layer module path.
+_LAYER_TENSORS = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
+_GLOBAL_TENSORS = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+}
+
+# llama_token_type values in tokenizer.ggml.token_type.
+_TOKEN_CONTROL = 3
+_TOKEN_USER_DEFINED = 4
+
+
+@dataclass
+class GGUFContents:
+    hf_config: dict
+    state_dict: dict[str, torch.Tensor]
+    tokenizer: object  # tokenizers.Tokenizer
+    bos_token: str | None = None
+    eos_token: str | None = None
+    pad_token: str | None = None
+    chat_template: str | None = None
+    metadata: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------- metadata
+
+
+def field_value(reader_field):
+    """A `gguf.ReaderField` as a Python value: str, int, float, bool, or a list of those.
+
+    The reader keeps raw parts: `field.data` holds the indices of the parts that carry values, a
+    string is a uint8 array of its UTF-8 bytes, and every scalar is a one-element array.
+    """
+    from gguf import GGUFValueType
+
+    types = reader_field.types
+    parts = [reader_field.parts[i] for i in reader_field.data]
+    if types[0] == GGUFValueType.ARRAY:
+        element = types[1] if len(types) > 1 else None
+        if element == GGUFValueType.STRING:
+            return [bytes(p).decode("utf-8") for p in parts]
+        if element == GGUFValueType.ARRAY:
+            return None  # nested arrays: no key we read uses them
+        if element is None or not parts:  # an empty array may carry no element type
+            return []
+        values = np.concatenate(parts).tolist()
+        return [bool(v) for v in values] if element == GGUFValueType.BOOL else values
+    if types[0] == GGUFValueType.STRING:
+        return bytes(parts[0]).decode("utf-8")
+    value = parts[0][0]
+    if types[0] == GGUFValueType.FLOAT32:
+        # Via str so 1e-5 stored as float32 comes back as 1e-05, not 9.99999974e-06.
+        return float(str(value))
+    return bool(value) if types[0] == GGUFValueType.BOOL else value.item()
+
+
+def _read_metadata(reader) -> dict:
+    # "GGUF.*" are the header pseudo-fields (version, counts), not key/value metadata.
+    return {key: field_value(f) for key, f in reader.fields.items() if not key.startswith("GGUF.")}
+
+
+def _open(path):
+    try:
+        from gguf import GGUFReader
+    except ImportError as e:  # pragma: no cover - gguf is a declared dependency
+        raise LmstackError(f"{path}: reading GGUF needs the 'gguf' package ({e})") from e
+    if not os.path.exists(path):
+        raise LmstackError(f"{path}: no such file")
+    if not os.path.isfile(path):
+        raise LmstackError(f"{path}: not a file")
+    try:
+        return GGUFReader(path, "r")
+    except Exception as e:  # the reader raises ValueError, struct/numpy errors, ... on bad input
+        cause = " ".join(str(e).split()) or type(e).__name__
+        raise LmstackError(f"{path}: not a valid GGUF file ({cause})") from e
+
+
+# ----------------------------------------------------------------------------------------- config
+
+
+def _hf_config(path, meta: dict, arch: str, vocab_size: int, tied: bool) -> dict:
+    def get(key, default=None):
+        return meta.get(f"{arch}.{key}", default)
+
+    def need(key):
+        value = get(key)
+        if value is None:
+            raise LmstackError(f"{path}: GGUF metadata lacks '{arch}.{key}'")
+        if isinstance(value, list):  # per-layer values (e.g. OpenELM); a LlamaConfig has one
+            raise LmstackError(f"{path}: GGUF metadata '{arch}.{key}' varies per layer; not supported")
+        return value
+
+    hidden = need("embedding_length")
+    n_head = need("attention.head_count")
+    n_kv = get("attention.head_count_kv") or n_head
+    head_dim = get("attention.key_length") or hidden // n_head
+    rope_dim = get("rope.dimension_count") or head_dim
+    if rope_dim != head_dim:
+        raise LmstackError(
+            f"{path}: partial rotary embedding ({rope_dim} of {head_dim} dims) is not supported"
+        )
+
+    tok = lambda key: meta.get(f"tokenizer.ggml.{key}")
+    return {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": vocab_size,
+        "hidden_size": hidden,
+        "intermediate_size": need("feed_forward_length"),
+        "num_hidden_layers": need("block_count"),
+        "num_attention_heads": n_head,
+        "num_key_value_heads": n_kv,
+        "head_dim": head_dim,
+        "max_position_embeddings": get("context_length", 2048),
+        "rms_norm_eps": float(get("attention.layer_norm_rms_epsilon", 1e-5)),
+        # llama.cpp's default when the key is absent, as for the original Llama.
+        "rope_theta": float(get("rope.freq_base", 10000.0)),
+        "rope_scaling": _rope_scaling(get),
+        "tie_word_embeddings": tied,
+        "bos_token_id": tok("bos_token_id"),
+        "eos_token_id": tok("eos_token_id"),
+        "pad_token_id": tok("padding_token_id"),
+        "attention_bias": False,
+        "mlp_bias": False,
+        "hidden_act": "silu",
+    }
+
+
+def _rope_scaling(get) -> dict | None:
+    kind = get("rope.scaling.type")
+    factor = get("rope.scaling.factor")
+    if kind is None and get("rope.scale_linear") is not None:  # older files
+        kind, factor = "linear", get("rope.scale_linear")
+    if kind in (None, "none") or factor is None:
+        return None
+    scaling = {"rope_type": kind, "factor": float(factor)}
+    original = get("rope.scaling.original_context_length")
+    if original is not None:
+        scaling["original_max_position_embeddings"] = int(original)
+    return scaling
+
+
+# ---------------------------------------------------------------------------------------- tensors
+
+
+def _hf_name(path, gguf_name: str) -> str:
+    stem, dot, suffix = gguf_name.rpartition(".")
+    if not dot or suffix not in ("weight", "bias"):
+        stem, suffix = gguf_name, ""
+    if stem in _GLOBAL_TENSORS:
+        return f"{_GLOBAL_TENSORS[stem]}.{suffix}"
+    parts = stem.split(".")
+    if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in _LAYER_TENSORS:
+        return f"model.layers.{parts[1]}.{_LAYER_TENSORS[parts[2]]}.{suffix}"
+    if stem == "rope_freqs":
+        # Llama 3.1-style rope scaling stored as a factor tensor rather than config parameters.
+        raise LmstackError(f"{path}: GGUF tensor 'rope_freqs' (llama3 rope scaling) is not supported")
+    raise LmstackError(f"{path}: unknown GGUF tensor '{gguf_name}' for a Llama model")
+
+
+def _unpermute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo llama.cpp's `permute(w, n_head)` on a q/k projection of shape [out, in].
+
+    The converter does `w.reshape(n_head, 2, d // 2, in).swapaxes(1, 2)`: within each head the
+    two rotate-half halves become interleaved pairs (the GPT-J RoPE layout ggml uses). Reading the
+    rows back as (n_head, d // 2, 2) and swapping again restores HF's (n_head, 2, d // 2).
+    """
+    rows = w.shape[0]
+    half = rows // n_head // 2
+    return w.reshape(n_head, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _dequantize(path, tensor) -> np.ndarray:
+    from gguf.quants import dequantize
+
+    try:
+        # np.asarray drops the memmap subclass (no copy): dequantize slices the data block by
+        # block, and memmap's per-slice bookkeeping otherwise doubles the time.
+        values = dequantize(np.asarray(tensor.data), tensor.tensor_type)
+    except NotImplementedError as e:
+        raise LmstackError(
+            f"{path}: tensor '{tensor.name}' has type {tensor.tensor_type.name}, which gguf cannot dequantize"
+        ) from e
+    # tensor.shape is ggml's ne (fastest dim first); PyTorch wants it reversed, i.e. [out, in].
+    shape = tuple(int(d) for d in reversed(tensor.shape))
+    return values.reshape(shape)
+
+
+def _state_dict(path, reader, config: dict, dtype) -> dict[str, torch.Tensor]:
+    n_head, n_kv = config["num_attention_heads"], config["num_key_value_heads"]
+    state = {}
+    for tensor in reader.tensors:
+        name = _hf_name(path, tensor.name)
+        values = _dequantize(path, tensor)
+        if name.endswith("self_attn.q_proj.weight"):
+            values = _unpermute_rope_rows(values, n_head)
+        elif name.endswith("self_attn.k_proj.weight"):
+            values = _unpermute_rope_rows(values, n_kv)
+        # np.array copies: F32 data is a view into the read-only memory map.
+        state[name] = torch.from_numpy(np.array(values, dtype=np.float32)).to(dtype)
+
+    expected = {"model.embed_tokens.weight", "model.norm.weight"}
+    for i in range(config["num_hidden_layers"]):
+        expected.update(f"model.layers.{i}.{module}.weight" for module in _LAYER_TENSORS.values())
+    if not config["tie_word_embeddings"]:
+        expected.add("lm_head.weight")
+    missing = sorted(expected - state.keys())
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise LmstackError(f"{path}: GGUF file lacks tensors {shown}")
+    extra = sorted(state.keys() - expected)
+    if extra:  # e.g. biases or layers beyond block_count: the config would not hold them
+        raise LmstackError(f"{path}: GGUF tensors {', '.join(extra[:5])} do not fit a Llama model")
+    return state
+
+
+# -------------------------------------------------------------------------------------- tokenizer
+
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_TEKKEN_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+# tokenizer.ggml.pre -> how text is split before BPE, after llama.cpp's llama-vocab.cpp. "digits"
+# means each digit on its own, then GPT-2's regex (StarCoder-style vocabularies such as SmolLM's).
+_PRE_SPLITS = {
+    "default": "gpt2",
+    "gpt-2": "gpt2",
+    "smollm": "digits",
+    "starcoder": "digits",
+    "refact": "digits",
+    "command-r": "digits",
+    "llama-bpe": _LLAMA3_SPLIT,
+    "llama3": _LLAMA3_SPLIT,
+    "llama-v3": _LLAMA3_SPLIT,
+    "falcon3": _LLAMA3_SPLIT,
+    "dbrx": _LLAMA3_SPLIT,
+    "smaug-bpe": _LLAMA3_SPLIT,
+    "qwen2": _QWEN2_SPLIT,
+    "deepseek-r1-qwen": _QWEN2_SPLIT,
+    "tekken": _TEKKEN_SPLIT,
+}
+
+# llama.cpp matches these whole words against the vocabulary before merging (HF: ignore_merges).
+_IGNORE_MERGES = {"llama-bpe", "llama3", "llama-v3", "falcon3", "dbrx", "smaug-bpe"}
+
+
+def _byte_alphabet() -> dict[int, str]:
+    """GPT-2's byte -> printable character map that byte-level vocabularies are spelled in."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return chars
+
+
+def _pre_tokenizer(pre: str | None, path):
+    from tokenizers import Regex, pre_tokenizers
+
+    split = _PRE_SPLITS.get(pre or "default")
+    if split is None:
+        # Guessing is better than refusing a file, but ids may differ from the original model.
+        warnings.warn(f"{path}: unknown GGUF pre-tokenizer '{pre}', using GPT-2's split", stacklevel=3)
+        split = "gpt2"
+    if split == "gpt2":
+        return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if split == "digits":
+        return pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Digits(individual_digits=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+            ]
+        )
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(split), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+
+
+def _build_tokenizer(path, meta: dict):
+    from tokenizers import AddedToken, Tokenizer, decoders, models, processors
+
+    kind = meta.get("tokenizer.ggml.model")
+    if kind == "llama":
+        raise LmstackError(f"{path}: GGUF tokenizer model 'llama' (SentencePiece) is not supported yet")
+    if kind != "gpt2":
+        raise LmstackError(
+            f"{path}: GGUF tokenizer model {kind!r} is not supported (only 'gpt2' byte-level BPE)"
+        )
+    tokens = meta.get("tokenizer.ggml.tokens")
+    merges = meta.get("tokenizer.ggml.merges")
+    if not tokens or merges is None:
+        raise LmstackError(f"{path}: GGUF metadata lacks tokenizer.ggml.tokens or tokenizer.ggml.merges")
+    token_types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    pre = meta.get("tokenizer.ggml.pre")
+
+    # Ordinary tokens must be spelled in the byte alphabet for BPE to find them; a few converters
+    # write some as plain text, so respell those. Control/user-defined tokens keep their text:
+    # they are matched whole in the input, never reached through merges.
+    spelling = _byte_alphabet()
+    alphabet = set(spelling.values())
+    vocab = {}
+    for index, (token, kind_) in enumerate(zip(tokens, token_types)):
+        if kind_ not in (_TOKEN_CONTROL, _TOKEN_USER_DEFINED) and not set(token) <= alphabet:
+            token = "".join(spelling[b] for b in token.encode("utf-8"))
+        vocab.setdefault(token, index)
+    pairs = [tuple(merge.split(" ", 1)) for merge in merges]
+
+    tokenizer = Tokenizer(
+        models.BPE(vocab, pairs, fuse_unk=False, byte_fallback=False, ignore_merges=pre in _IGNORE_MERGES)
+    )
+    tokenizer.pre_tokenizer = _pre_tokenizer(pre, path)
+    tokenizer.decoder = decoders.ByteLevel()
+
+    control = [t for t, k in zip(tokens, token_types) if k == _TOKEN_CONTROL]
+    user = [t for t, k in zip(tokens, token_types) if k == _TOKEN_USER_DEFINED]
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in user])
+
+    # llama.cpp adds BOS/EOS around the prompt when the file says so (Llama 3 does, SmolLM not).
+    bos, eos = _token(meta, tokens, "bos_token_id"), _token(meta, tokens, "eos_token_id")
+    prefix = [bos] if meta.get("tokenizer.ggml.add_bos_token") and bos else []
+    suffix = [eos] if meta.get("tokenizer.ggml.add_eos_token") and eos else []
+    if prefix or suffix:
+        single = " ".join([*prefix, "$A", *suffix])
+        pair = " ".join([*prefix, "$A:0", *suffix, *prefix, "$B:1", *suffix])
+        specials = [(t, tokenizer.token_to_id(t)) for t in dict.fromkeys(prefix + suffix)]
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=single, pair=pair, special_tokens=specials
+        )
+    return tokenizer
+
+
+def _token(meta: dict, tokens: list[str], key: str) -> str | None:
+    index = meta.get(f"tokenizer.ggml.{key}")
+    return tokens[index] if index is not None and 0 <= index < len(tokens) else None
+
+
+# ------------------------------------------------------------------------------------------- main
+
+
+def read_gguf(path, dtype: torch.dtype = torch.float32) -> GGUFContents:
+    """Read a Llama-architecture GGUF file: config, dequantised HF state dict, tokenizer."""
+    path = os.fspath(path)
+    reader = _open(path)
+    meta = _read_metadata(reader)
+    arch = meta.get("general.architecture")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise LmstackError(
+            f"{path}: GGUF architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
+
+    names = {t.name for t in reader.tensors}
+    embed = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+    if embed is None:
+        raise LmstackError(f"{path}: GGUF file lacks tensor 'token_embd.weight'")
+    # The embedding's row count is the vocabulary the model was trained with; ne is reversed.
+    vocab_size = int(embed.shape[-1])
+    config = _hf_config(path, meta, arch, vocab_size, tied="output.weight" not in names)
+    tokenizer = _build_tokenizer(path, meta)
+    state = _state_dict(path, reader, config, dtype)
+
+    tokens = meta["tokenizer.ggml.tokens"]
+    metadata = {
+        key.removeprefix("general."): value for key, value in meta.items() if key.startswith("general.")
+    }
+    metadata["tensor_types"] = dict(Counter(t.tensor_type.name for t in reader.tensors))
+    file_type = metadata.get("file_type")
+    if isinstance(file_type, int):
+        from gguf import LlamaFileType
+
+        try:
+            metadata["file_type_name"] = LlamaFileType(file_type).name.removeprefix("MOSTLY_")
+        except ValueError:
+            pass
+    return GGUFContents(
+        hf_config=config,
+        state_dict=state,
+        tokenizer=tokenizer,
+        bos_token=_token(meta, tokens, "bos_token_id"),
+        eos_token=_token(meta, tokens, "eos_token_id"),
+        pad_token=_token(meta, tokens, "padding_token_id"),
+        chat_template=meta.get("tokenizer.chat_template"),
+        metadata=metadata,
+    )

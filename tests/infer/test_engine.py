@@ -1,0 +1,136 @@
+"""The generation engine: KV cache, batching, stop conditions, streaming, seeds."""
+
+import pytest
+import torch
+
+from lmstack.errors import LmstackError
+from lmstack.infer.engine import Generation, generate, stream, token_logprobs
+from lmstack.infer.sampling import SamplingParams
+from lmstack.model.config import ModelConfig
+from lmstack.model.transformer import KVCache, Transformer
+
+
+@pytest.mark.parametrize("arch,window", [("gpt2", None), ("llama", None), ("mistral", 4)])
+def test_cached_decoding_equals_full_forward(arch, window):
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch=arch, vocab_size=50, n_layer=2, n_head=4, n_kv_head=2 if arch != "gpt2" else None,
+                      d_model=32, max_seq_len=64, sliding_window=window, init_std=0.2)
+    m = Transformer(cfg).eval()
+    ids = torch.randint(0, 50, (2, 12))
+    full = m(ids)
+    cache = KVCache(cfg, 2, 12)
+    steps = [m(ids[:, :5], cache=cache)] + [m(ids[:, t:t + 1], cache=cache) for t in range(5, 12)]
+    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+
+
+def test_prompt_tokens_not_repeated_and_eos_stops(tiny_lm):
+    lm = tiny_lm
+    prompt = lm.encode("The cat")
+    out = generate(lm.model, [prompt], SamplingParams(max_new_tokens=30, temperature=0), lm.tokenizer)[0]
+    eos = set(lm.tokenizer.stop_ids)
+    assert out.finish_reason in ("stop", "length")
+    assert all(t not in eos for t in out.ids[:-1])
+    # Forcing EOS to be the best token ends generation after exactly one token.
+    forced = generate(lm.model, [prompt], SamplingParams(max_new_tokens=30, temperature=0,
+                                                         logit_bias={lm.tokenizer.eos_id: 100.0}), lm.tokenizer)[0]
+    assert forced.ids == [lm.tokenizer.eos_id] and forced.finish_reason == "stop" and forced.text == ""
+
+
+def test_max_new_tokens_and_length_reason(tiny_lm):
+    out = generate(tiny_lm.model, [tiny_lm.encode("Mina")], SamplingParams(max_new_tokens=7, temperature=0,
+                                                                          ignore_eos=True), tiny_lm.tokenizer)[0]
+    assert len(out.ids) == 7 and out.finish_reason == "length"
+    assert out.text == tiny_lm.tokenizer.decode(out.ids)
+
+
+def test_stop_string_cuts_text_before_it(tiny_lm):
+    lm = tiny_lm
+    sp = SamplingParams(max_new_tokens=40, temperature=0, ignore_eos=True)
+    full = generate(lm.model, [lm.encode("The")], sp, lm.tokenizer)[0].text
+    assert len(full) > 6
+    stop = full[3:5]
+    cut = generate(lm.model, [lm.encode("The")], SamplingParams(max_new_tokens=40, temperature=0, ignore_eos=True,
+                                                                stop=[stop]), lm.tokenizer)[0]
+    assert cut.finish_reason == "stop"
+    assert cut.text == full[: full.index(stop)]
+
+
+def test_streaming_concatenates_to_the_full_text(tiny_lm):
+    lm = tiny_lm
+    prompt = lm.encode("고양이는")
+    for sp in (SamplingParams(max_new_tokens=25, temperature=0, ignore_eos=True),
+               SamplingParams(max_new_tokens=25, temperature=0.9, seed=3, ignore_eos=True)):
+        events = list(stream(lm.model, [prompt], sp, lm.tokenizer))
+        whole = generate(lm.model, [prompt], sp, lm.tokenizer)[0]
+        assert "".join(e.text for e in events) == whole.text
+        assert [e.token_id for e in events] == whole.ids
+        assert events[-1].finished and not any(e.finished for e in events[:-1])
+
+
+def test_engine_top_k_1_equals_greedy_and_seed_reproduces(tiny_lm):
+    lm = tiny_lm
+    prompts = [lm.encode("The small"), lm.encode("Q:")]
+    greedy = [o.ids for o in generate(lm.model, prompts, SamplingParams(max_new_tokens=15, temperature=0,
+                                                                        ignore_eos=True))]
+    topk1 = [o.ids for o in generate(lm.model, prompts, SamplingParams(max_new_tokens=15, temperature=1.7, top_k=1,
+                                                                       ignore_eos=True))]
+    assert greedy == topk1
+    sp = SamplingParams(max_new_tokens=15, temperature=1.0, seed=42, ignore_eos=True)
+    a = [o.ids for o in generate(lm.model, prompts, sp)]
+    b = [o.ids for o in generate(lm.model, prompts, sp)]
+    c = [o.ids for o in generate(lm.model, prompts, SamplingParams(max_new_tokens=15, temperature=1.0, seed=7,
+                                                                   ignore_eos=True))]
+    assert a == b and a != c
+
+
+def test_repetition_penalty_changes_output(tiny_lm):
+    lm = tiny_lm
+    p = [lm.encode("The cat")]
+    plain = generate(lm.model, p, SamplingParams(max_new_tokens=30, temperature=0, ignore_eos=True))[0].ids
+    pen = generate(lm.model, p, SamplingParams(max_new_tokens=30, temperature=0, ignore_eos=True,
+                                               repetition_penalty=5.0))[0].ids
+    assert len(set(pen)) >= len(set(plain))
+    assert pen != plain
+
+
+def test_rows_with_own_params_finish_independently(tiny_lm):
+    lm = tiny_lm
+    g = Generation(lm.model, [lm.encode("The"), lm.encode("Mina lives")],
+                   [SamplingParams(max_new_tokens=3, temperature=0, ignore_eos=True),
+                    SamplingParams(max_new_tokens=9, temperature=0, ignore_eos=True)], lm.tokenizer)
+    res = g.run()
+    assert [len(r.ids) for r in res] == [3, 9]
+    alone = generate(lm.model, [lm.encode("Mina lives")], SamplingParams(max_new_tokens=9, temperature=0,
+                                                                        ignore_eos=True))[0].ids
+    assert res[1].ids == alone  # the cache compaction after row 0 finished kept row 1 intact
+
+
+def test_prompt_longer_than_context_is_an_error(tiny_lm):
+    too_long = [1] * tiny_lm.config.max_seq_len
+    with pytest.raises(LmstackError, match="context"):
+        generate(tiny_lm.model, [too_long], SamplingParams(max_new_tokens=2))
+
+
+def test_generation_stops_at_context_end(tiny_lm):
+    n = tiny_lm.config.max_seq_len
+    out = generate(tiny_lm.model, [[5] * (n - 3)], SamplingParams(max_new_tokens=50, ignore_eos=True))[0]
+    assert len(out.ids) == 3 and out.finish_reason == "length"
+
+
+def test_token_logprobs_equal_forward(tiny_lm):
+    seqs = [tiny_lm.encode("The small cat sat"), tiny_lm.encode("Q: What")]
+    lps = token_logprobs(tiny_lm.model, seqs)
+    for s, lp in zip(seqs, lps):
+        logits = tiny_lm(s)[0]
+        want = torch.log_softmax(logits[:-1], -1).gather(1, torch.tensor(s[1:])[:, None])[:, 0]
+        assert torch.allclose(torch.tensor(lp), want, atol=1e-5)
+
+
+def test_generated_logprobs_are_raw_model_logprobs(tiny_lm):
+    lm = tiny_lm
+    p = lm.encode("The")
+    out = generate(lm.model, [p], SamplingParams(max_new_tokens=5, temperature=0.5, seed=1, ignore_eos=True,
+                                                 logprobs=3))[0]
+    want = token_logprobs(lm.model, [p + out.ids])[0][len(p) - 1:]
+    assert torch.allclose(torch.tensor(out.logprobs), torch.tensor(want), atol=1e-5)
+    assert all(len(t) == 3 for t in out.top_logprobs)
