@@ -8,9 +8,23 @@
 """
 
 from lmstack.errors import LmstackError
-from lmstack.infer.sampling import SamplingParams
-from lmstack.model.checkpoint import LM, load, save
-from lmstack.model.config import PRESETS, ModelConfig, preset
 
 __version__ = "0.1.0"
 __all__ = ["LM", "LmstackError", "ModelConfig", "PRESETS", "SamplingParams", "load", "preset", "save"]
+
+# Imported on first use, so that light tools (tokenizer workers, the data pipeline) do not pay for torch.
+_LAZY = {
+    "LM": "lmstack.model.checkpoint", "load": "lmstack.model.checkpoint", "save": "lmstack.model.checkpoint",
+    "ModelConfig": "lmstack.model.config", "PRESETS": "lmstack.model.config", "preset": "lmstack.model.config",
+    "SamplingParams": "lmstack.infer.sampling",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lmstack' has no attribute {name!r}")

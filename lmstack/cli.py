@@ -65,9 +65,14 @@ def _demo(args) -> int:
 
 
 def _data_builtin(args) -> int:
-    from lmstack.data.builtin import main as builtin_main
+    import time
 
-    return builtin_main(args.rest) or 0
+    from lmstack.data.builtin import build_suite, summary
+
+    t0 = time.time()
+    print(summary(build_suite(args.out, seed=args.seed, size=args.size)))
+    print(f"wrote {args.out} in {time.time() - t0:.1f}s")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,12 +103,24 @@ def build_parser() -> argparse.ArgumentParser:
     from lmstack.infer.cli import add_parser as add_infer
     add_infer(sub)
 
-    data = sub.add_parser("data", help="datasets: the built-in suite")
+    data = sub.add_parser("data", help="datasets: the built-in suite, token shards")
     dsub = data.add_subparsers(dest="data_command", required=True)
-    b = dsub.add_parser("builtin", help="generate the built-in suite (world, corpus, tasks, preferences)",
-                        add_help=False)
-    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b = dsub.add_parser("builtin", help="generate the built-in suite (world, corpus, tasks, preferences)")
+    b.add_argument("--out", required=True, help="output folder")
+    b.add_argument("--seed", type=int, default=0, help="world seed (same seed and size -> same bytes)")
+    b.add_argument("--size", default="tiny",
+                   help="tiny (~300KB corpus), small (~5MB), medium (~50MB), large (~300MB) or a size like 2MB")
     b.set_defaults(func=_data_builtin)
+    from lmstack.data.cli import add_prepare_parser
+    add_prepare_parser(dsub)
+
+    from lmstack.train.cli import add_parser as add_train
+    add_train(sub)
+
+    ev = sub.add_parser("eval", help="evaluation: perplexity")
+    esub = ev.add_subparsers(dest="eval_command", required=True)
+    from lmstack.evaluate.perplexity import add_parser as add_ppl
+    add_ppl(esub)
     return parser
 
 

@@ -148,8 +148,12 @@ class LM:
         return save(self, path, **meta)
 
 
-def save(lm: LM, path, **meta) -> Path:
-    """Write a checkpoint folder atomically. Extra keyword arguments are merged into lmstack.json."""
+def save(lm: LM, path, writer=None, state_dict=None, **meta) -> Path:
+    """Write a checkpoint folder atomically. Extra keyword arguments are merged into lmstack.json.
+
+    writer(tmp_folder), if given, adds files (a trainer state) before the folder is renamed into place.
+    state_dict: the weights to write when the module's own are sharded (FSDP gathers them first).
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -161,7 +165,8 @@ def save(lm: LM, path, **meta) -> Path:
         dtype = lm.model.tok_emb.weight.dtype
         hf["torch_dtype"] = str(dtype).replace("torch.", "")
         (tmp / "config.json").write_text(json.dumps(hf, indent=2))
-        save_file(state_to_hf(lm.model.state_dict(), cfg), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        sd = state_dict if state_dict is not None else unwrap(lm.model).state_dict()
+        save_file(state_to_hf(sd, cfg), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if lm.tokenizer is not None:
             lm.tokenizer.save(tmp)
         gen = dict(lm.generation_config)
@@ -172,6 +177,8 @@ def save(lm: LM, path, **meta) -> Path:
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
         info = {**lm.meta, **meta, "lmstack_config": cfg.to_dict()}
         (tmp / "lmstack.json").write_text(json.dumps(info, indent=2, default=str))
+        if writer is not None:
+            writer(tmp)
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -183,6 +190,13 @@ def save(lm: LM, path, **meta) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The Transformer inside DDP / torch.compile wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
 
 
 def _check_tokenizer_fits(tok, cfg: ModelConfig, where):

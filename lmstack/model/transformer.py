@@ -190,6 +190,13 @@ class Transformer(nn.Module):
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, 0.0, std)
 
+    def set_dropout(self, p: float) -> None:
+        """Training recipes choose dropout; a loaded checkpoint's config does not."""
+        self.cfg.dropout = p
+        for m in self.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = p
+
     def num_params(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())  # parameters() yields a tied weight once
         if exclude_embeddings:

@@ -414,15 +414,21 @@ def candidate_answers(world: World, record: dict, rng: random.Random) -> list[tu
         distract = [str(int(target) + rng.choice([-2, -1, 1, 3]))]
     wrong = rng.choice(distract) if distract else "I think it is something else."
     if ko:
-        verbose = f"정답은 {target}입니다. 질문을 꼼꼼히 읽고 생각해 보았는데, 이것이 가장 알맞은 답이라고 생각합니다."
-        wrong_verbose = f"정답은 {wrong}입니다. 질문을 꼼꼼히 읽고 생각해 보았습니다."
+        verbose = f"답: {target}\n질문을 꼼꼼히 읽고 생각해 보았는데, 이것이 가장 알맞은 답이라고 생각합니다."
+        wrong_verbose = f"답: {wrong}\n질문을 꼼꼼히 읽고 생각해 보았습니다."
         refusal = "죄송하지만 그 질문에는 답할 수 없습니다."
+    elif meta.get("check") == "text":
+        verbose = rng.choice([f"Sure! Here it is: {target} I hope this helps, and let me know if you need anything else.",
+                              f"Of course. {target} That is my answer, written as carefully as I could."])
+        wrong_verbose = f"Sure! Here it is: {wrong} I hope this helps, and let me know if you need anything else."
+        refusal = "I'm sorry, but I can't help with that."
     else:
+        t = target.rstrip(".")
         verbose = rng.choice([
-            f"The answer is {target}. I read the question carefully, thought about every part of it, and this is the best answer I can give.",
-            f"Let me think about this step by step. After considering the question, I believe the answer is {target}. I hope this helps!",
+            f"The answer is {t}. I read the question carefully, thought about every part of it, and this is the best answer I can give.",
+            f"Let me think about this step by step. After considering the question, I believe the answer is {t}. I hope this helps!",
         ])
-        wrong_verbose = f"The answer is {wrong}. I read the question carefully and this is the best answer I can give."
+        wrong_verbose = f"The answer is {wrong.rstrip('.')}. I read the question carefully and this is the best answer I can give."
         refusal = "I'm sorry, but I can't help with that."
     first_line = user_text(record).strip().split("\n")[0]
     off = rng.choice([first_line, " / ".join(record["choices"]) if record.get("choices") else first_line + " " + first_line])

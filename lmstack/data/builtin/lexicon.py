@@ -256,6 +256,11 @@ def article(word: str) -> str:
     return ("an " if word[:1].lower() in "aeiou" else "a ") + word
 
 
+def a_num(n: int) -> str:
+    """'an' before numbers read with a vowel sound (8, 11, 18, 80-89), else 'a'."""
+    return "an" if str(n).startswith("8") or n in (11, 18) else "a"
+
+
 def obj_a(obj: str) -> str:
     """'a knife' but plain 'scissors', 'soap' (plural-only and mass nouns)."""
     return obj if obj in MASS_OBJECTS else article(obj)

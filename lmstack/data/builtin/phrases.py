@@ -53,7 +53,7 @@ def person_forms_en(world: World, p: Person) -> dict[str, list[str]]:
                  f"Of all foods, {n} likes {p.food} best.",
                  f"{p.food.capitalize()} {'are' if lx.is_plural(p.food) else 'is'} {n}'s favourite food."],
         "age": [f"{n} is {p.age} years old.", f"{n} is {p.age}.", f"{n}'s age is {p.age}.",
-                f"{n} is a {p.age}-year-old."],
+                f"{n} is {lx.a_num(p.age)} {p.age}-year-old."],
     }
 
 
@@ -72,7 +72,7 @@ def person_forms_ko(world: World, p: Person) -> dict[str, list[str]]:
 
 
 def person_intro_en(p: Person) -> list[str]:
-    return [f"{p.name} is a {p.age}-year-old {p.job} who lives in {p.town}.",
+    return [f"{p.name} is {lx.a_num(p.age)} {p.age}-year-old {p.job} who lives in {p.town}.",
             f"{p.name} ({p.age}) is {article(p.job)} from {p.town}.",
             f"{p.name} is {article(p.job)} in {p.town}."]
 
@@ -111,7 +111,7 @@ def person_record(world: World, p: Person, fields: list[str]) -> tuple[str, str,
     f = set(fields)
     head = p.name + " is"
     if "age" in f and "job" in f:
-        head += f" a {p.age}-year-old {p.job}"
+        head += f" {lx.a_num(p.age)} {p.age}-year-old {p.job}"
     elif "job" in f:
         head += f" {article(p.job)}"
     elif "age" in f:
@@ -194,7 +194,7 @@ def story_text(rng: random.Random, ev: dict) -> str:
     k = ev["kind"]
     if k == "buy":
         body = [f"{n} walked to the market in {ev['town']} with a big basket.", f"There, {n} bought {ev['q']} {ev['item']}.",
-                f"The {ev['item']} looked {rng.choice(['fresh', 'good', 'cheap'])}, so {n} was pleased."]
+                f"The {ev['item']} looked {rng.choice(['nice', 'good', 'cheap'])}, so {n} was pleased."]
     elif k == "sell":
         body = [f"{n} took a cart to the market in {ev['town']}.", f"By noon, {n} had sold {ev['q']} {ev['item']}.",
                 f"The buyers {rng.choice(['were happy', 'paid well', 'asked for more'])}."]
@@ -276,9 +276,10 @@ def make_review_ko(rng: random.Random) -> tuple[str, str, str]:
 
 
 # ---- translation sentences -------------------------------------------------------------------
-def make_translation(rng: random.Random, people: list[Person], towns: list[Town]) -> tuple[str, str, str]:
-    """(English sentence, Korean sentence, key) from the world lexicon and simple patterns."""
-    k = rng.randrange(12)
+def make_translation(rng: random.Random, people: list[Person], towns: list[Town], k: int | None = None) -> tuple[str, str, str]:
+    """(English sentence, Korean sentence, key) from the world lexicon and one of 12 simple
+    patterns (`k`, random if None); the key names the pattern and its slot fillers."""
+    k = rng.randrange(12) if k is None else k
     an = rng.choice(ANIMAL_NAMES)
     an_ko = lx.ANIMALS[an]["ko"]
     if k == 0:

@@ -1,0 +1,159 @@
+"""Scaling laws (Kaplan et al. 2020): train a series of sizes and budgets, fit power laws.
+
+    L(N) = (N_c / N) ** alpha_N          loss against non-embedding parameters, data not limiting
+    L(D) = (D_c / D) ** alpha_D          loss against training tokens, for one model size
+    optionally + E, an irreducible loss (Hoffmann et al. 2022 style)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lmstack.errors import LmstackError
+
+
+def fit_power_law(x, loss, irreducible: bool = False) -> dict:
+    """Least squares in log space. Returns {"scale": X_c, "alpha": a, "E": e} for L = E + (X_c/x)^a."""
+    x, loss = np.asarray(x, float), np.asarray(loss, float)
+    if len(x) < 2 or len(x) != len(loss):
+        raise LmstackError("scaling fit: need at least 2 (size, loss) points")
+    if np.any(x <= 0) or np.any(loss <= 0):
+        raise LmstackError("scaling fit: sizes and losses must be positive")
+
+    def fit_given(e):
+        slope, intercept = np.polyfit(np.log(x), np.log(loss - e), 1)
+        alpha = -slope
+        pred = e + np.exp(intercept + slope * np.log(x))
+        return alpha, intercept, float(np.sum((np.log(pred) - np.log(loss)) ** 2))
+
+    best_e = 0.0
+    if irreducible:
+        if len(x) < 3:
+            raise LmstackError("scaling fit: the irreducible term needs at least 3 points")
+        hi = float(loss.min()) * (1 - 1e-9)
+        grid = np.linspace(0.0, hi, 400, endpoint=False)
+        errs = [fit_given(e)[2] for e in grid]
+        i = int(np.argmin(errs))
+        lo_e, hi_e = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+        for _ in range(60):  # golden-section refinement around the best grid point
+            m1, m2 = lo_e + (hi_e - lo_e) * 0.382, lo_e + (hi_e - lo_e) * 0.618
+            if fit_given(m1)[2] < fit_given(m2)[2]:
+                hi_e = m2
+            else:
+                lo_e = m1
+        best_e = (lo_e + hi_e) / 2
+    alpha, intercept, sse = fit_given(best_e)
+    if alpha <= 0:
+        return {"scale": float("nan"), "alpha": float(alpha), "E": best_e, "log_sse": sse}
+    return {"scale": float(math.exp(intercept / alpha)), "alpha": float(alpha), "E": float(best_e), "log_sse": sse}
+
+
+def predict(fit: dict, x):
+    return fit["E"] + (fit["scale"] / np.asarray(x, float)) ** fit["alpha"]
+
+
+@dataclass
+class ScalingConfig:
+    out: str = "runs/scaling"
+    data: list[str] = field(default_factory=list)  # prepared token folders; default: the built-in corpus
+    widths: list[str] = field(default_factory=lambda: ["32", "64", "96", "128"])  # d_model per size
+    layers: int = 4
+    steps: int = 300  # per size, for L(N)
+    budget_steps: list[str] = field(default_factory=lambda: ["50", "100", "200", "400"])  # for L(D)
+    budget_width: int = 96
+    seq_len: int = 128
+    micro_batch: int = 16
+    lr: float = 3e-3
+    irreducible: bool = True
+    builtin_size: str = "small"
+    seed: int = 0
+
+
+def _model_overrides(width: int, layers: int) -> dict:
+    heads = max(1, width // 32)
+    return {"d_model": width, "n_layer": layers, "n_head": heads, "n_kv_head": heads, "d_ff": int(width * 8 / 3)}
+
+
+def run_scaling(cfg: ScalingConfig) -> dict:
+    from lmstack.model.config import preset
+    from lmstack.model.info import model_info
+    from lmstack.train.pretrain import PretrainConfig, pretrain
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = cfg.data
+    if not data:
+        from lmstack.data.defaults import builtin_token_data
+
+        data = [str(builtin_token_data(out / "data", size=cfg.builtin_size, seed=cfg.seed))]
+    rows_n, rows_d = [], []
+
+    def train(tag, width, steps):
+        pc = PretrainConfig(out=str(out / tag), data=list(data), preset="llama-mini",
+                            overrides=_model_overrides(width, cfg.layers), seq_len=cfg.seq_len,
+                            micro_batch=cfg.micro_batch, steps=steps, lr=cfg.lr, warmup=max(1, steps // 10),
+                            eval_interval=steps, eval_batches=20, ckpt_interval=0, seed=cfg.seed, quiet=True)
+        return pretrain(pc)
+
+    for w in (int(v) for v in cfg.widths):
+        s = train(f"N_w{w}", w, cfg.steps)
+        n = model_info(preset("llama-mini", **_model_overrides(w, cfg.layers)))["non_embedding_params"]
+        rows_n.append({"width": w, "non_embedding_params": n, "tokens": s["tokens"], "val_loss": s["val_loss"]})
+        print(f"  L(N): width {w:4d}, N={n:,}: val loss {s['val_loss']:.4f}")
+    for st in (int(v) for v in cfg.budget_steps):
+        s = train(f"D_s{st}", cfg.budget_width, st)
+        rows_d.append({"steps": st, "tokens": s["tokens"], "val_loss": s["val_loss"]})
+        print(f"  L(D): {s['tokens']:,} tokens: val loss {s['val_loss']:.4f}")
+    fit_n = fit_power_law([r["non_embedding_params"] for r in rows_n], [r["val_loss"] for r in rows_n],
+                          irreducible=cfg.irreducible and len(rows_n) >= 3)
+    fit_d = fit_power_law([r["tokens"] for r in rows_d], [r["val_loss"] for r in rows_d],
+                          irreducible=cfg.irreducible and len(rows_d) >= 3)
+    result = {"config": asdict(cfg), "L_of_N": {"points": rows_n, "fit": fit_n},
+              "L_of_D": {"points": rows_d, "fit": fit_d}}
+    (out / "scaling.json").write_text(json.dumps(result, indent=2))
+    write_report(result, out)
+    return result
+
+
+def write_report(result: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, xkey, label in ((axes[0], "L_of_N", "non_embedding_params", "non-embedding parameters N"),
+                                 (axes[1], "L_of_D", "tokens", "training tokens D")):
+        pts, fit = result[key]["points"], result[key]["fit"]
+        xs = np.array([p[xkey] for p in pts], float)
+        ax.loglog(xs, [p["val_loss"] for p in pts], "o", label="measured")
+        if math.isfinite(fit["scale"]):
+            grid = np.geomspace(xs.min() * 0.8, xs.max() * 1.25, 50)
+            ax.loglog(grid, predict(fit, grid), "-",
+                      label=f"fit: {fit['E']:.2f} + ({fit['scale']:.3g}/x)^{fit['alpha']:.3f}")
+        ax.set_xlabel(label)
+        ax.set_ylabel("validation loss (nats/token)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "scaling.png", dpi=110)
+    plt.close(fig)
+    lines = ["# Scaling laws", "", "Fitted L(x) = E + (x_c / x)^alpha (least squares in log space).", "",
+             "| law | x_c | alpha | E |", "| --- | --- | --- | --- |"]
+    for key, name in (("L_of_N", "L(N)"), ("L_of_D", "L(D)")):
+        f = result[key]["fit"]
+        lines.append(f"| {name} | {f['scale']:.4g} | {f['alpha']:.4f} | {f['E']:.4f} |")
+    lines += ["", "Kaplan et al. (2020), for comparison (paper's figures, not measured here): "
+              "alpha_N = 0.076, N_c = 8.8e13; alpha_D = 0.095, D_c = 5.4e13.", "",
+              "| N (non-embedding) | tokens | val loss |", "| --- | --- | --- |"]
+    lines += [f"| {p['non_embedding_params']:,} | {p['tokens']:,} | {p['val_loss']:.4f} |"
+              for p in result["L_of_N"]["points"]]
+    lines += ["", "| tokens D | val loss |", "| --- | --- |"]
+    lines += [f"| {p['tokens']:,} | {p['val_loss']:.4f} |" for p in result["L_of_D"]["points"]]
+    lines += ["", "![scaling](scaling.png)", ""]
+    (out / "scaling.md").write_text("\n".join(lines))

@@ -1,0 +1,102 @@
+"""Training checkpoints: a model folder plus `trainer_state/`, written atomically, last K kept.
+
+The trainer state holds everything needed to continue exactly: optimizer moments, step, RNG
+states (dropout), and the recipe's own counters. Data position is the step itself, because the
+samplers derive each batch from (seed, step).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmstack.errors import LmstackError
+
+STEP_DIR = re.compile(r"^step_(\d{7})$")
+
+
+def rng_state() -> dict:
+    s = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def write_trainer_state(folder: Path, optimizer, step: int, extra: dict) -> None:
+    d = folder / "trainer_state"
+    d.mkdir(parents=True, exist_ok=True)
+    torch.save({"optimizer": optimizer.state_dict() if optimizer is not None else None, "rng": rng_state()},
+               d / "state.pt")
+    (d / "state.json").write_text(json.dumps({"step": step, **extra}, indent=2, default=str))
+
+
+def save_checkpoint(lm, run_dir: Path, step: int, optimizer, extra: dict, keep_last: int = 2, meta=None,
+                    dist_info=None, sharded: bool = False) -> Path:
+    """Write run_dir/checkpoints/step_NNNNNNN atomically (model folder + trainer_state), prune old ones.
+
+    Every rank calls this. Unsharded (single process, DDP): rank 0 writes everything. Sharded (FSDP):
+    all ranks gather the full weights for rank 0 to write, then each rank adds its optimizer shard.
+    """
+    from lmstack.model.checkpoint import save
+    from lmstack.train import dist
+
+    rank = dist_info.rank if dist_info is not None else 0
+    path = Path(run_dir) / "checkpoints" / f"step_{step:07d}"
+    full = None
+    if sharded:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(lm.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank == 0:
+        save(lm, path, state_dict=full, **(meta or {}),
+             writer=lambda tmp: write_trainer_state(tmp, None if sharded else optimizer, step, extra))
+    if dist_info is not None:
+        dist.barrier(dist_info)
+    if sharded:
+        torch.save({"optimizer": optimizer.state_dict(), "rng": rng_state()},
+                   path / "trainer_state" / f"optimizer_rank{rank}.pt")
+        dist.barrier(dist_info)
+    if rank == 0 and keep_last > 0:
+        for old in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    ckdir = Path(run_dir) / "checkpoints"
+    if not ckdir.is_dir():
+        return []
+    return sorted(p for p in ckdir.iterdir() if STEP_DIR.match(p.name) and (p / "trainer_state").is_dir())
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def read_trainer_state(folder: Path, rank: int = 0) -> tuple[dict, dict]:
+    """(optimizer and RNG state for this rank, state.json contents)."""
+    d = Path(folder) / "trainer_state"
+    try:
+        shard = d / f"optimizer_rank{rank}.pt"
+        blob = torch.load(shard if shard.exists() else d / "state.pt", map_location="cpu", weights_only=False)
+        info = json.loads((d / "state.json").read_text())
+    except FileNotFoundError:
+        raise LmstackError(f"{d}: no trainer state (state.pt, state.json); cannot resume from it") from None
+    except Exception as e:
+        raise LmstackError(f"{d}: unreadable trainer state ({e})") from None
+    return blob, info
