@@ -160,6 +160,18 @@ def save(lm: LM, path, writer=None, state_dict=None, **meta) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
+        if is_peft(lm.model):
+            # A LoRA run: the folder holds the adapter (peft's format) and names its base in lmstack.json;
+            # load() puts the two back together.
+            lm.model.save_pretrained(str(tmp))
+            if lm.tokenizer is not None:
+                lm.tokenizer.save(tmp)
+            info = {**lm.meta, **meta, "adapter": True, "base_model": meta.get("parent", lm.meta.get("parent"))}
+            (tmp / "lmstack.json").write_text(json.dumps(info, indent=2, default=str))
+            if writer is not None:
+                writer(tmp)
+            _replace(tmp, path)
+            return path
         cfg = lm.config
         hf = config_to_hf(cfg)
         dtype = lm.model.tok_emb.weight.dtype
@@ -179,17 +191,26 @@ def save(lm: LM, path, writer=None, state_dict=None, **meta) -> Path:
         (tmp / "lmstack.json").write_text(json.dumps(info, indent=2, default=str))
         if writer is not None:
             writer(tmp)
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    """Rename the finished folder into place (the old one moves aside first, then goes)."""
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -209,6 +230,8 @@ def _check_tokenizer_fits(tok, cfg: ModelConfig, where):
 def load_folder(folder: Path, device="cpu", dtype=torch.float32) -> LM:
     from lmstack.tokenizer import Tokenizer
 
+    if (folder / "adapter_config.json").exists() and not (folder / "config.json").exists():
+        return load_adapter(folder, device, dtype)
     cfg = config_from_hf(read_json(folder / "config.json"), where=str(folder / "config.json"))
     sd = state_from_hf(read_weights(folder), cfg, where=str(folder))
     model = build_model(cfg, device=device, dtype=dtype, init=False)
@@ -222,6 +245,20 @@ def load_folder(folder: Path, device="cpu", dtype=torch.float32) -> LM:
     meta = read_json(folder / "lmstack.json") if (folder / "lmstack.json").exists() else {}
     meta.pop("lmstack_config", None)
     return LM(model, tok, gen, meta)
+
+
+def load_adapter(folder: Path, device="cpu", dtype=torch.float32) -> LM:
+    """A LoRA adapter folder written by lmstack: its base model (named in lmstack.json) with the adapter on."""
+    from peft import PeftModel
+
+    meta = read_json(folder / "lmstack.json") if (folder / "lmstack.json").exists() else {}
+    base = meta.get("base_model")
+    if not base:
+        raise LmstackError(f"{folder}: adapter folder without 'base_model' in lmstack.json; use merge-lora --base")
+    lm = load(base, device, dtype)
+    model = PeftModel.from_pretrained(lm.model, str(folder))
+    model.eval()
+    return LM(model, lm.tokenizer, lm.generation_config, meta)
 
 
 def load_gguf(path: Path, device="cpu", dtype=torch.float32) -> LM:

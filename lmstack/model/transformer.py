@@ -93,6 +93,95 @@ class KVCache:
         self.v = [t.index_select(0, index) for t in self.v]
         self.key_pos = self.key_pos.index_select(0, index)
 
+    # ---- continuous batching: requests join and leave a running batch ------------------------------------------
+
+    def resize(self, max_len: int):
+        """Reallocate to max_len slots (>= length), keeping the filled ones."""
+        if max_len < self.length:
+            raise LmstackError(f"KV cache: cannot shrink to {max_len} slots below the {self.length} in use")
+        if max_len == self.max_len:
+            return
+
+        def moved(t, fill):
+            shape = list(t.shape)
+            shape[2 if t.dim() == 4 else 1] = max_len
+            new = torch.full(shape, fill, dtype=t.dtype, device=t.device)
+            if t.dim() == 4:
+                new[:, :, : self.length] = t[:, :, : self.length]
+            else:
+                new[:, : self.length] = t[:, : self.length]
+            return new
+
+        self.k = [moved(t, 0) for t in self.k]
+        self.v = [moved(t, 0) for t in self.v]
+        self.key_pos = moved(self.key_pos, -1)
+        self.max_len = max_len
+
+    def ensure_room(self, n: int):
+        """Make room for n more slots, growing geometrically so that growth is rare."""
+        if self.length + n > self.max_len:
+            self.resize(max(self.length + n, 2 * self.max_len))
+
+    def shift(self, n: int):
+        """Move the filled slots by n: n > 0 prepends n empty slots, n < 0 drops the first -n slots.
+
+        Attention is causal by slot order and positions come from key_pos, so moving every row's
+        slots together changes nothing a row sees; dropped slots must be empty (-1) in every row.
+        """
+        if n == 0:
+            return
+        L = self.length
+        if n < 0:
+            d = -n
+            if d > L:
+                raise LmstackError(f"KV cache: cannot drop {d} slots of {L}")
+            tensors = [*self.k, *self.v]
+            for t in tensors:
+                t[:, :, : L - d] = t[:, :, d:L].clone()
+            self.key_pos[:, : L - d] = self.key_pos[:, d:L].clone()
+            self.key_pos[:, L - d:L] = -1
+            self.length = L - d
+            return
+        self.ensure_room(n)
+        for t in [*self.k, *self.v]:
+            t[:, :, n:n + L] = t[:, :, :L].clone()
+        self.key_pos[:, n:n + L] = self.key_pos[:, :L].clone()
+        self.key_pos[:, :n] = -1
+        self.length = L + n
+        self.padded = True
+
+    def empty_front(self) -> int:
+        """How many leading slots are empty in every row (droppable with shift(-n))."""
+        if self.length == 0 or self.batch == 0:
+            return self.length
+        valid = (self.key_pos[:, : self.length] >= 0).any(dim=0)
+        return int(valid.long().argmax()) if bool(valid.any()) else self.length
+
+    def merge(self, other: KVCache):
+        """Append other's rows to this batch, right-aligned to this cache's length.
+
+        Both caches then end at the same slot, so the next decode step writes every row's token into
+        one shared slot; the merged rows' earlier slots are empty (key_pos -1) and masked out.
+        """
+        if other.length > self.length:
+            self.shift(other.length - self.length)
+        off = self.length - other.length
+
+        def place(t, fill):
+            shape = list(t.shape)
+            shape[2 if t.dim() == 4 else 1] = self.max_len
+            new = torch.full(shape, fill, dtype=t.dtype, device=t.device)
+            if t.dim() == 4:
+                new[:, :, off:self.length] = t[:, :, : other.length]
+            else:
+                new[:, off:self.length] = t[:, : other.length]
+            return new
+
+        self.k = [torch.cat([a, place(b, 0)]) for a, b in zip(self.k, other.k)]
+        self.v = [torch.cat([a, place(b, 0)]) for a, b in zip(self.v, other.v)]
+        self.key_pos = torch.cat([self.key_pos, place(other.key_pos, -1)])
+        self.padded = True
+
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):

@@ -77,6 +77,24 @@ def add_parser(sub) -> None:
     })
     p.set_defaults(func=_pretrain)
 
+    from lmstack.train.sft import SFTConfig
+
+    p = sub.add_parser("sft", help="supervised fine-tuning on instruction data (full or LoRA)")
+    add_dataclass_args(p, SFTConfig, {
+        "model": "checkpoint to fine-tune (folder, .gguf, hub name)",
+        "data": "instruction data: JSONL/JSON (messages, Alpaca, ShareGPT) or hf:NAME[:CONFIG][:SPLIT]",
+        "packing": "pack examples into sequences with document-masked attention (--no-packing pads)",
+        "train_on": "assistant (the chat template's mask) or all",
+        "lora_targets": "module names to adapt (qkv, o_proj, up, down)",
+    })
+    p.set_defaults(func=_sft)
+
+    p = sub.add_parser("merge-lora", help="fold a LoRA adapter into its base and write a plain checkpoint")
+    p.add_argument("--adapter", required=True, help="adapter folder written by `lmstack sft --lora`")
+    p.add_argument("--base", default=None, help="base checkpoint (default: the one named in the adapter folder)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_merge_lora)
+
     from lmstack.train.scaling import ScalingConfig
 
     p = sub.add_parser("scaling", help="train a series of sizes and token budgets; fit Kaplan's power laws")
@@ -103,4 +121,20 @@ def _scaling(args) -> int:
         f = r[key]["fit"]
         print(f"{key}: x_c={f['scale']:.4g} alpha={f['alpha']:.4f} E={f['E']:.4f}")
     print(f"report: {args.out}/scaling.md, plot: {args.out}/scaling.png")
+    return 0
+
+
+def _sft(args) -> int:
+    from lmstack.train.sft import SFTConfig, sft
+
+    s = sft(dataclass_from_args(SFTConfig, args))
+    print(f"done: {s['steps']} steps, loss {s['first_loss']:.4f} -> {s['final_loss']:.4f}; model in {args.out}/model")
+    return 0
+
+
+def _merge_lora(args) -> int:
+    from lmstack.train.lora import merge_lora
+
+    path = merge_lora(args.adapter, args.out, base=args.base)
+    print(f"wrote {path}")
     return 0

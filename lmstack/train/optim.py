@@ -12,10 +12,13 @@ from lmstack.errors import LmstackError
 SCHEDULES = ("cosine", "linear", "wsd", "constant")
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.1, betas=(0.9, 0.95),
+def make_optimizer(model_or_params, lr: float, weight_decay: float = 0.1, betas=(0.9, 0.95),
                    eps: float = 1e-8, fused: bool | None = None) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (GPT-3, nanoGPT): biases and norm gains are not decayed."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """AdamW with weight decay on matrices only (GPT-3, nanoGPT): biases and norm gains are not decayed.
+
+    Takes a model or an iterable of parameters (LoRA trains only its adapter weights)."""
+    src = model_or_params.parameters() if isinstance(model_or_params, torch.nn.Module) else model_or_params
+    params = [p for p in src if p.requires_grad]
     seen, decay, no_decay = set(), [], []
     for p in params:
         if id(p) in seen:  # tied embeddings appear once

@@ -1,0 +1,216 @@
+"""What every training recipe shares: the config knobs, run setup with exact resume, the guarded
+optimizer step, checkpoints and the end-of-run summary.
+
+Recipes keep their own loops (the algorithm of the paper stays visible); these helpers are the
+plumbing around them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from lmstack.errors import LmstackError
+from lmstack.train import dist
+from lmstack.train.log import MetricsLogger, plot_curves, read_metrics
+from lmstack.train.optim import lr_at, make_optimizer, set_lr
+from lmstack.train.state import latest_checkpoint, read_trainer_state, save_checkpoint, set_rng_state
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/train"
+    steps: int = 1000
+    micro_batch: int = 16
+    grad_accum: int = 1
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 50
+    schedule: str = "cosine"
+    weight_decay: float = 0.1
+    betas: tuple = (0.9, 0.95)
+    grad_clip: float = 1.0
+    dropout: float = 0.0
+    precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    compile: bool = False
+    grad_checkpoint: bool = False
+    fsdp: bool = False
+    device: str = "auto"
+    seed: int = 0
+    eval_interval: int = 200
+    eval_batches: int = 20
+    ckpt_interval: int = 500
+    keep_last: int = 2
+    log_interval: int = 10
+    max_nonfinite: int = 5  # consecutive non-finite steps before the run stops
+    resume: bool = False
+    tensorboard: bool = False
+    quiet: bool = False
+
+
+@dataclass
+class Run:
+    """The live state of one training run."""
+
+    cfg: TrainConfig
+    info: dist.DistInfo
+    model: torch.nn.Module  # the Transformer (weights saved from here)
+    dmodel: torch.nn.Module  # what the loop calls: DDP/FSDP/compiled wrapper of model
+    opt: torch.optim.Optimizer
+    log: MetricsLogger
+    out: Path
+    meta: dict
+    start: int = 0
+    counters: dict = field(default_factory=lambda: {"nonfinite_total": 0, "tokens": 0})
+    consecutive_bad: int = 0
+    use_bf16: bool = False
+    t_last: float = field(default_factory=time.time)
+    tok_last: int = 0
+    last_loss: float | None = None
+    flops_per_token: float | None = None  # with peak_flops: model FLOPs utilisation in the logs
+    peak_flops: float | None = None
+
+    @property
+    def main(self) -> bool:
+        return self.info.main
+
+    def autocast(self):
+        if self.use_bf16:
+            return torch.autocast(self.info.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def no_sync(self, micro: int):
+        """Skip DDP's gradient all-reduce on all but the last micro-batch of a step."""
+        last = micro == self.cfg.grad_accum - 1
+        if last or self.info.world == 1 or self.cfg.fsdp or not hasattr(self.dmodel, "no_sync"):
+            return contextlib.nullcontext()
+        return self.dmodel.no_sync()
+
+    def lr(self, step: int) -> float:
+        c = self.cfg
+        lr = lr_at(step, lr=c.lr, total=c.steps, warmup=c.warmup, schedule=c.schedule, min_lr_ratio=c.min_lr_ratio)
+        set_lr(self.opt, lr)
+        return lr
+
+
+def resume_point(cfg: TrainConfig) -> Path | None:
+    return latest_checkpoint(Path(cfg.out)) if cfg.resume else None
+
+
+def start_run(cfg: TrainConfig, model: torch.nn.Module, info: dist.DistInfo, stage: str, meta: dict | None = None,
+              params=None, resume_from: Path | None = None) -> Run:
+    """Wrap for distribution, build AdamW (over `params` if given, e.g. LoRA weights), restore a resumed
+    run's optimizer/RNG/step, open the logger. The recipe loads resumed weights itself beforehand."""
+    out = Path(cfg.out)
+    if hasattr(model, "set_dropout"):
+        model.set_dropout(cfg.dropout)
+    model.train()
+    inner = getattr(model, "base_model", None)
+    target = inner.model if inner is not None and hasattr(inner, "model") else model
+    if hasattr(target, "grad_checkpointing"):
+        target.grad_checkpointing = cfg.grad_checkpoint
+    dmodel = dist.wrap(model, info, cfg.fsdp)
+    # After FSDP wrapping: the optimizer must hold the sharded parameters.
+    opt = make_optimizer(model if params is None else params, cfg.lr, cfg.weight_decay, cfg.betas)
+    start, counters = 0, {"nonfinite_total": 0, "tokens": 0}
+    if resume_from is not None:
+        blob, state = read_trainer_state(resume_from, info.rank)
+        opt.load_state_dict(blob["optimizer"])
+        set_rng_state(blob["rng"])
+        start, counters = state["step"], state.get("counters", counters)
+        if info.main and not cfg.quiet:
+            print(f"resuming from {resume_from} at step {start}")
+    if cfg.compile:
+        dmodel = torch.compile(dmodel)
+    if info.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{stage}_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+        if start == 0 and (out / "metrics.jsonl").exists():
+            (out / "metrics.jsonl").unlink()
+    log = MetricsLogger(out, cfg.steps, start, enabled=info.main, console=not cfg.quiet,
+                        tensorboard=cfg.tensorboard, desc=stage)
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and info.device.type == "cuda")
+    return Run(cfg, info, model, dmodel, opt, log, out, {"stage": stage, "args": asdict(cfg), **(meta or {})},
+               start, counters, use_bf16=use_bf16)
+
+
+def optimizer_step(run: Run, step: int, loss_value: float, lr: float, params=None) -> tuple[bool, float]:
+    """Clip, then step; a non-finite loss or gradient skips the update (counted, and too many in a row stop
+    the run with the last good checkpoint named). Returns (updated, grad norm)."""
+    cfg = run.cfg
+    params = list(params) if params is not None else [p for p in run.model.parameters() if p.requires_grad]
+    gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    gnorm_v = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)
+    if not (math.isfinite(loss_value) and math.isfinite(gnorm_v)):
+        # Skip: one bad batch must not poison the weights or the Adam moments.
+        run.opt.zero_grad(set_to_none=True)
+        run.consecutive_bad += 1
+        run.counters["nonfinite_total"] += 1
+        run.log.log(step + 1, nonfinite=True, lr=lr)
+        run.log.write(f"step {step + 1}: non-finite loss/gradient, update skipped ({run.consecutive_bad} in a row)")
+        if run.consecutive_bad >= cfg.max_nonfinite:
+            run.log.close()
+            raise LmstackError(
+                f"{run.meta['stage']}: {run.consecutive_bad} non-finite steps in a row at step {step + 1}; stopped. "
+                f"Last good checkpoint: {latest_checkpoint(run.out) or 'none'} (lower --lr or check the data)")
+        return False, gnorm_v
+    run.consecutive_bad = 0
+    run.opt.step()
+    run.opt.zero_grad(set_to_none=True)
+    return True, gnorm_v
+
+
+def log_step(run: Run, done: int, tokens: int, **metrics) -> None:
+    """Count tokens; every log_interval steps write the metrics with tokens/s."""
+    run.counters["tokens"] += tokens
+    run.last_loss = metrics.get("loss", run.last_loss)
+    cfg = run.cfg
+    if done % cfg.log_interval and done != cfg.steps and done != run.start + 1:
+        return
+    now = time.time()
+    rec = dict(metrics, tokens=run.counters["tokens"])
+    if run.tok_last:
+        rec["tokens_per_s"] = (run.counters["tokens"] - run.tok_last) / max(now - run.t_last, 1e-9)
+        if run.flops_per_token and run.peak_flops:
+            rec["mfu"] = rec["tokens_per_s"] * run.flops_per_token / (run.peak_flops * run.info.world)
+    run.t_last, run.tok_last = now, run.counters["tokens"]
+    run.log.log(done, **rec)
+
+
+def checkpoint_if_due(run: Run, lm, done: int, extra: dict | None = None) -> None:
+    cfg = run.cfg
+    if (cfg.ckpt_interval and done % cfg.ckpt_interval == 0) or done == cfg.steps:
+        save_checkpoint(lm, run.out, done, run.opt, {"counters": run.counters, **(extra or {})},
+                        keep_last=cfg.keep_last, meta=run.meta, dist_info=run.info, sharded=cfg.fsdp)
+
+
+def finish_run(run: Run, lm, summary: dict, plot_keys: list[str], title: str, png: str = "loss_curve.png") -> dict:
+    """Final model folder (run/model), summary.json, a curve PNG; returns the summary."""
+    run.log.close()
+    final_sd = None
+    if run.cfg.fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        final_sd = get_model_state_dict(run.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if run.main:
+        recs = read_metrics(run.out / "metrics.jsonl")
+        rates = [r["tokens_per_s"] for r in recs if r.get("tokens_per_s")]
+        summary.setdefault("tokens_per_s", sum(rates) / len(rates) if rates else None)
+        summary.setdefault("nonfinite_skipped", run.counters["nonfinite_total"])
+        summary.setdefault("tokens", run.counters["tokens"])
+        mfu = [r["mfu"] for r in recs if r.get("mfu")]
+        if mfu:
+            summary.setdefault("mfu", sum(mfu) / len(mfu))
+        if recs:
+            plot_curves(recs, plot_keys, run.out / png, title=title)
+        if lm is not None:
+            lm.save(run.out / "model", state_dict=final_sd, **run.meta, metrics=summary)
+        (run.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    dist.barrier(run.info)
+    return summary
