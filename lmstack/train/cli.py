@@ -95,6 +95,13 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(func=_merge_lora)
 
+    from lmstack.train.flan import FlanConfig
+
+    p = sub.add_parser("flan", help="FLAN's protocol: tune on all clusters but one, evaluate zero-shot on it")
+    add_dataclass_args(p, FlanConfig, {"hold_out": "the cluster kept out of training and evaluated zero-shot",
+                                       "base": "pretrained checkpoint (default: pretrain one on the suite)"})
+    p.set_defaults(func=_flan)
+
     from lmstack.train.scaling import ScalingConfig
 
     p = sub.add_parser("scaling", help="train a series of sizes and token budgets; fit Kaplan's power laws")
@@ -138,3 +145,11 @@ def _merge_lora(args) -> int:
     path = merge_lora(args.adapter, args.out, base=args.base)
     print(f"wrote {path}")
     return 0
+
+
+def _flan(args) -> int:
+    from lmstack.train.flan import FlanConfig, run_flan
+
+    r = run_flan(dataclass_from_args(FlanConfig, args))
+    print(open(f"{args.out}/flan_report.md").read())
+    return 0 if r else 1
