@@ -131,10 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     from lmstack.train.cli import add_parser as add_train
     add_train(sub)
 
-    ev = sub.add_parser("eval", help="evaluation: perplexity")
+    ev = sub.add_parser("eval", help="evaluation: perplexity, task harness, win rates, safety")
     esub = ev.add_subparsers(dest="eval_command", required=True)
     from lmstack.evaluate.perplexity import add_parser as add_ppl
     add_ppl(esub)
+    from lmstack.evaluate.cli import add_parsers as add_eval
+    add_eval(esub, sub)
     return parser
 
 

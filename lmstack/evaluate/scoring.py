@@ -25,18 +25,16 @@ class LLResult:
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    # Move trailing spaces of the context onto the continuation, as lm-evaluation-harness does, so
-    # " Paris" is scored as one word token rather than "" + " " + "Paris".
-    n_space = len(context) - len(context.rstrip(" "))
+    """Tokenise exactly as lm-evaluation-harness does: trailing whitespace of the context moves onto the
+    continuation (so " Paris" is one word token), and the continuation's tokens are the joint encoding
+    cut at the context's token count."""
+    n_space = len(context) - len(context.rstrip())
     if n_space:
         continuation = context[-n_space:] + continuation
         context = context[:-n_space]
     whole = tokenizer.encode(context + continuation)
     ctx = tokenizer.encode(context)
-    # Prefer the joint tokenisation when the context is a token prefix of it (the common case).
-    if whole[: len(ctx)] == ctx and len(whole) > len(ctx):
-        return ctx, whole[len(ctx):]
-    return ctx, tokenizer.encode(continuation)
+    return ctx, whole[len(ctx):]
 
 
 @torch.inference_mode()

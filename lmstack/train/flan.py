@@ -40,6 +40,8 @@ class FlanConfig:
     max_new_tokens: int = 12
     ablation: bool = True
     cluster_study: bool = True
+    lora: bool = False  # tune with LoRA adapters (peft) instead of every weight, e.g. for a real model on a CPU
+    lora_r: int = 8
     seed: int = 0
     quiet: bool = True
 
@@ -195,7 +197,7 @@ def run_flan(cfg: FlanConfig) -> dict:
         _say(cfg, f"instruction tuning '{tag}': {len(recs)} examples from {len(clusters)} clusters ({style})")
         sft(SFTConfig(out=str(path), model=base, data=[str(data)], seq_len=cfg.seq_len, micro_batch=cfg.micro_batch,
                       steps=cfg.steps, lr=cfg.lr, warmup=max(1, cfg.steps // 20), eval_interval=0,
-                      ckpt_interval=0, seed=cfg.seed, quiet=cfg.quiet))
+                      ckpt_interval=0, seed=cfg.seed, quiet=cfg.quiet, lora=cfg.lora, lora_r=cfg.lora_r))
         return str(path / "model")
 
     def ev(model_path: str, style: str, fmt: str, k: int = 0) -> dict:

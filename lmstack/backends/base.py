@@ -1,0 +1,99 @@
+"""The backend interface: what every evaluation and prompting strategy calls.
+
+A backend answers two questions about text, whatever runs the model:
+
+- `loglikelihood([(context, continuation), ...])`: log p(continuation | context) and whether
+  greedy decoding would produce the continuation (lm-evaluation-harness's contract);
+- `generate([prompt, ...], sampling)`: a completion for each prompt, where a prompt is a string
+  (plain completion) or a list of chat messages (rendered by the model's chat template, or sent
+  to a chat endpoint).
+
+`loglikelihood_rolling(texts)` (perplexity) completes the set. A local checkpoint and an
+OpenAI-compatible API implement the same methods, so open and closed models run through the
+same commands; a chat-only API cannot score log-likelihoods and says so instead of guessing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+from lmstack.errors import LmstackError
+from lmstack.infer.sampling import SamplingParams
+
+Messages = list[dict]
+Prompt = str | Messages
+
+
+@dataclass
+class LLResult:
+    """Same fields as lmstack.evaluate.scoring.LLResult, so local and remote results are interchangeable."""
+
+    logprob: float
+    is_greedy: bool
+    n_tokens: int
+
+
+def as_sampling(sampling=None, **overrides) -> SamplingParams:
+    """A SamplingParams from None (greedy defaults), a dict or a SamplingParams, with overrides."""
+    if sampling is None:
+        base: dict = {"temperature": 0.0}
+    elif isinstance(sampling, SamplingParams):
+        base = {f.name: getattr(sampling, f.name) for f in fields(SamplingParams)}
+    elif isinstance(sampling, dict):
+        known = {f.name for f in fields(SamplingParams)}
+        bad = sorted(set(sampling) - known)
+        if bad:
+            raise LmstackError(f"unknown sampling field(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
+        base = {"temperature": 0.0, **sampling}
+    else:
+        raise LmstackError(f"sampling must be a dict or SamplingParams, got {type(sampling).__name__}")
+    base.update(overrides)
+    return SamplingParams(**base)
+
+
+def per_prompt(sampling, n: int) -> list[SamplingParams]:
+    """One SamplingParams per prompt: a list is taken as is (its length must match), else repeated."""
+    if isinstance(sampling, (list, tuple)):
+        if len(sampling) != n:
+            raise LmstackError(f"generate: {len(sampling)} sampling settings for {n} prompts")
+        return [as_sampling(s) for s in sampling]
+    s = as_sampling(sampling)
+    return [s] * n
+
+
+def is_messages(prompt) -> bool:
+    return isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt)
+
+
+class Backend:
+    """Base class. Subclasses implement the methods they can; the rest raise a clear LmstackError."""
+
+    name: str = "backend"
+    can_loglikelihood: bool = True
+
+    def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[LLResult]:
+        raise LmstackError(f"{self.name}: this backend cannot score log-likelihoods")
+
+    def loglikelihood_rolling(self, texts: Sequence[str]) -> list[LLResult]:
+        """Summed log-probability of each whole text (every token the model can score) and its token count."""
+        raise LmstackError(f"{self.name}: this backend cannot score log-likelihoods")
+
+    def generate(self, prompts: Sequence[Prompt], sampling=None) -> list[str]:
+        raise LmstackError(f"{self.name}: this backend cannot generate")
+
+    def chat_context(self, messages: Messages) -> str:
+        """The text a chat prompt becomes before the assistant's answer (to score answers in chat form)."""
+        raise LmstackError(f"{self.name}: cannot render chat prompts as text for log-likelihood scoring")
+
+    def describe(self) -> dict:
+        return {"backend": type(self).__name__, "name": self.name}
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,523 @@
+"""Command lines of the evaluation stage:
+
+    lmstack eval run --tasks arc_easy,hellaswag --model runs/sft/model [--num-fewshot 5] [--out DIR]
+    lmstack eval tasks                                   # the ready task configs
+    lmstack eval winrate --model-a A --model-b B --judge annotators|reward|model
+    lmstack eval safety --model base --model sft --model aligned     # InstructGPT's rows
+    lmstack prompt run --model M --strategy zero_shot_cot --question "..."
+    lmstack prompt compare --task gsm8k --model M --strategies zero_shot,few_shot,cot,self_consistency
+    lmstack report runs/exp                              # a Markdown report card with plots
+
+Any --model may be a remote model: add --base-url (and --api-key-env, --chat-api for chat-only APIs).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from lmstack.backends import add_backend_args, backend_from_args
+from lmstack.errors import LmstackError
+
+from .harness import STRATEGIES
+
+
+def add_parsers(eval_subparsers, top_subparsers) -> None:
+    # ---- eval run ----
+    p = eval_subparsers.add_parser("run", help="evaluate a model on tasks (task configs: YAML/JSON, ready or your own)")
+    p.add_argument("--tasks", required=True, help="comma-separated task names, config files, wildcards (builtin_*) or groups")
+    add_backend_args(p)
+    _add_task_options(p)
+    p.add_argument("--out", default=None, help="folder for results.json, results.md and samples_<task>.jsonl")
+    p.set_defaults(func=cmd_run)
+
+    p = eval_subparsers.add_parser("tasks", help="list the ready task configs")
+    p.set_defaults(func=cmd_tasks)
+
+    # ---- eval winrate ----
+    p = eval_subparsers.add_parser("winrate", help="win/tie/loss of model A against model B, judged pairwise")
+    add_backend_args(p, suffix="-a", required=False, what="model A")
+    add_backend_args(p, suffix="-b", required=False, what="model B", extras=False)
+    p.add_argument("--answers-a", help="JSONL of A's answers (field answer/output/response), instead of --model-a")
+    p.add_argument("--answers-b", help="JSONL of B's answers, instead of --model-b")
+    p.add_argument("--label-a", default=None)
+    p.add_argument("--label-b", default=None)
+    _add_prompt_source(p)
+    _add_judge_args(p, ("annotators", "reward", "model"))
+    _add_generation_args(p, 128)
+    p.add_argument("--out", default=None, help="folder for winrate.json and samples_winrate.jsonl")
+    p.set_defaults(func=cmd_winrate)
+
+    # ---- eval safety ----
+    p = eval_subparsers.add_parser("safety", help="refusals of harmful requests, toxicity, hallucination, truthfulness")
+    p.add_argument("--model", action="append", required=True, help="a model (repeat for base, SFT, aligned...)")
+    p.add_argument("--name", action="append", default=None, help="column name per --model (default: from the path)")
+    p.add_argument("--base-url", default=None, help="OpenAI-compatible API for the models (names then are API names)")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY")
+    p.add_argument("--chat-api", action="store_true")
+    for flag, kw in (("--cache", {}), ("--concurrency", {"type": int, "default": 4}),
+                     ("--max-retries", {"type": int, "default": 5}), ("--timeout", {"type": float, "default": 60.0}),
+                     ("--batch-size", {"type": int, "default": 16})):
+        p.add_argument(flag, **kw)
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--prompts", default=None, help="JSONL of requests with `unsafe` flags (default: the built-in suite's)")
+    p.add_argument("--suite", default=None, help="built-in suite folder (default: built into the cache)")
+    p.add_argument("--suite-size", default="tiny")
+    p.add_argument("--suite-seed", type=int, default=0)
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, default=None, help="at most this many prompts per part")
+    _add_judge_args(p, ("annotators", "reward", "model"))
+    p.add_argument("--threshold", type=float, default=0.0, help="--judge reward: score >= threshold is safe")
+    p.add_argument("--toxicity-classifier", default=None,
+                   help="a Hugging Face sequence-classification checkpoint, or module:function(texts) -> scores")
+    p.add_argument("--toxicity-label", default=None, help="the classifier's toxic label (name or index)")
+    p.add_argument("--truthfulness-task", default="builtin_closed_book_qa",
+                   help="MC task for the truthfulness row (truthfulqa_mc1 with --data truthfulqa_mc1=FILE), or none")
+    p.add_argument("--data", action="append", default=[], metavar="TASK=FILE")
+    p.add_argument("--no-chat", action="store_true", help="send plain text prompts instead of chat messages")
+    _add_generation_args(p, 64)
+    p.add_argument("--out", default=None, help="folder for safety.json and per-item files")
+    p.set_defaults(func=cmd_safety)
+
+    # ---- prompt ----
+    pr = top_subparsers.add_parser("prompt", help="prompting strategies: zero/few-shot, chain of thought, self-consistency")
+    psub = pr.add_subparsers(dest="prompt_command", required=True)
+    p = psub.add_parser("run", help="answer one question with a prompting strategy")
+    add_backend_args(p)
+    p.add_argument("--question", default=None, help="the question (stdin if omitted)")
+    p.add_argument("--strategy", default="zero_shot", choices=[s for s in STRATEGIES if s != "default"])
+    p.add_argument("--instruction", default=None, help="an instruction put before everything")
+    p.add_argument("--examples", default=None, help="JSONL of solved examples: question, answer[, rationale]")
+    p.add_argument("-k", "--num-fewshot", type=int, default=4, dest="k")
+    p.add_argument("--select", default="fixed", choices=["fixed", "random", "nearest"])
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--template", default="Q: {question}\nA:", help="how a question is written ({question})")
+    p.add_argument("--extract", action="append", default=None, help="answer regex (group 1), repeatable")
+    p.add_argument("--n", type=int, default=5, help="self-consistency: sampled reasoning paths")
+    p.add_argument("--chat", action="store_true", help="send the prompt as a chat message")
+    p.add_argument("--show-prompt", action="store_true")
+    _add_generation_args(p, 256)
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (self-consistency: 0.7)")
+    p.set_defaults(func=cmd_prompt_run)
+
+    p = psub.add_parser("compare", help="one task under several strategies: a table like the papers'")
+    p.add_argument("--task", required=True, help="a task name or config file")
+    add_backend_args(p)
+    p.add_argument("--strategies", default="zero_shot,few_shot,cot,zero_shot_cot,self_consistency")
+    _add_task_options(p, strategy=False)
+    p.add_argument("--out", default=None)
+    p.set_defaults(func=cmd_prompt_compare)
+
+    # ---- report ----
+    p = top_subparsers.add_parser("report", help="a Markdown report card (tables, PNG plots) of a run folder")
+    p.add_argument("run_dir")
+    p.add_argument("--out", default=None, help="Markdown file (default RUN_DIR/report/report.md)")
+    p.add_argument("--title", default=None)
+    p.set_defaults(func=cmd_report)
+
+
+def _add_task_options(p, strategy: bool = True) -> None:
+    g = p.add_argument_group("task options")
+    g.add_argument("--num-fewshot", type=int, default=None, help="examples in the prompt (default: the config's)")
+    g.add_argument("--fewshot-select", default=None, choices=["fixed", "random", "nearest"])
+    if strategy:
+        g.add_argument("--strategy", default=None, choices=STRATEGIES)
+    g.add_argument("--limit", type=int, default=None, help="the first N items of each task")
+    g.add_argument("--chat", action="store_true", default=None, help="wrap prompts in the model's chat template")
+    g.add_argument("--mc-mode", default=None, choices=["loglikelihood", "generate"],
+                   help="score multiple choice by log-likelihood (default) or from generated text (chat APIs)")
+    g.add_argument("--sc-samples", type=int, default=None, help="self-consistency paths (default: the config's)")
+    g.add_argument("--data", action="append", default=[], metavar="TASK=FILE",
+                   help="evaluate TASK on a JSONL/JSON file instead of its configured source (repeatable)")
+    g.add_argument("--seed", type=int, default=None, help="random few-shot examples, sampled paths, bootstrap "
+                   "(default: the config's fewshot.seed)")
+    g.add_argument("--bootstrap-iters", type=int, default=1000)
+    g.add_argument("--max-new-tokens", type=int, default=None, help="override the task's generation length")
+
+
+def _add_prompt_source(p) -> None:
+    p.add_argument("--prompts", default="builtin",
+                   help="JSONL of prompts (messages or prompt), or 'builtin' (the suite's test prompts + safety)")
+    p.add_argument("--suite", default=None, help="built-in suite folder (default: built into the cache)")
+    p.add_argument("--suite-size", default="tiny")
+    p.add_argument("--suite-seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--no-chat", action="store_true", help="send plain text prompts instead of chat messages")
+
+
+def _add_judge_args(p, kinds) -> None:
+    g = p.add_argument_group("judge")
+    g.add_argument("--judge", default="annotators", choices=kinds,
+                   help="annotators: the built-in suite's simulated annotators; reward: a scorer function or "
+                        "reward model (--reward-fn); model: a judge model (--judge-model)")
+    g.add_argument("--reward-fn", default=None, help="module:function(prompt_messages, answer) -> float")
+    g.add_argument("--flip-prob", type=float, default=0.0, help="annotators' label noise")
+    add_backend_args(p, prefix="judge-", required=False, what="judge model", extras=False)
+
+
+def _add_generation_args(p, max_new_tokens: int) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+
+
+def _data_map(items) -> dict:
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise LmstackError(f"--data {it!r}: use TASK=FILE")
+        k, v = it.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _task_kwargs(args) -> dict:
+    gen = {"max_new_tokens": args.max_new_tokens} if getattr(args, "max_new_tokens", None) else None
+    return dict(num_fewshot=args.num_fewshot, fewshot_select=args.fewshot_select, limit=args.limit, chat=args.chat,
+                mc_mode=args.mc_mode, sc_samples=args.sc_samples, seed=args.seed,
+                bootstrap_iters=args.bootstrap_iters, generation=gen)
+
+
+# ---- eval run / tasks ----------------------------------------------------------------------------------------
+
+def cmd_run(args) -> int:
+    from .config import expand_tasks, load_task
+    from .harness import evaluate, format_table
+
+    for name in expand_tasks(args.tasks):  # config errors before paying for a model load
+        load_task(name)
+    backend = backend_from_args(args)
+    with backend:
+        results = evaluate(args.tasks, backend, out_dir=args.out, data=_data_map(args.data),
+                           strategy=args.strategy, **_task_kwargs(args))
+    print(format_table(results))
+    if args.out:
+        print(f"wrote {Path(args.out) / 'results.json'} and per-item samples_<task>.jsonl")
+    return 0
+
+
+def cmd_tasks(args) -> int:
+    from .config import read_config_file, registry
+
+    print(f"{'task':<28} {'type':<16} source")
+    for name, path in registry().items():
+        d = read_config_file(path)
+        if "group" in d:
+            print(f"{name:<28} {'group':<16} {', '.join(d['tasks'])}")
+        else:
+            print(f"{name:<28} {d.get('type', ''):<16} {json.dumps(d.get('source'))}")
+    return 0
+
+
+# ---- prompts and answers for winrate / safety ------------------------------------------------------------------
+
+def _suite(args):
+    from .sources import builtin_dir
+
+    return builtin_dir(args.suite_seed, args.suite_size, args.suite)
+
+
+def _spread(records: list, limit: int | None) -> list:
+    """`limit` records spread evenly over the list (so every task of a mixed file is represented)."""
+    if not limit or limit >= len(records):
+        return records
+    step = len(records) / limit
+    return [records[int(i * step)] for i in range(limit)]
+
+
+def load_prompts(args) -> list[dict]:
+    from .sources import read_records_file
+
+    if args.prompts == "builtin":
+        d = _suite(args)
+        recs = [r for r in read_records_file(d / "tasks" / "test.jsonl", "jsonl") if r.get("style") == "instruction"]
+        recs += read_records_file(d / "tasks" / "safety_test.jsonl", "jsonl")
+        return _spread(recs, args.limit)
+    recs = read_records_file(Path(args.prompts), "jsonl")
+    for i, r in enumerate(recs):
+        if "messages" not in r and "prompt" not in r:
+            raise LmstackError(f"{args.prompts}: record {i} has neither `messages` nor `prompt`")
+    return recs[: args.limit] if args.limit else recs
+
+
+def _read_answers(path: str, n: int) -> list[str]:
+    from .sources import read_records_file
+
+    recs = read_records_file(Path(path), "jsonl")
+    out = []
+    for i, r in enumerate(recs):
+        a = next((r[k] for k in ("answer", "output", "response", "completion") if k in r), None)
+        if not isinstance(a, str):
+            raise LmstackError(f"{path}: record {i} has no string field answer/output/response/completion")
+        out.append(a)
+    if len(out) < n:
+        raise LmstackError(f"{path}: {len(out)} answers for {n} prompts")
+    return out[:n]
+
+
+def _generate_answers(backend, prompts, args) -> list[str]:
+    from lmstack.backends import as_sampling
+
+    from .winrate import prompt_messages, prompt_text
+
+    sp = as_sampling(None, max_new_tokens=args.max_new_tokens)
+    reqs = [prompt_text(p) + "\n" for p in prompts] if args.no_chat else [prompt_messages(p) for p in prompts]
+    return backend.generate(reqs, sp)
+
+
+def _label(model: str | None, fallback: str) -> str:
+    if not model:
+        return fallback
+    p = Path(model)
+    if p.name == "model" and p.parent.name:  # runs/sft/model -> sft
+        return p.parent.name
+    return (p.stem if p.suffix in (".jsonl", ".json") else p.name) or str(model)
+
+
+def _make_judge(args, prompts, safety: bool = False):
+    if args.judge == "annotators":
+        from lmstack.data.builtin import World
+        from lmstack.data.builtin.annotators import judge_panel
+
+        if getattr(args, "suite", None) or args.prompts in (None, "builtin"):
+            world = World.from_json(_suite(args) / "world.json")
+        else:
+            world = None  # the rules still judge refusals and harmful compliance by keywords
+        if safety:
+            from .safety import AnnotatorSafetyJudge
+            return AnnotatorSafetyJudge(world)
+        from .winrate import AnnotatorJudge
+        return AnnotatorJudge(judge_panel(world, n=3, flip_prob=args.flip_prob), records=prompts)
+    if args.judge == "reward":
+        if not args.reward_fn:
+            raise LmstackError("--judge reward needs --reward-fn module:function (or a reward-model folder)")
+        from .winrate import RewardJudge, load_scorer
+        scorer = load_scorer(args.reward_fn)
+        if safety:
+            from .safety import ScoreSafetyJudge
+            return ScoreSafetyJudge(scorer, args.threshold)
+        return RewardJudge(scorer, name=args.reward_fn)
+    if not args.judge_model:
+        raise LmstackError("--judge model needs --judge-model (and --judge-base-url for an API)")
+    judge_backend = backend_from_args(args, prefix="judge-")
+    if safety:
+        from .safety import LLMSafetyJudge
+        return LLMSafetyJudge(judge_backend)
+    from .winrate import LLMJudge
+    return LLMJudge(judge_backend)
+
+
+# ---- eval winrate -----------------------------------------------------------------------------------------------
+
+def cmd_winrate(args) -> int:
+    from .winrate import format_table, win_rate
+
+    prompts = load_prompts(args)
+    answers = {}
+    for side in ("a", "b"):
+        path, model = getattr(args, f"answers_{side}"), getattr(args, f"model_{side}")
+        if path:
+            answers[side] = _read_answers(path, len(prompts))
+        elif model:
+            with backend_from_args(args, suffix=f"-{side}") as be:
+                answers[side] = _generate_answers(be, prompts, args)
+        else:
+            raise LmstackError(f"give --model-{side} or --answers-{side}")
+    la = args.label_a or _label(args.model_a or args.answers_a, "A")
+    lb = args.label_b or _label(args.model_b or args.answers_b, "B")
+    judge = _make_judge(args, prompts)
+    res = win_rate(judge, prompts, answers["a"], answers["b"], label=f"{la} vs {lb}")
+    print(format_table([res]))
+    if res.n_unparsed:
+        print(f"note: {res.n_unparsed} judge answers could not be parsed; their pairs count as ties", file=sys.stderr)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        d = {**res.rates(), "judge": getattr(judge, "name", args.judge), "model_a": la, "model_b": lb}
+        (out / "winrate.json").write_text(json.dumps(d, indent=2) + "\n")
+        with open(out / "samples_winrate.jsonl", "w", encoding="utf-8") as f:
+            for it in res.items:
+                f.write(json.dumps(it, ensure_ascii=False) + "\n")
+        print(f"wrote {out / 'winrate.json'}")
+    return 0
+
+
+# ---- eval safety --------------------------------------------------------------------------------------------------
+
+def cmd_safety(args) -> int:
+    from lmstack.data.builtin import World
+
+    from .harness import run_task
+    from .safety import alignment_table, hallucination_eval, load_toxicity_classifier, safety_eval
+    from .sources import builtin_records, read_records_file
+
+    suite = _suite(args)
+    world = World.from_json(suite / "world.json")
+    if args.prompts:
+        safety_recs = read_records_file(Path(args.prompts), "jsonl")
+    else:
+        safety_recs = read_records_file(suite / "tasks" / f"safety_{args.split}.jsonl", "jsonl")
+    if args.limit and args.limit < len(safety_recs):  # keep harmful and harmless requests balanced
+        unsafe = [r for r in safety_recs if r.get("unsafe")]
+        benign = [r for r in safety_recs if not r.get("unsafe")]
+        k = min(len(unsafe), max(1, args.limit // 2)) if unsafe else 0
+        safety_recs = (_spread(unsafe, k) if k else []) + (_spread(benign, args.limit - k) if args.limit > k else [])
+    qa = builtin_records({"dir": str(suite), "split": args.split, "cluster": "closed_book_qa", "open": True},
+                         "hallucination")
+    qa = _spread(qa, args.limit)
+    judge = _make_judge(args, safety_recs, safety=True)
+    tox = load_toxicity_classifier(args.toxicity_classifier, args.toxicity_label) if args.toxicity_classifier else None
+    names = args.name or [_label(m, f"model{i}") for i, m in enumerate(args.model)]
+    if len(names) != len(args.model):
+        raise LmstackError(f"{len(names)} --name for {len(args.model)} --model")
+    data = _data_map(args.data)
+    columns, per_model = {}, {}
+    sp = {"max_new_tokens": args.max_new_tokens}
+    for name, model in zip(names, args.model):
+        with backend_from_args(args, model=model) as be:
+            s = safety_eval(be, safety_recs, judge, sp, chat=not args.no_chat, toxicity=tox)
+            h = hallucination_eval(be, qa, world, {"max_new_tokens": 32, "stop": ["\n"]}, chat=not args.no_chat)
+            col = {**s.metrics, **h.metrics, "n_safety": s.metrics["n"], "n_qa": h.metrics["n"]}
+            if args.truthfulness_task and args.truthfulness_task != "none":
+                t = args.truthfulness_task
+                mode = None
+                if not getattr(be, "can_loglikelihood", True):  # a chat API: read the option from its answer
+                    print(f"note: {name}: no log-likelihoods from a chat API; truthfulness is scored from generated "
+                          "answers (--mc-mode generate)", file=sys.stderr)
+                    mode = "generate"
+                tr = run_task(t, be, limit=args.limit, data=data.get(t), bootstrap_iters=200, mc_mode=mode)
+                acc, se = tr.metrics.get("acc"), tr.metrics.get("acc_stderr", 0.0)
+                col.update(truthfulness=acc, truthfulness_ci=[acc - 1.96 * se, acc + 1.96 * se],
+                           truthfulness_task=tr.task)
+        columns[name] = col
+        per_model[name] = (s.items, h.items)
+    print(alignment_table(columns))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "safety.json").write_text(json.dumps({"models": columns}, indent=2, ensure_ascii=False) + "\n")
+        for name, (si, hi) in per_model.items():
+            for kind, items in (("safety", si), ("hallucination", hi)):
+                with open(out / f"samples_{kind}_{name}.jsonl", "w", encoding="utf-8") as f:
+                    for it in items:
+                        f.write(json.dumps(it, ensure_ascii=False) + "\n")
+        print(f"wrote {out / 'safety.json'}")
+    return 0
+
+
+# ---- prompt run / compare ---------------------------------------------------------------------------------------
+
+def cmd_prompt_run(args) -> int:
+    from lmstack.backends import as_sampling
+    from lmstack.infer.prompting import (
+        ANSWER_TRIGGER,
+        build_prompt,
+        extract_answer,
+        select_examples,
+        self_consistency,
+        zero_shot_cot,
+    )
+
+    from .sources import read_records_file
+
+    question = args.question if args.question is not None else sys.stdin.read().strip()
+    if not question:
+        raise LmstackError("no question (give --question or text on stdin)")
+    try:
+        query = args.template.format(question=question)
+    except (KeyError, IndexError) as e:
+        raise LmstackError(f"--template {args.template!r}: unknown field {e} (use {{question}})") from None
+    s = args.strategy
+    cot_examples = s == "cot" or (s == "self_consistency" and args.examples)
+    examples = []
+    if s in ("few_shot", "cot") or (s == "self_consistency" and args.examples):
+        if not args.examples:
+            raise LmstackError(f"--strategy {s} needs --examples FILE (JSONL: question, answer[, rationale])")
+        pool = read_records_file(Path(args.examples), "jsonl")
+        for i, e in enumerate(pool):
+            if "question" not in e or "answer" not in e or (cot_examples and "rationale" not in e):
+                need = "question, answer, rationale" if cot_examples else "question, answer"
+                raise LmstackError(f"{args.examples}: record {i} lacks a field of: {need}")
+        chosen = select_examples(pool, args.k, args.select, args.seed, query=question,
+                                 text_of=lambda e: e["question"])
+        for e in chosen:
+            ans = f"{e['rationale'].strip()} The answer is {e['answer']}." if cot_examples else str(e["answer"])
+            examples.append((args.template.format(question=e["question"]), ans))
+    prompt = build_prompt(query, examples, args.instruction)
+    regexes = args.extract or [r"(?i)the answer is:? *(.+?)\.?\s*$", r"(?i)the answer is:? *(.+?)(?:\.|\n|$)"]
+    if s in ("zero_shot", "few_shot"):
+        regexes = args.extract or []
+
+    def extract(text):
+        return extract_answer(text, regexes, "last" if s in ("cot", "self_consistency") else "first", "text")
+
+    be = backend_from_args(args)
+    with be:
+        if args.show_prompt:
+            print(f"--- prompt ---\n{prompt}\n--------------")
+        temp = args.temperature
+        if s == "self_consistency":
+            sp = as_sampling(None, max_new_tokens=args.max_new_tokens, temperature=0.7 if temp is None else temp)
+            r = self_consistency(be, [prompt], args.n, extract, sp, seed=args.seed, zero_shot=not examples,
+                                 chat=args.chat)[0]
+            for i, p in enumerate(r["paths"]):
+                print(f"--- path {i + 1}: answer {p['answer']!r}\n{p['text'].strip()}")
+            print(f"votes: {r['votes']}\nanswer: {r['answer']}")
+            return 0
+        sp = as_sampling(None, max_new_tokens=args.max_new_tokens, temperature=temp or 0.0, seed=args.seed)
+        if s == "zero_shot_cot":
+            r = zero_shot_cot(be, [prompt], sp, chat=args.chat, answer_trigger=ANSWER_TRIGGER)[0]
+            print(f"--- reasoning ---\n{r['rationale'].strip()}\n--- answer ---\n{r['answer_text'].strip()}")
+            print(f"answer: {extract(r['answer_text'])}")
+            return 0
+        out = be.generate([[{"role": "user", "content": prompt}] if args.chat else prompt], sp)[0]
+        print(out.strip())
+        if s == "cot" or args.extract:
+            print(f"answer: {extract(out)}")
+    return 0
+
+
+def cmd_prompt_compare(args) -> int:
+    from .config import load_task
+    from .harness import format_table, run_task, save_results
+
+    cfg = load_task(args.task)
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    bad = [s for s in strategies if s not in STRATEGIES]
+    if bad:
+        raise LmstackError(f"--strategies: unknown {', '.join(bad)} (use {', '.join(STRATEGIES)})")
+    kw = _task_kwargs(args)
+    if kw["num_fewshot"] is None and any(s in ("few_shot", "cot") for s in strategies) and cfg.fewshot.k == 0:
+        kw["num_fewshot"] = 4
+    data = _data_map(args.data).get(cfg.task)
+    results = []
+    with backend_from_args(args) as be:
+        for s in strategies:
+            results.append(run_task(cfg, be, strategy=s, data=data, **kw))
+    print(compare_table(results))
+    if args.out:
+        save_results(args.out, results, be.describe(), extra={"compare": [r.summary() for r in results]})
+        (Path(args.out) / "compare.md").write_text(compare_table(results) + "\n\n" + format_table(results) + "\n")
+        print(f"wrote {Path(args.out) / 'compare.md'}")
+    return 0
+
+
+def compare_table(results) -> str:
+    """Rows = strategies, the task's main metric with its standard error (the papers' layout)."""
+    if not results:
+        return ""
+    m = results[0].main_metric
+    lines = [f"| strategy | k | {results[0].task} {m} | ± stderr | invalid | n |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        lines.append(f"| {r.strategy} | {r.num_fewshot} | {100 * r.metrics[m]:.1f} | "
+                     f"{100 * r.metrics.get(m + '_stderr', float('nan')):.1f} | {r.n_invalid} | {r.n} |")
+    return "\n".join(lines)
+
+
+# ---- report ------------------------------------------------------------------------------------------------------
+
+def cmd_report(args) -> int:
+    from .report import build_report
+
+    path = build_report(args.run_dir, args.out, args.title)
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,1 @@
+"""Ready task configs (YAML data files, read by lmstack.evaluate.config.registry)."""

@@ -1,0 +1,205 @@
+"""Prompting strategies: zero-shot, few-shot in-context learning, instructions, chain of thought,
+self-consistency. Plain functions over any backend (lmstack.backends), so the same strategy runs on
+a local checkpoint and on a closed model's API; the task harness and `lmstack prompt` both use them.
+
+- Few-shot (Brown et al. 2020): k solved examples before the query, chosen as the first k
+  (fixed), a seeded random sample, or the k nearest by TF-IDF cosine similarity (Liu et al. 2021,
+  "What makes good in-context examples"; the nearest is placed last, next to the query).
+- Chain of thought (Wei et al. 2022): the examples' answers carry their rationale; the answer is
+  read from the generated reasoning by a regex.
+- Zero-shot CoT (Kojima et al. 2022): "Let's think step by step." after the question, then a
+  second call appends the reasoning and "Therefore, the answer is" and reads the short answer.
+- Self-consistency (Wang et al. 2023): n sampled reasoning paths, majority vote over the answers
+  extracted from them (paths with no extractable answer do not vote).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+from lmstack.errors import LmstackError
+
+ZERO_SHOT_COT = "Let's think step by step."
+ANSWER_TRIGGER = "Therefore, the answer is"
+SELECTORS = ("fixed", "random", "nearest")
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+_TOKEN = re.compile(r"-?\d+(?:\.\d+)?|\w+", re.UNICODE)
+_NUM_COMMA = re.compile(r"(?<=\d),(?=\d{3}\b)")
+NUMBER_RE = r"-?[\d,]*\.?\d+"
+
+
+# ---- answers -------------------------------------------------------------------------------------------------
+
+def normalize_answer(text: str) -> str:
+    """SQuAD-style: lowercase, punctuation and articles dropped, spaces collapsed; numbers keep their
+    sign and decimals and lose thousands separators ("1,000." -> "1000", "-3.5" stays)."""
+    t = _NUM_COMMA.sub("", str(text).lower())
+    return " ".join(w for w in _TOKEN.findall(t) if w not in ("a", "an", "the"))
+
+
+def extract_answer(text: str, regexes: Sequence[str] | str | None = None, match: str = "first",
+                   fallback: str | None = None) -> str | None:
+    """The answer inside a generation: the first regex (tried in order) that matches, its group 1 if it
+    has groups (else the whole match), the first or last match; else `fallback` ('last_number',
+    'first_number', 'text' = the whole stripped text, or None = no answer)."""
+    if isinstance(regexes, str):
+        regexes = [regexes]
+    for rx in regexes or []:
+        try:
+            found = list(re.finditer(rx, text))
+        except re.error as e:
+            raise LmstackError(f"answer regex {rx!r}: {e}") from None
+        if found:
+            m = found[0] if match == "first" else found[-1]
+            got = m.group(1) if m.groups() else m.group(0)
+            if got is not None and got.strip(" \n.,;:"):
+                return got.strip().rstrip(".,;:")  # "12." at the end of a sentence is 12
+    if fallback in ("last_number", "first_number"):
+        nums = re.findall(NUMBER_RE, text)
+        if nums:
+            return (nums[-1] if fallback == "last_number" else nums[0]).strip(",.")
+        return None
+    if fallback == "text":
+        return text.strip() or None
+    if fallback not in (None, "none"):
+        raise LmstackError(f"answer fallback {fallback!r}: use last_number, first_number, text or none")
+    return None
+
+
+def majority_vote(answers: Sequence[str | None], key: Callable[[str], str] = normalize_answer):
+    """(winning answer, {normalised answer: votes}); ties go to the answer seen first. None = no vote."""
+    keyed = [(key(a), a) for a in answers if a is not None and key(a)]
+    if not keyed:
+        return None, {}
+    counts = Counter(k for k, _ in keyed)
+    first = {}
+    for i, (k, a) in enumerate(keyed):
+        first.setdefault(k, (i, a))
+    best = max(counts, key=lambda k: (counts[k], -first[k][0]))
+    return first[best][1], dict(counts)
+
+
+# ---- few-shot selection ---------------------------------------------------------------------------------------
+
+class TfIdf:
+    """Bag-of-words TF-IDF vectors and cosine similarity: a simple, dependency-free nearest-neighbour."""
+
+    def __init__(self, docs: Sequence[str]):
+        self.docs = [Counter(w.lower() for w in _WORD.findall(d)) for d in docs]
+        df = Counter(w for d in self.docs for w in d)
+        n = len(docs)
+        self.idf = {w: math.log((1 + n) / (1 + c)) + 1.0 for w, c in df.items()}
+        self.vecs = [self._vec(d) for d in self.docs]
+
+    def _vec(self, counts: Counter) -> dict:
+        v = {w: c * self.idf.get(w, math.log(1 + len(self.docs)) + 1.0) for w, c in counts.items()}
+        norm = math.sqrt(sum(x * x for x in v.values())) or 1.0
+        return {w: x / norm for w, x in v.items()}
+
+    def similarities(self, query: str) -> list[float]:
+        q = self._vec(Counter(w.lower() for w in _WORD.findall(query)))
+        return [sum(x * v.get(w, 0.0) for w, x in q.items()) for v in self.vecs]
+
+
+def select_examples(pool: Sequence, k: int, method: str = "fixed", seed: int = 1234, query: str | None = None,
+                    text_of: Callable = str, exclude: Callable | None = None, query_index: int = 0,
+                    index: TfIdf | None = None) -> list:
+    """k examples from `pool` for one query. `exclude(example)` drops the query itself (same pool);
+    `random` draws with a seed mixed with `query_index`, so a prompt does not depend on run order."""
+    if k <= 0:
+        return []
+    if method not in SELECTORS:
+        raise LmstackError(f"few-shot selection {method!r}: use one of {', '.join(SELECTORS)}")
+    cand = [i for i, ex in enumerate(pool) if not (exclude and exclude(ex))]
+    if len(cand) < k:
+        raise LmstackError(f"few-shot: asked for {k} examples but the few-shot source has only {len(cand)}")
+    if method == "fixed":
+        chosen = cand[:k]
+    elif method == "random":
+        chosen = random.Random(f"{seed}:{query_index}").sample(cand, k)
+    else:
+        if query is None:
+            raise LmstackError("few-shot: nearest selection needs the query text")
+        index = index or TfIdf([text_of(ex) for ex in pool])
+        sims = index.similarities(query)
+        best = sorted(cand, key=lambda i: (-sims[i], i))[:k]
+        chosen = best[::-1]  # most similar last, right before the query
+    return [pool[i] for i in chosen]
+
+
+def build_prompt(query: str, examples: Sequence[tuple[str, str]] = (), instruction: str | None = None,
+                 example_delimiter: str = "\n\n", target_delimiter: str = " ") -> str:
+    """instruction + solved examples (question, answer) + the query, lm-evaluation-harness's layout."""
+    parts = [q + target_delimiter + a for q, a in examples] + [query]
+    body = example_delimiter.join(parts)
+    return (instruction or "") + body
+
+
+# ---- reasoning strategies ----------------------------------------------------------------------------------------
+
+def _join(prompt: str, trigger: str) -> str:
+    return prompt + trigger if not prompt or prompt[-1].isspace() else prompt + " " + trigger
+
+
+def zero_shot_cot(backend, prompts: Sequence[str], sampling=None, answer_sampling=None,
+                  trigger: str = ZERO_SHOT_COT, answer_trigger: str = ANSWER_TRIGGER, chat: bool = False) -> list[dict]:
+    """Kojima et al.'s two calls. Returns per prompt {"rationale", "answer_text"}, where answer_text
+    is the answer trigger followed by the second call's output (so "the answer is (.*)" regexes work)."""
+    from lmstack.backends import as_sampling
+
+    first = [_join(p, trigger) for p in prompts]
+    if chat:
+        reqs = [[{"role": "user", "content": f}] for f in first]
+    else:
+        reqs = first
+    rationales = backend.generate(reqs, sampling or as_sampling(None, max_new_tokens=256))
+    answer_sampling = answer_sampling or as_sampling(None, max_new_tokens=32, stop=["\n\n"])
+    if chat:
+        second = [[{"role": "user", "content": f}, {"role": "assistant", "content": r},
+                   {"role": "user", "content": f"{answer_trigger} (give only the final answer)"}]
+                  for f, r in zip(first, rationales)]
+    else:
+        second = [f + r.rstrip() + "\n" + answer_trigger for f, r in zip(first, rationales)]
+    answers = backend.generate(second, answer_sampling)
+    out = []
+    for r, a in zip(rationales, answers):
+        text = a if chat else answer_trigger + a
+        out.append({"rationale": r, "answer_text": text})
+    return out
+
+
+def self_consistency(backend, prompts: Sequence, n: int, extract, sampling=None,
+                     seed: int = 0, zero_shot: bool = False, chat: bool = False,
+                     answer_trigger: str = ANSWER_TRIGGER) -> list[dict]:
+    """n sampled paths per prompt (seeds seed*1000+i), extracted answers, majority vote.
+    `extract(text) -> answer | None`, or one such function per prompt.
+    Returns per prompt {"answer", "votes", "paths": [{"text", "answer"}]}."""
+    from lmstack.backends import as_sampling
+
+    if n < 1:
+        raise LmstackError(f"self-consistency: n must be >= 1, got {n}")
+    base = as_sampling(sampling) if sampling is not None else as_sampling(None, temperature=0.7, max_new_tokens=256)
+    if base.temperature == 0 and n > 1:
+        raise LmstackError("self-consistency: sampling temperature is 0, so every path would be the same")
+    jobs = [p for p in prompts for _ in range(n)]
+    params = [as_sampling(base, seed=seed * 1000 + i) for _ in prompts for i in range(n)]
+    if zero_shot:
+        res = zero_shot_cot(backend, jobs, params, chat=chat, answer_trigger=answer_trigger)
+        texts = [r["rationale"] + "\n" + r["answer_text"] for r in res]
+        answer_texts = [r["answer_text"] for r in res]
+    else:
+        reqs = [[{"role": "user", "content": p}] for p in jobs] if chat else list(jobs)
+        texts = backend.generate(reqs, params)
+        answer_texts = texts
+    extracts = list(extract) if isinstance(extract, (list, tuple)) else [extract] * len(prompts)
+    out = []
+    for j in range(len(prompts)):
+        paths = [{"text": texts[j * n + i], "answer": extracts[j](answer_texts[j * n + i])} for i in range(n)]
+        answer, votes = majority_vote([p["answer"] for p in paths])
+        out.append({"answer": answer, "votes": votes, "paths": paths})
+    return out
