@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lmstack.infer.cli import add_parser as add_infer
     add_infer(sub)
 
+    from lmstack.serve.cli import add_parser as add_serve
+    add_serve(sub)
+
     data = sub.add_parser("data", help="datasets: the built-in suite, token shards")
     dsub = data.add_subparsers(dest="data_command", required=True)
     b = dsub.add_parser("builtin", help="generate the built-in suite (world, corpus, tasks, preferences)")

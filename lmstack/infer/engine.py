@@ -130,7 +130,12 @@ class Generation:
         if not self._prefilled:
             logits = self._prefill()
         else:
-            last = torch.tensor([[self.results[i].ids[-1]] for i in self.active], device=self.device)
+            # A row that joined a running batch (add) has no output yet: it feeds its last prompt token.
+            last = torch.tensor([[self.results[i].ids[-1] if self.results[i].ids else self.prompts[i][-1]]
+                                 for i in self.active], device=self.device)
+            if self._merged:
+                self._compact_cache()
+            self.cache.ensure_room(1)
             logits = self.model(last, cache=self.cache, last_only=True)[:, -1]
         logits = logits.float()
         params = [self.params[i] for i in self.active]
@@ -178,16 +183,162 @@ class Generation:
                 finished_rows.append(r)
             events.append(StreamEvent(i, tok, delta, reason is not None, reason))
         if finished_rows:
-            keep = [r for r in range(len(self.active)) if r not in set(finished_rows)]
-            self.active = [self.active[r] for r in keep]
-            if keep:
-                idx = torch.tensor(keep, device=self.device)
-                self.cache.reorder(idx)
-                if self.track_seen:
-                    self.seen = self.seen[idx]
-                if self.track_counts:
-                    self.counts = self.counts[idx]
+            self._keep_rows([r for r in range(len(self.active)) if r not in set(finished_rows)])
         return events
+
+    def _keep_rows(self, keep: list[int]):
+        """Keep only these rows (positions in self.active) in the batch, its cache and penalty state."""
+        self.active = [self.active[r] for r in keep]
+        if keep:
+            idx = torch.tensor(keep, device=self.device)
+            if self.cache is not None:
+                self.cache.reorder(idx)
+            if self.track_seen:
+                self.seen = self.seen[idx]
+            if self.track_counts:
+                self.counts = self.counts[idx]
+
+    # ---- continuous batching: a server adds requests between steps and drops those whose client left ----------
+
+    @classmethod
+    def empty(cls, model: Transformer, tokenizer=None, stream_text: bool = False) -> Generation:
+        """A generation with no request yet; requests join with `add` (a server's running batch)."""
+        gen = cls.__new__(cls)
+        gen.model, gen.tokenizer, gen.params = model, tokenizer, []
+        gen.device = next(model.parameters()).device
+        gen.results, gen.stop_ids, gen.budget, gen.emitted, gen.generators, gen.prompts = [], [], [], [], [], []
+        gen.need_text = stream_text
+        if stream_text and tokenizer is None:
+            raise LmstackError("generate: streaming text needs a tokenizer")
+        gen.active, gen.cache, gen._prefilled = [], None, False
+        gen.track_seen = gen.track_counts = False
+        return gen
+
+    _merged = False  # rows joined a running batch: its cache may hold slots that no row uses any more
+    _own_prompts = False
+
+    @torch.inference_mode()
+    def add(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[int]:
+        """Add requests between steps; returns their indices (StreamEvent.index, results).
+
+        While a batch is running, the new prompts (all but their last token) are prefilled together
+        in a cache of their own, which is then merged into the running cache right-aligned to its
+        length (their earlier slots are empty, key_pos -1, masked out). The next step feeds each new
+        row its last prompt token beside the other rows' last outputs, so a request decodes as it
+        would alone. Before the first step, or once every row has finished, they join the next prefill.
+        Each seeded request gets its own random generator, so its samples do not depend on its neighbours.
+        """
+        if isinstance(params, SamplingParams):
+            params = [params] * len(prompts)
+        if len(params) != len(prompts):
+            raise LmstackError("generate: one SamplingParams per prompt")
+        ctx = self.model.cfg.max_seq_len
+        for j, p in enumerate(prompts):
+            if len(p) == 0:
+                raise LmstackError("generate: empty prompt (no tokens); give at least one token, e.g. BOS")
+            if len(p) >= ctx:
+                raise LmstackError(f"prompt {j} has {len(p)} tokens; the model's context is {ctx} tokens")
+        if any(p.stop for p in params) and not self.need_text:
+            if self.tokenizer is None:
+                raise LmstackError("generate: stop strings and streaming text need a tokenizer")
+            self.need_text = True
+        if not self._own_prompts:  # __init__ keeps the caller's list: copy it before growing it
+            self.prompts, self._own_prompts = list(self.prompts), True
+        start = len(self.results)
+        for p, sp in zip(prompts, params):
+            self.prompts.append(list(p))
+            self.params.append(sp)
+            self.results.append(Completion(prompt_ids=list(p)))
+            self.stop_ids.append(_stop_ids(self.model, self.tokenizer, sp))
+            self.budget.append(min(sp.max_new_tokens, ctx - len(p)))
+            self.emitted.append(0)
+            self.generators.append(torch.Generator(device=self.device).manual_seed(sp.seed)
+                                   if sp.seed is not None else None)
+        indices = list(range(start, len(self.results)))
+        new = []
+        for i in indices:
+            if self.budget[i] > 0:
+                new.append(i)
+            else:
+                self.results[i].finish_reason = "length"
+        if not new:
+            return indices
+        if self.done:  # the old cache holds only finished rows: start afresh
+            self.cache, self._prefilled, self._merged = None, False, False
+        if self._prefilled:
+            rows = [self.prompts[i][:-1] for i in new]
+            self.cache.merge(self._prefill_rows(rows))
+            self._merged = True
+        old = list(self.active)
+        self.active = old + new
+        self._track(old, new)
+        return indices
+
+    def _prefill_rows(self, rows: list[list[int]]) -> KVCache:
+        """A cache holding these token rows, left-padded to one length (rows may be empty)."""
+        T, B = max(len(r) for r in rows), len(rows)
+        cache = KVCache(self.model.cfg, B, T, device=self.device, dtype=self.model.tok_emb.weight.dtype)
+        if T == 0:
+            return cache
+        ids = torch.zeros((B, T), dtype=torch.long)
+        mask = torch.zeros((B, T), dtype=torch.bool)
+        for r, toks in enumerate(rows):
+            if toks:
+                ids[r, T - len(toks):] = torch.tensor(toks)
+                mask[r, T - len(toks):] = True
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        padded = not bool(mask.all())
+        self.model(ids, positions=positions, cache=cache, pad_mask=mask if padded else None, last_only=True)
+        return cache
+
+    def _track(self, old: list[int], new: list[int]):
+        """Penalty state (tokens seen, output counts) for the rows old + new, in batch order."""
+        V = self.model.cfg.vocab_size
+        want_seen = any(self.params[i].repetition_penalty != 1.0 for i in old + new) or self.track_seen
+        want_counts = any(self.params[i].frequency_penalty or self.params[i].presence_penalty
+                          for i in old + new) or self.track_counts
+
+        def seen_of(rows):
+            t = torch.zeros(len(rows), V, dtype=torch.bool, device=self.device)
+            for r, i in enumerate(rows):
+                t[r, torch.tensor(self.prompts[i] + self.results[i].ids, device=self.device)] = True
+            return t
+
+        def counts_of(rows):
+            t = torch.zeros(len(rows), V, dtype=torch.float32, device=self.device)
+            for r, i in enumerate(rows):
+                if self.results[i].ids:
+                    t[r] += torch.bincount(torch.tensor(self.results[i].ids), minlength=V)[:V].to(t)
+            return t
+
+        if want_seen:
+            self.seen = torch.cat([self.seen, seen_of(new)]) if self.track_seen and old else seen_of(old + new)
+        if want_counts:
+            self.counts = (torch.cat([self.counts, counts_of(new)]) if self.track_counts and old
+                           else counts_of(old + new))
+        self.track_seen, self.track_counts = want_seen, want_counts
+
+    def cancel(self, indices) -> None:
+        """Drop requests from the batch (a client went away, a timeout); they finish as 'abort'."""
+        drop = set(indices) & set(self.active)
+        if not drop:
+            return
+        for i in drop:
+            self.results[i].finish_reason = "abort"
+        self._keep_rows([r for r, i in enumerate(self.active) if i not in drop])
+
+    def forget(self, index: int) -> None:
+        """Free a finished request's state once its caller has read it (a long-running server batch)."""
+        if index in self.active:
+            raise LmstackError(f"generate: request {index} is still running")
+        self.results[index] = self.prompts[index] = self.generators[index] = None  # type: ignore[call-overload]
+
+    def _compact_cache(self):
+        """Drop leading slots that no remaining row uses, once they are a good part of the cache."""
+        n = self.cache.empty_front()
+        if n and n >= max(16, self.cache.length // 4):
+            self.cache.shift(-n)
 
     def run(self) -> list[Completion]:
         while not self.done:

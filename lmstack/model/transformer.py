@@ -94,7 +94,9 @@ class KVCache:
         self.key_pos = self.key_pos.index_select(0, index)
 
     # ---- continuous batching: requests join and leave a running batch ------------------------------------------
+    # (under inference_mode: the cache's tensors are made there, and only there may they be updated in place)
 
+    @torch.inference_mode()
     def resize(self, max_len: int):
         """Reallocate to max_len slots (>= length), keeping the filled ones."""
         if max_len < self.length:
@@ -122,6 +124,7 @@ class KVCache:
         if self.length + n > self.max_len:
             self.resize(max(self.length + n, 2 * self.max_len))
 
+    @torch.inference_mode()
     def shift(self, n: int):
         """Move the filled slots by n: n > 0 prepends n empty slots, n < 0 drops the first -n slots.
 
@@ -157,6 +160,7 @@ class KVCache:
         valid = (self.key_pos[:, : self.length] >= 0).any(dim=0)
         return int(valid.long().argmax()) if bool(valid.any()) else self.length
 
+    @torch.inference_mode()
     def merge(self, other: KVCache):
         """Append other's rows to this batch, right-aligned to this cache's length.
 

@@ -1,0 +1,173 @@
+"""Serving speed: requests/s, output tokens/s, time to first token and time per output token.
+
+    python bench/serve.py                          # a random llama-mini (1.25M) with a BPE tokenizer, CPU
+    python bench/serve.py --model runs/demo/model --max-tokens 128 --concurrency 1 8 32
+
+Starts one `python -m lmstack.serve` process on a loopback port and drives it with streaming
+completion requests from C concurrent clients (C = 1, 8, 32 by default), each sending its next
+request as soon as the last one ends, as vLLM's benchmark_serving does with an unlimited request
+rate. Metrics are vLLM's: TTFT = time from sending to the first streamed token, TPOT = (latency -
+TTFT) / (output tokens - 1), throughput = output tokens of all requests / wall time. EOS is ignored
+so every request generates exactly --max-tokens tokens. The last line is the ratio of batched
+throughput at the highest concurrency to sequential serving (C = 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPTS = [
+    "The small cat sat on the red mat and looked at the",
+    "Mina lives in Porto. She has a dog named Rex, and every morning they",
+    "def add(a, b):\n    return a + b\n\ndef mul(a, b):\n",
+    "Q: What is 3 plus 4?\nA: 7\nQ: What is 5 plus 6?\nA:",
+    "A text foundation model's whole life in one Python toolkit: pretraining a",
+    "Checkpoints are Hugging Face model folders, so transformers and vLLM read",
+]
+
+
+def make_model(folder: Path) -> Path:
+    """A random llama-mini with a byte-level BPE tokenizer trained on this repository's docs."""
+    import torch
+
+    from lmstack.model.checkpoint import LM
+    from lmstack.model.config import preset
+    from lmstack.model.transformer import Transformer
+    from lmstack.tokenizer import train_bpe
+
+    text = [p.read_text(encoding="utf-8") for p in sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]]
+    tok = train_bpe(iter(text * 4), vocab_size=2048, min_frequency=2)
+    torch.manual_seed(0)
+    cfg = preset("llama-mini", vocab_size=tok.vocab_size, bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
+                 pad_token_id=tok.pad_id)
+    LM(Transformer(cfg).eval(), tok, {}).save(folder / "model", stage="bench")
+    return folder / "model"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def one_request(client, url, prompt, max_tokens) -> dict:
+    body = {"model": "bench", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.8, "seed": 0,
+            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+    t0 = time.perf_counter()
+    ttft, n_out = None, 0
+    async with client.stream("POST", url + "/v1/completions", json=body) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                n_out = chunk["usage"]["completion_tokens"]
+            elif ttft is None and chunk["choices"] and chunk["choices"][0]["finish_reason"] is None:
+                ttft = time.perf_counter() - t0
+    latency = time.perf_counter() - t0
+    return {"ttft": ttft or latency, "latency": latency, "n_out": n_out}
+
+
+async def run_level(url, concurrency, n_requests, max_tokens) -> dict:
+    queue = list(range(n_requests))
+    results = []
+
+    async def worker(client):
+        while queue:
+            i = queue.pop()
+            results.append(await one_request(client, url, PROMPTS[i % len(PROMPTS)], max_tokens))
+
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        t0 = time.perf_counter()
+        await asyncio.gather(*[worker(client) for _ in range(concurrency)])
+        wall = time.perf_counter() - t0
+    out = sum(r["n_out"] for r in results)
+    tpot = [(r["latency"] - r["ttft"]) / (r["n_out"] - 1) for r in results if r["n_out"] > 1]
+    ms = lambda xs: 1000 * statistics.median(xs)  # noqa: E731
+    return {"concurrency": concurrency, "requests": len(results), "wall_s": wall, "req_s": len(results) / wall,
+            "out_tok_s": out / wall, "ttft_ms_median": ms([r["ttft"] for r in results]),
+            "ttft_ms_p99": 1000 * sorted(r["ttft"] for r in results)[int(0.99 * (len(results) - 1))],
+            "tpot_ms_median": ms(tpot), "latency_ms_median": ms([r["latency"] for r in results])}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="checkpoint folder (default: a random llama-mini made here)")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--requests-per-client", type=int, default=3, help="requests per client at each level "
+                    "(at least 8 in all)")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = ap.parse_args()
+
+    import torch
+
+    tmp = tempfile.TemporaryDirectory()
+    model = Path(args.model) if args.model else make_model(Path(tmp.name))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(Path(tmp.name) / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "lmstack.serve", "--model", str(model), "--port", str(port),
+                             "--model-name", "bench", "--max-batch", str(max(args.concurrency))],
+                            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError("server did not start:\n" + (Path(tmp.name) / "server.log").read_text()[-2000:])
+        asyncio.run(run_level(url, 4, 8, 8))  # warm-up
+        rows = []
+        for c in args.concurrency:
+            n = max(8, c * args.requests_per_client)
+            rows.append(asyncio.run(run_level(url, c, n, args.max_tokens)))
+            r = rows[-1]
+            print(f"C={c:<3d} {r['requests']:4d} req  {r['req_s']:7.2f} req/s  {r['out_tok_s']:8.1f} tok/s  "
+                  f"TTFT {r['ttft_ms_median']:7.1f} ms (p99 {r['ttft_ms_p99']:.1f})  "
+                  f"TPOT {r['tpot_ms_median']:6.2f} ms", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+    base = next((r for r in rows if r["concurrency"] == 1), None)
+    top = max(rows, key=lambda r: r["concurrency"])
+    threads = os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 2) - 1)  # `serve`'s CPU default
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
+          f"{torch.__version__}, server model threads {threads}; model: "
+          f"{model if args.model else 'llama-mini (random, 1.25M)'}; {args.max_tokens} output tokens/request")
+    print("| clients | requests | req/s | output tok/s | TTFT median (ms) | TTFT p99 (ms) | TPOT median (ms) |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r['concurrency']} | {r['requests']} | {r['req_s']:.2f} | {r['out_tok_s']:.0f} | "
+              f"{r['ttft_ms_median']:.1f} | {r['ttft_ms_p99']:.1f} | {r['tpot_ms_median']:.2f} |")
+    if base is not None and top is not base:
+        print(f"\nthroughput at {top['concurrency']} clients / sequential: "
+              f"{top['out_tok_s'] / base['out_tok_s']:.1f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows}, indent=2))
+    tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from lmstack.serve.cli import main
+
+sys.exit(main())

@@ -1,0 +1,572 @@
+"""The OpenAI-compatible HTTP server: FastAPI routes over the continuously batching scheduler.
+
+Endpoints: GET /v1/models, POST /v1/completions (the legacy contract, as lm-evaluation-harness's
+`local-completions` uses it: echo + logprobs score prompts), POST /v1/chat/completions, GET /health,
+GET /tokenizer_info, POST /tokenize, POST /detokenize, and the web chat page at /.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import json
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lmstack.errors import LmstackError
+from lmstack.infer.engine import Completion
+from lmstack.serve.protocol import (
+    ApiError,
+    Options,
+    bad,
+    error_body,
+    get_bool,
+    get_str,
+    parse_messages,
+    parse_options,
+    parse_prompts,
+    usage,
+)
+from lmstack.serve.scheduler import QueueFull, Row, Scheduler, make_group
+
+log = logging.getLogger("lmstack.serve")
+STATIC = Path(__file__).parent / "static"
+OPEN_PATHS = {"/health", "/", "/favicon.ico"}  # the page holds no data; it asks for the key itself
+
+
+@dataclasses.dataclass
+class ServerConfig:
+    model_name: str = "lmstack"
+    api_key: str | None = None
+    max_batch: int = 32
+    max_queue: int = 256
+    timeout: float = 600.0  # seconds from arrival to the last token
+    max_body: int = 4 << 20  # bytes of request body
+
+
+class Guard:
+    """ASGI middleware: bearer-token check and a body-size limit before any route runs.
+
+    Plain ASGI rather than BaseHTTPMiddleware, which buffers streams and hides client disconnects.
+    """
+
+    def __init__(self, app, cfg: ServerConfig):
+        self.app, self.cfg = app, cfg
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        if self.cfg.api_key and scope["path"] not in OPEN_PATHS:
+            got = headers.get(b"authorization", b"").decode("latin-1")
+            want = f"Bearer {self.cfg.api_key}"
+            if not hmac.compare_digest(got.encode(), want.encode()):
+                return await _send_json(send, 401, error_body(
+                    "Incorrect or missing API key: send 'Authorization: Bearer <key>'", "invalid_request_error",
+                    None, "invalid_api_key"), {"www-authenticate": "Bearer"})
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.cfg.max_body:
+            if int(length) <= drain_limit(self.cfg.max_body):
+                await _drain(receive)
+            return await _send_json(send, 413, error_body(
+                f"request body of {int(length)} bytes is over the limit of {self.cfg.max_body} bytes",
+                "invalid_request_error", None, "request_too_large"), {"connection": "close"})
+        return await self.app(scope, receive, send)
+
+
+def drain_limit(max_body: int) -> int:
+    # A body over the limit is still read (and dropped) up to this size before the 413 goes out: a
+    # server that answers and closes while the client is still sending makes the client see a
+    # connection reset instead of the answer. Past this size it is cheaper to just close.
+    return max(16 * max_body, 64 << 20)
+
+
+async def _drain(receive):
+    while True:
+        msg = await receive()
+        if msg["type"] != "http.request" or not msg.get("more_body"):
+            return
+
+
+async def _send_json(send, status, body, headers=None):
+    data = json.dumps(body).encode()
+    hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    hdrs += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": hdrs})
+    await send({"type": "http.response.body", "body": data})
+
+
+async def read_json(request: Request, limit: int) -> dict:
+    chunks, size = [], 0
+    async for chunk in request.stream():  # counted as it arrives: a chunked body has no Content-Length
+        size += len(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+        elif size > drain_limit(limit):
+            break
+    if size > limit:
+        raise ApiError(413, f"request body is over the limit of {limit} bytes", code="request_too_large")
+    try:
+        body = json.loads(b"".join(chunks))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"invalid JSON body: {e}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the JSON body must be an object", code="invalid_json")
+    return body
+
+
+@torch.inference_mode()
+def score_prompt(model, ids: list[int], top_n: int) -> tuple[list, list]:
+    """Raw log p of every prompt token given those before it (None for the first) and the top-N there."""
+    device = next(model.parameters()).device
+    if len(ids) < 2:
+        return [None] * len(ids), [None] * len(ids)
+    logits = model(torch.tensor([ids], device=device)).float()[0, :-1]
+    lp = F.log_softmax(logits, dim=-1)
+    target = torch.tensor(ids[1:], device=device)
+    chosen = lp.gather(1, target[:, None])[:, 0].tolist()
+    tops = [None]
+    if top_n:
+        v, i = lp.topk(top_n, dim=-1)
+        tops += [dict(zip(a, b)) for a, b in zip(i.tolist(), v.tolist())]
+    else:
+        tops += [{} for _ in chosen]
+    return [None, *chosen], tops
+
+
+class Server:
+    """Request handling shared by the routes; one per app."""
+
+    def __init__(self, lm, cfg: ServerConfig):
+        self.lm, self.cfg = lm, cfg
+        self.tok = lm.tokenizer
+        self.ctx = lm.config.max_seq_len
+        self.vocab = lm.config.vocab_size
+        eos = lm.config.eos_token_id
+        ids = list(self.tok.stop_ids) if self.tok is not None else []
+        ids += [e for e in (eos if isinstance(eos, list) else [eos]) if e is not None and e not in ids]
+        self.stop_ids = ids
+        self.sched = Scheduler(lm, cfg.max_batch, cfg.max_queue, cfg.timeout)
+        self._piece: dict[int, str] = {}
+
+    # ---- helpers ----------------------------------------------------------------------------------------------
+
+    def check_model(self, body):
+        name = get_str(body, "model", None)
+        if name is not None and name != self.cfg.model_name:
+            raise ApiError(404, f"The model '{name}' does not exist; this server serves '{self.cfg.model_name}'",
+                           param="model", code="model_not_found")
+
+    def check_length(self, ids, param):
+        if len(ids) > self.ctx:
+            raise bad(param, f"This model's maximum context length is {self.ctx} tokens, but the prompt has "
+                             f"{len(ids)} tokens", code="context_length_exceeded")
+
+    def piece(self, tid: int) -> str:
+        s = self._piece.get(tid)
+        if s is None:
+            s = self._piece[tid] = self.tok.decode([tid]) if self.tok is not None else str(tid)
+        return s
+
+    def offsets(self, ids, start: int) -> list[int]:
+        """Character offset of each token in the text (a token ending mid-character adds nothing yet)."""
+        if self.tok is None:
+            return [start] * len(ids)
+        dec, pos, out = self.tok.stream_decoder(), start, []
+        for t in ids:
+            out.append(pos)
+            pos += len(dec.push(t))
+        return out
+
+    def top_dict(self, top: dict | None, chosen: int | None = None, chosen_lp: float | None = None):
+        if top is None:
+            return None
+        d: dict[str, float] = {}
+        items = list(top.items())
+        if chosen is not None and chosen not in top and chosen_lp is not None:
+            items.append((chosen, chosen_lp))  # the sampled token is always listed, as vLLM does
+        for tid, lp in items:
+            s = self.piece(tid)
+            if s not in d or lp > d[s]:  # two ids can decode to the same string (partial UTF-8)
+                d[s] = lp
+        return d
+
+    def rows_for(self, prompts: list[list[int]], opts: Options) -> tuple[list[Row], dict[int, Completion]]:
+        """n rows per prompt (choice = prompt * n + j); prompts with no room left finish at once."""
+        rows, done = [], {}
+        for pi, ids in enumerate(prompts):
+            for j in range(opts.n):
+                c = pi * opts.n + j
+                if opts.max_tokens == 0 or len(ids) >= self.ctx:
+                    done[c] = Completion(prompt_ids=ids, finish_reason="length")
+                    continue
+                p = opts.params if opts.seed is None else dataclasses.replace(opts.params, seed=opts.seed + j)
+                rows.append(Row(ids, p, c))
+        return rows, done
+
+    def start(self, rows: list[Row]):
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+
+        def deliver(items):
+            for it in items:
+                q.put_nowait(it)
+
+        group = make_group(loop, deliver, self.cfg.timeout)
+        group.rows = rows
+        try:
+            self.sched.submit(group)
+        except QueueFull:
+            raise ApiError(429, f"the server is busy: {self.cfg.max_queue} requests are already waiting; retry "
+                                "later", type="rate_limit_error", code="rate_limit_exceeded") from None
+        return group, q
+
+    async def collect(self, request: Request, group, q, results: dict[int, Completion]):
+        """Wait for every row of a non-streaming request; a client that leaves frees its rows."""
+        pending = len(group.rows)
+        try:
+            while pending:
+                try:
+                    item = await asyncio.wait_for(q.get(), 0.5)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        raise asyncio.CancelledError from None
+                    continue
+                if item[0] == "done":
+                    results[item[1]] = item[2]
+                    pending -= 1
+                elif item[0] == "error":
+                    _, _, status, msg, kind, code = item
+                    raise ApiError(status, msg, type=kind, code=code)
+        finally:
+            if pending:
+                self.sched.cancel(group)
+        return results
+
+    # ---- completions --------------------------------------------------------------------------------------------
+
+    async def completions(self, request: Request):
+        body = await read_json(request, self.cfg.max_body)
+        self.check_model(body)
+        opts = parse_options(body, self.vocab, chat=False, model_stop_ids=self.stop_ids)
+        prompts = parse_prompts(body.get("prompt"), self.tok, self.vocab)
+        for ids, _ in prompts:
+            self.check_length(ids, "prompt")
+        texts = [t if t is not None else (self.tok.decode(ids) if self.tok is not None else "") for ids, t in prompts]
+        ids_list = [ids for ids, _ in prompts]
+        scores = None
+        if opts.echo and opts.logprobs is not None:
+            fut = self._call(lambda: [score_prompt(self.lm.model, ids, opts.logprobs) for ids in ids_list])
+            scores = await asyncio.wrap_future(fut)
+        rows, done = self.rows_for(ids_list, opts)
+        group, q = self.start(rows)
+        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        if opts.stream:
+            gen = self._stream_completions(group, q, done, opts, ids_list, texts, scores, rid, created)
+            return StreamingResponse(gen, media_type="text/event-stream", headers={"cache-control": "no-cache"})
+        results = await self.collect(request, group, q, done)
+        choices = []
+        for pi, ids in enumerate(ids_list):
+            for j in range(opts.n):
+                c = pi * opts.n + j
+                res = results[c]
+                lp = None
+                if opts.logprobs is not None:
+                    lp = self._completion_logprobs(ids, texts[pi], res, opts, scores[pi] if scores else None)
+                text = (texts[pi] if opts.echo else "") + res.text
+                choices.append({"index": c, "text": text, "logprobs": lp, "finish_reason": res.finish_reason})
+        n_out = sum(len(r.ids) for r in results.values())
+        return {"id": rid, "object": "text_completion", "created": created, "model": self.cfg.model_name,
+                "choices": choices, "usage": usage(sum(len(i) for i in ids_list), n_out)}
+
+    def _call(self, fn):
+        try:
+            return self.sched.call(fn)
+        except QueueFull:
+            raise ApiError(429, "the server is busy; retry later", type="rate_limit_error",
+                           code="rate_limit_exceeded") from None
+
+    def _completion_logprobs(self, ids, text, res: Completion, opts: Options, score):
+        tokens, lps, tops, offs = [], [], [], []
+        if opts.echo:
+            p_lp, p_top = score if score is not None else ([None] * len(ids), [None] * len(ids))
+            tokens += [self.piece(t) for t in ids]
+            lps += p_lp
+            tops += [self.top_dict(tp, t, lp) for tp, t, lp in zip(p_top, ids, p_lp)]
+            offs += self.offsets(ids, 0)
+        start = len(text) if opts.echo else 0
+        tokens += [self.piece(t) for t in res.ids]
+        lps += list(res.logprobs)
+        for k, t in enumerate(res.ids):
+            top = res.top_logprobs[k] if k < len(res.top_logprobs) else {}
+            tops.append(self.top_dict(top, t, res.logprobs[k]))
+        offs += self.offsets(res.ids, start)
+        return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offs}
+
+    async def _stream_completions(self, group, q, done, opts, ids_list, texts, scores, rid, created):
+        def chunk(c, text, finish=None, lp=None):
+            return _sse({"id": rid, "object": "text_completion", "created": created, "model": self.cfg.model_name,
+                         "choices": [{"index": c, "text": text, "logprobs": lp, "finish_reason": finish}]})
+
+        pending = len(group.rows)
+        n_out = 0
+        offs = {}
+        try:
+            for pi, ids in enumerate(ids_list):
+                for j in range(opts.n):
+                    c = pi * opts.n + j
+                    offs[c] = len(texts[pi]) if opts.echo else 0
+                    if opts.echo:
+                        lp = None
+                        if opts.logprobs is not None:
+                            lp = self._completion_logprobs(ids, texts[pi], Completion(ids), opts,
+                                                           scores[pi] if scores else None)
+                        yield chunk(c, texts[pi], lp=lp)
+                    if c in done:
+                        yield chunk(c, "", done[c].finish_reason)
+            failed = False
+            while pending and not failed:
+                out = []
+                for item in await _ready(q):
+                    if item[0] == "token":
+                        _, c, tid, text, lp, top = item
+                        n_out += 1
+                        if opts.logprobs is not None:
+                            lpd = {"tokens": [self.piece(tid)], "token_logprobs": [lp],
+                                   "top_logprobs": [self.top_dict(top or {}, tid, lp)], "text_offset": [offs[c]]}
+                            offs[c] += len(text)
+                            out.append(chunk(c, text, lp=lpd))
+                        elif text:
+                            out.append(chunk(c, text))
+                    elif item[0] == "done":
+                        pending -= 1
+                        out.append(chunk(item[1], "", item[2].finish_reason))
+                    else:
+                        _, _, status, msg, kind, code = item
+                        out.append(_sse(error_body(msg, kind, None, code)))
+                        failed = True
+                        break
+                if out:
+                    yield "".join(out)
+            if opts.include_usage:
+                yield _sse({"id": rid, "object": "text_completion", "created": created, "model": self.cfg.model_name,
+                            "choices": [], "usage": usage(sum(len(i) for i in ids_list), n_out)})
+            yield "data: [DONE]\n\n"
+        finally:
+            if pending:
+                self.sched.cancel(group)
+
+    # ---- chat ---------------------------------------------------------------------------------------------------
+
+    async def chat(self, request: Request):
+        body = await read_json(request, self.cfg.max_body)
+        self.check_model(body)
+        if self.tok is None:
+            raise bad("messages", "this model has no tokenizer, so it cannot chat")
+        opts = parse_options(body, self.vocab, chat=True, model_stop_ids=self.stop_ids)
+        messages = parse_messages(body.get("messages"))
+        try:
+            ids = self.tok.encode_chat(messages, add_generation_prompt=True)[0]
+        except LmstackError as e:
+            raise bad("messages", str(e)) from None
+        if not ids:
+            raise bad("messages", "the conversation renders to no tokens")
+        self.check_length(ids, "messages")
+        rows, done = self.rows_for([ids], opts)
+        group, q = self.start(rows)
+        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if opts.stream:
+            gen = self._stream_chat(group, q, done, opts, ids, rid, created)
+            return StreamingResponse(gen, media_type="text/event-stream", headers={"cache-control": "no-cache"})
+        results = await self.collect(request, group, q, done)
+        choices = []
+        for c in range(opts.n):
+            res = results[c]
+            lp = None
+            if opts.logprobs is not None:
+                lp = {"content": [self._chat_lp(t, res.logprobs[k], res.top_logprobs[k] if k < len(res.top_logprobs)
+                                                else {}, opts.logprobs) for k, t in enumerate(res.ids)]}
+            choices.append({"index": c, "message": {"role": "assistant", "content": res.text}, "logprobs": lp,
+                            "finish_reason": res.finish_reason})
+        n_out = sum(len(r.ids) for r in results.values())
+        return {"id": rid, "object": "chat.completion", "created": created, "model": self.cfg.model_name,
+                "choices": choices, "usage": usage(len(ids), n_out)}
+
+    def _chat_lp(self, tid, lp, top, n):
+        s = self.piece(tid)
+        tops = sorted((top or {}).items(), key=lambda kv: -kv[1])[:n]
+        return {"token": s, "logprob": lp, "bytes": list(s.encode("utf-8")),
+                "top_logprobs": [{"token": self.piece(i), "logprob": v, "bytes": list(self.piece(i).encode("utf-8"))}
+                                 for i, v in tops]}
+
+    async def _stream_chat(self, group, q, done, opts, ids, rid, created):
+        def chunk(c, delta, finish=None, lp=None):
+            return _sse({"id": rid, "object": "chat.completion.chunk", "created": created,
+                         "model": self.cfg.model_name,
+                         "choices": [{"index": c, "delta": delta, "logprobs": lp, "finish_reason": finish}]})
+
+        pending = len(group.rows)
+        n_out = 0
+        try:
+            for c in range(opts.n):
+                yield chunk(c, {"role": "assistant", "content": ""})
+                if c in done:
+                    yield chunk(c, {}, done[c].finish_reason)
+            failed = False
+            while pending and not failed:
+                out = []
+                for item in await _ready(q):
+                    if item[0] == "token":
+                        _, c, tid, text, lp, top = item
+                        n_out += 1
+                        if opts.logprobs is not None:
+                            out.append(chunk(c, {"content": text},
+                                             lp={"content": [self._chat_lp(tid, lp, top, opts.logprobs)]}))
+                        elif text:
+                            out.append(chunk(c, {"content": text}))
+                    elif item[0] == "done":
+                        pending -= 1
+                        out.append(chunk(item[1], {}, item[2].finish_reason))
+                    else:
+                        _, _, status, msg, kind, code = item
+                        out.append(_sse(error_body(msg, kind, None, code)))
+                        failed = True
+                        break
+                if out:
+                    yield "".join(out)
+            if opts.include_usage:
+                yield _sse({"id": rid, "object": "chat.completion.chunk", "created": created,
+                            "model": self.cfg.model_name, "choices": [], "usage": usage(len(ids), n_out)})
+            yield "data: [DONE]\n\n"
+        finally:
+            if pending:
+                self.sched.cancel(group)
+
+    # ---- tokenizer --------------------------------------------------------------------------------------------
+
+    def tokenizer_info(self):
+        t = self.tok
+        if t is None:
+            return {"vocab_size": self.vocab, "model_max_length": self.ctx}
+        return {"tokenizer_class": "PreTrainedTokenizerFast", "vocab_size": t.vocab_size,
+                "model_max_length": self.ctx, "max_model_len": self.ctx, "bos_token": t.bos_token,
+                "bos_token_id": t.bos_id, "eos_token": t.eos_token, "eos_token_id": t.eos_id,
+                "pad_token": t.pad_token, "pad_token_id": t.pad_id, "add_bos_token": t.add_bos,
+                "stop_token_ids": self.stop_ids, "chat_template": t.chat_template}
+
+    async def tokenize(self, request: Request):
+        body = await read_json(request, self.cfg.max_body)
+        self.check_model(body)
+        if self.tok is None:
+            raise bad("prompt", "this model has no tokenizer")
+        add_special = get_bool(body, "add_special_tokens", True)
+        if "messages" in body and body["messages"] is not None:
+            messages = parse_messages(body["messages"])
+            try:
+                ids = self.tok.encode_chat(messages, add_generation_prompt=get_bool(body, "add_generation_prompt",
+                                                                                    True))[0]
+            except LmstackError as e:
+                raise bad("messages", str(e)) from None
+        else:
+            prompt = body.get("prompt")
+            if not isinstance(prompt, str):
+                raise bad("prompt", "'prompt' must be a string (or send 'messages')")
+            ids = self.tok.encode(prompt, add_bos=None if add_special else False)
+        out = {"count": len(ids), "max_model_len": self.ctx, "tokens": ids}
+        if get_bool(body, "return_token_strs", False):
+            out["token_strs"] = [self.tok.id_to_token(i) for i in ids]
+        return out
+
+    async def detokenize(self, request: Request):
+        body = await read_json(request, self.cfg.max_body)
+        self.check_model(body)
+        tokens = body.get("tokens")
+        if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+            raise bad("tokens", "'tokens' must be a list of integers")
+        bad_ids = [t for t in tokens if not 0 <= t < self.vocab]
+        if bad_ids:
+            raise bad("tokens", f"token id {bad_ids[0]} is outside the vocabulary (0..{self.vocab - 1})")
+        if self.tok is None:
+            raise bad("tokens", "this model has no tokenizer")
+        return {"prompt": self.tok.decode(tokens)}
+
+
+async def _ready(q: asyncio.Queue) -> list:
+    """The next item and every one already waiting: a client that fell behind gets them in one write."""
+    items = [await q.get()]
+    while not q.empty():
+        items.append(q.get_nowait())
+    return items
+
+
+def _sse(obj) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def create_app(lm, cfg: ServerConfig | None = None, **kw) -> FastAPI:
+    """The FastAPI app serving one model; keyword arguments fill a ServerConfig."""
+    cfg = cfg or ServerConfig(**kw)
+    srv = Server(lm, cfg)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        srv.sched.start()  # the decode thread lives as long as the server
+        yield
+        srv.sched.stop()
+
+    app = FastAPI(title="lmstack", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.server = srv
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, e: ApiError):
+        headers = {"retry-after": "1"} if e.status == 429 else None
+        return JSONResponse(e.body(), status_code=e.status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, e):
+        kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
+        return JSONResponse(error_body(str(e.detail), kind, None, None), status_code=e.status_code)
+
+    @app.exception_handler(Exception)
+    async def _server_error(request, e):
+        log.exception("unhandled error")
+        return JSONResponse(error_body("internal server error", "server_error", None, None), status_code=500)
+
+    page = (STATIC / "chat.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index():
+        return HTMLResponse(page)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", **srv.sched.stats()}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": cfg.model_name, "object": "model", "created": 0,
+                                            "owned_by": "lmstack", "max_model_len": srv.ctx}]}
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str):
+        srv.check_model({"model": name})
+        return {"id": cfg.model_name, "object": "model", "created": 0, "owned_by": "lmstack",
+                "max_model_len": srv.ctx}
+
+    app.post("/v1/completions")(srv.completions)
+    app.post("/v1/chat/completions")(srv.chat)
+    app.get("/tokenizer_info")(srv.tokenizer_info)
+    app.post("/tokenize")(srv.tokenize)
+    app.post("/detokenize")(srv.detokenize)
+    app.add_middleware(Guard, cfg=cfg)
+    return app

@@ -1,0 +1,259 @@
+"""OpenAI's request and response shapes: parsing with the errors OpenAI gives, and response building.
+
+Requests are parsed by hand rather than by pydantic models so that every failure is a 400 in
+OpenAI's error shape naming the field (FastAPI's validation would answer 422 in its own shape),
+unknown fields are ignored as OpenAI's SDKs and lm-evaluation-harness expect, and JSON booleans are
+not taken for integers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from lmstack.errors import LmstackError
+from lmstack.infer.sampling import SamplingParams
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self) -> dict:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def error_body(message, type="invalid_request_error", param=None, code=None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def bad(param: str, message: str, code: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+_MISSING = object()
+
+
+def _get(body: dict, name: str):
+    v = body.get(name, _MISSING)
+    return _MISSING if v is None else v  # JSON null means "the default", as OpenAI treats it
+
+
+def get_bool(body, name, default):
+    v = _get(body, name)
+    if v is _MISSING:
+        return default
+    if not isinstance(v, bool):
+        raise bad(name, f"'{name}' must be a boolean, got {type(v).__name__}")
+    return v
+
+
+def get_int(body, name, default, lo=None, hi=None):
+    v = _get(body, name)
+    if v is _MISSING:
+        return default
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise bad(name, f"'{name}' must be an integer, got {type(v).__name__}")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+        raise bad(name, f"'{name}' must be in {rng}, got {v}")
+    return v
+
+
+def get_float(body, name, default, lo=None, hi=None, lo_open=False):
+    v = _get(body, name)
+    if v is _MISSING:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise bad(name, f"'{name}' must be a number, got {type(v).__name__ if not isinstance(v, float) else v}")
+    v = float(v)
+    if (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and v > hi):
+        left = "(" if lo_open else "["
+        raise bad(name, f"'{name}' must be in {left}{lo}, {hi}], got {v:g}")
+    return v
+
+
+def get_str(body, name, default):
+    v = _get(body, name)
+    if v is _MISSING:
+        return default
+    if not isinstance(v, str):
+        raise bad(name, f"'{name}' must be a string, got {type(v).__name__}")
+    return v
+
+
+def get_stop(body) -> list[str]:
+    v = _get(body, "stop")
+    if v is _MISSING:
+        return []
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+        raise bad("stop", "'stop' must be a string or a list of strings")
+    if len(v) > 16:
+        raise bad("stop", f"'stop' takes at most 16 strings, got {len(v)}")
+    return [s for s in v if s]
+
+
+def get_logit_bias(body, vocab_size) -> dict[int, float] | None:
+    v = _get(body, "logit_bias")
+    if v is _MISSING:
+        return None
+    if not isinstance(v, dict):
+        raise bad("logit_bias", "'logit_bias' must be an object mapping token ids to biases")
+    out = {}
+    for k, b in v.items():
+        try:
+            tok = int(k)
+        except (TypeError, ValueError):
+            raise bad("logit_bias", f"'logit_bias' key {k!r} is not a token id") from None
+        if not 0 <= tok < vocab_size:
+            raise bad("logit_bias", f"'logit_bias' token id {tok} is outside the vocabulary (0..{vocab_size - 1})")
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not -100 <= b <= 100:
+            raise bad("logit_bias", f"'logit_bias' value for {k} must be a number in [-100, 100]")
+        out[tok] = float(b)
+    return out
+
+
+@dataclass
+class Options:
+    """What a completion or chat request asks for, beyond the prompt."""
+
+    params: SamplingParams  # the per-choice seed is set from `seed` + choice
+    seed: int | None
+    n: int
+    max_tokens: int | None  # None: up to the context
+    stream: bool
+    include_usage: bool
+    echo: bool
+    logprobs: int | None  # top-N log-probabilities per token (0: only the chosen token's)
+
+
+def parse_options(body: dict, vocab_size: int, chat: bool, model_stop_ids: list[int] = ()) -> Options:
+    """Sampling and response options; `stop_token_ids` (a vLLM extra) adds to the model's own stop ids."""
+    n = get_int(body, "n", 1, 1, 128)
+    best_of = get_int(body, "best_of", n, 1, 128)
+    if best_of != n:
+        raise bad("best_of", "'best_of' other than n is not supported")
+    max_tokens = get_int(body, "max_tokens", None if chat else 16, 0)
+    if chat:
+        max_tokens = get_int(body, "max_completion_tokens", max_tokens, 0)
+    temperature = get_float(body, "temperature", 1.0, 0, 2)
+    top_p = get_float(body, "top_p", 1.0, 0, 1, lo_open=True)
+    top_k = get_int(body, "top_k", 0, -1)
+    min_p = get_float(body, "min_p", 0.0, 0, 1)
+    rep = get_float(body, "repetition_penalty", 1.0, 0, None, lo_open=True)
+    freq = get_float(body, "frequency_penalty", 0.0, -2, 2)
+    pres = get_float(body, "presence_penalty", 0.0, -2, 2)
+    seed = get_int(body, "seed", None)
+    stop = get_stop(body)
+    stop_ids = _get(body, "stop_token_ids")
+    if stop_ids is not _MISSING and (not isinstance(stop_ids, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) for t in stop_ids)):
+        raise bad("stop_token_ids", "'stop_token_ids' must be a list of integers")
+    ignore_eos = get_bool(body, "ignore_eos", False)
+    logit_bias = get_logit_bias(body, vocab_size)
+    stream = get_bool(body, "stream", False)
+    so = _get(body, "stream_options")
+    include_usage = False
+    if so is not _MISSING:
+        if not isinstance(so, dict):
+            raise bad("stream_options", "'stream_options' must be an object")
+        include_usage = get_bool(so, "include_usage", False)
+    if chat:
+        echo = False
+        want = get_bool(body, "logprobs", False)
+        top = get_int(body, "top_logprobs", None, 0, 20)
+        if top is not None and not want:
+            raise bad("top_logprobs", "'top_logprobs' needs 'logprobs': true")
+        logprobs = (top or 0) if want else None
+    else:
+        echo = get_bool(body, "echo", False)
+        logprobs = get_int(body, "logprobs", None, 0, 20)
+    try:
+        params = SamplingParams(
+            max_new_tokens=max_tokens if max_tokens is not None else 1 << 30, temperature=temperature,
+            top_k=max(top_k, 0), top_p=top_p, min_p=min_p, repetition_penalty=rep, frequency_penalty=freq,
+            presence_penalty=pres, logit_bias=logit_bias, stop=stop,
+            stop_token_ids=[*model_stop_ids, *stop_ids] if stop_ids is not _MISSING else None,
+            ignore_eos=ignore_eos, seed=seed, logprobs=logprobs if logprobs else None,
+        )
+    except LmstackError as e:
+        raise bad("sampling", str(e)) from None
+    return Options(params, seed, n, max_tokens, stream, include_usage, echo, logprobs)
+
+
+def parse_prompts(value, tokenizer, vocab_size: int) -> list[tuple[list[int], str | None]]:
+    """`prompt` as a string, a list of strings, a list of token ids or a list of lists of them.
+
+    Returns (token ids, text or None) per prompt. Text is tokenised as the model's tokenizer does
+    (a BOS where the tokenizer adds one); token ids are taken as they are, no BOS added.
+    """
+    if value is None:
+        raise bad("prompt", "'prompt' is required")
+
+    def ids_ok(lst, where):
+        for t in lst:
+            if isinstance(t, bool) or not isinstance(t, int):
+                raise bad("prompt", f"{where} must hold integers (token ids)")
+            if not 0 <= t < vocab_size:
+                raise bad("prompt", f"{where}: token id {t} is outside the vocabulary (0..{vocab_size - 1})")
+        if not lst:
+            raise bad("prompt", f"{where} is empty")
+        return list(lst)
+
+    def text(s):
+        if tokenizer is None:
+            raise bad("prompt", "this model has no tokenizer: send token ids")
+        ids = tokenizer.encode(s)
+        if not ids:  # an empty prompt conditions on the start of a document, as OpenAI's models do
+            ids = [tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id]
+        return ids, s
+
+    if isinstance(value, str):
+        return [text(value)]
+    if not isinstance(value, list) or not value:
+        raise bad("prompt", "'prompt' must be a string, a list of strings, a list of token ids or a list of lists "
+                            "of token ids (and not empty)")
+    if all(isinstance(v, str) for v in value):
+        return [text(v) for v in value]
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return [(ids_ok(value, "'prompt'"), None)]
+    if all(isinstance(v, list) for v in value):
+        return [(ids_ok(v, f"'prompt'[{i}]"), None) for i, v in enumerate(value)]
+    raise bad("prompt", "'prompt' mixes types: give strings, token ids, or lists of token ids")
+
+
+def parse_messages(value) -> list[dict]:
+    if not isinstance(value, list) or not value:
+        raise bad("messages", "'messages' must be a non-empty list of {role, content} objects")
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict):
+            raise bad("messages", f"'messages'[{i}] must be an object")
+        role = m.get("role")
+        if not isinstance(role, str) or not role:
+            raise bad("messages", f"'messages'[{i}].role must be a string")
+        content = m.get("content")
+        if isinstance(content, list):  # content parts: only text can be served by a text model
+            parts = []
+            for p in content:
+                if not isinstance(p, dict) or p.get("type") != "text" or not isinstance(p.get("text"), str):
+                    raise bad("messages", f"'messages'[{i}].content: only text parts are supported")
+                parts.append(p["text"])
+            content = "".join(parts)
+        elif content is None:
+            content = ""
+        elif not isinstance(content, str):
+            raise bad("messages", f"'messages'[{i}].content must be a string or a list of text parts")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
