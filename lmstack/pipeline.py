@@ -105,7 +105,39 @@ def stage_sft(p: dict, ctx: Context, d: Path) -> dict:
             "base_few_shot_acc": r["base_few_shot"]["rank_acc"], "sft_zero_shot_acc": r["flan_zero_shot"]["rank_acc"]}
 
 
-STAGES = {"data": stage_data, "pretrain": stage_pretrain, "sft": stage_sft}
+def stage_reward(p: dict, ctx: Context, d: Path) -> dict:
+    from lmstack.train.reward import RewardConfig, reward
+
+    s = reward(RewardConfig(out=str(d), model=ctx.need("sft"), suite=ctx.need("suite"), seed=ctx.seed,
+                            quiet=ctx.cfg.get("quiet", True), **p))
+    key = "safety_reward_model" if p.get("subset") == "safety" else "reward_model"
+    ctx.paths[key] = str(d / "model")
+    return {k: s.get(k) for k in ("val_accuracy", "val_margin", "annotator_agreement", "train_loss") if k in s}
+
+
+def _aligned(name: str):
+    def stage(p: dict, ctx: Context, d: Path) -> dict:
+        import importlib
+
+        mod = importlib.import_module(f"lmstack.train.{name}")
+        cfg_cls = getattr(mod, {"ppo": "PPOConfig", "dpo": "DPOConfig", "grpo": "GRPOConfig",
+                                "rejection": "RejectionConfig"}[name])
+        fn = getattr(mod, {"ppo": "ppo", "dpo": "dpo", "grpo": "grpo", "rejection": "rejection_sampling"}[name])
+        kw = dict(p)
+        fields = set(cfg_cls.__dataclass_fields__)
+        for key in ("reward_model", "safety_reward_model"):
+            if key in fields and key not in kw and key in ctx.paths:
+                kw[key] = ctx.paths[key]
+        s = fn(cfg_cls(out=str(d), model=ctx.need("sft"), suite=ctx.need("suite"), seed=ctx.seed,
+                       quiet=ctx.cfg.get("quiet", True), **kw))
+        ctx.paths[name] = str(d / "model")
+        return {k: v for k, v in s.items() if isinstance(v, (int, float)) and v is not None}
+    return stage
+
+
+STAGES = {"data": stage_data, "pretrain": stage_pretrain, "sft": stage_sft, "reward": stage_reward,
+          "ppo": _aligned("ppo"), "dpo": _aligned("dpo"), "grpo": _aligned("grpo"),
+          "rejection": _aligned("rejection")}
 
 
 def run_pipeline(config: str | None = None, out: str | None = None, resume: bool = False,
