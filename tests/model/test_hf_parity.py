@@ -51,21 +51,6 @@ def test_saved_folder_loads_in_transformers(pair, tmp_path):
         assert (back(ids).logits - hf(ids).logits).abs().max().item() < 1e-4
 
 
-def test_pytorch_bin_folder_loads(pair, tmp_path):
-    _, hf, lm, _ = pair
-    hf.save_pretrained(tmp_path, safe_serialization=False) if _accepts_bin() else pytest.skip("no .bin saving")
-    if not (tmp_path / "pytorch_model.bin").exists():
-        pytest.skip("this transformers version writes safetensors only")
-    lm2 = lmstack.load(tmp_path)
-    ids = torch.randint(0, 96, (1, 12))
-    assert torch.equal(lm2(ids), lm(ids))
-
-
-def _accepts_bin():
-    import inspect
-    return "safe_serialization" in inspect.signature(transformers.PreTrainedModel.save_pretrained).parameters
-
-
 def test_pytorch_bin_written_by_hand(pair, tmp_path):
     # transformers 5 only writes safetensors; older hub checkpoints ship pytorch_model.bin.
     _, hf, lm, d = pair
