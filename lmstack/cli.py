@@ -133,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from lmstack.train.cli import add_parser as add_train
     add_train(sub)
+    from lmstack.train.pref_cli import add_parsers as add_pref
+    add_pref(sub)
 
     ev = sub.add_parser("eval", help="evaluation: perplexity, task harness, win rates, safety")
     esub = ev.add_subparsers(dest="eval_command", required=True)

@@ -157,7 +157,10 @@ class Batches:
 
 
 def apply_lora(model, cfg: SFTConfig):
-    from peft import LoraConfig, get_peft_model
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise LmstackError("LoRA needs the peft package: pip install 'lmstack[lora]' (or pip install peft)") from None
 
     names = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     bad = [t for t in cfg.lora_targets if t not in names]

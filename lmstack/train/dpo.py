@@ -1,0 +1,224 @@
+"""Direct preference optimisation (Rafailov et al. 2023), with the IPO and conservative variants.
+
+    lmstack dpo --model runs/sft/model --out runs/dpo                     # on the built-in suite's pairs
+    lmstack dpo --model runs/sft/model --loss ipo --beta 0.5 --lora       # IPO, LoRA adapters
+
+No reward model and no sampling: the policy pi is trained directly on chosen/rejected pairs against the
+frozen reference (the starting SFT policy), whose log-probabilities are computed once before training.
+With z = (log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l)) summed over answer tokens:
+
+    sigmoid       -log sigma(beta z)                                       (DPO)
+    ipo           (z - 1/(2 beta))^2                                        (Azar et al. 2023)
+    conservative  -(1-eps) log sigma(beta z) - eps log sigma(-beta z)       (labels flipped with prob. eps)
+
+beta (log pi - log ref) is the implicit reward; its accuracy and margin on held-out pairs are logged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lmstack.errors import LmstackError
+from lmstack.train import dist
+from lmstack.train.common import (
+    checkpoint_if_due,
+    finish_run,
+    log_step,
+    optimizer_step,
+    resume_point,
+    start_run,
+)
+from lmstack.train.prefs import (
+    PrefConfig,
+    _fmt_stats,
+    encode_answer,
+    final_lm,
+    load_comparisons,
+    load_policy,
+    reference,
+    right_pad,
+    suite_dir,
+    token_logprobs,
+)
+
+LOSSES = ("sigmoid", "ipo", "conservative")
+
+
+@dataclass
+class DPOConfig(PrefConfig):
+    out: str = "runs/dpo"
+    val_data: list[str] = field(default_factory=list)  # held-out pairs (suite: preferences/pairs_test.jsonl)
+    subset: str = "all"
+    beta: float = 0.1
+    loss: str = "sigmoid"  # sigmoid | ipo | conservative
+    label_smoothing: float = 0.1  # eps of the conservative loss
+    epochs: float = 1.0  # > 0: overrides --steps
+    micro_batch: int = 8  # pairs per step
+    lr: float = 5e-5
+    warmup: int = 5
+    schedule: str = "cosine"
+    eval_batch: int = 16
+
+
+def dpo_loss(pi_c, pi_r, ref_c, ref_r, beta: float, loss: str = "sigmoid", label_smoothing: float = 0.0):
+    """Per-pair loss and the implicit rewards beta (log pi - log ref) of chosen and rejected answers."""
+    z = (pi_c - ref_c) - (pi_r - ref_r)
+    if loss == "sigmoid":
+        out = -F.logsigmoid(beta * z)
+    elif loss == "ipo":
+        out = (z - 1.0 / (2.0 * beta)) ** 2
+    elif loss == "conservative":
+        out = -(1 - label_smoothing) * F.logsigmoid(beta * z) - label_smoothing * F.logsigmoid(-beta * z)
+    else:
+        raise LmstackError(f"--loss must be one of {', '.join(LOSSES)}, not {loss!r}")
+    return out, beta * (pi_c - ref_c).detach(), beta * (pi_r - ref_r).detach()
+
+
+def answer_logprobs(model, seqs: list[list[int]], starts: list[int], pad: int, device) -> torch.Tensor:
+    """Sum of log p(answer tokens | prompt) per sequence (answer = tokens from `start` on)."""
+    ids, lens = right_pad(seqs, pad, device)
+    lp, _ = token_logprobs(model, ids)
+    col = torch.arange(lp.shape[1], device=device)[None]
+    st = torch.tensor(starts, device=device)[:, None]
+    mask = (col >= st - 1) & (col < lens[:, None] - 1)
+    return (lp * mask).sum(1)
+
+
+def encode_pairs(tok, comps, seq_len: int, overlong: str):
+    """[(chosen ids, chosen start, rejected ids, rejected start)] and the count of pairs over seq_len."""
+    out, dropped = [], 0
+    for c in comps:
+        enc = [encode_answer(tok, c.prompt, a) for a in c.answers]
+        for w, lo, _ in c.pairs:
+            if max(len(enc[w][0]), len(enc[lo][0])) > seq_len:
+                if overlong == "error":
+                    raise LmstackError(f"comparison {c.id}: prompt + answer exceeds --seq-len {seq_len}")
+                dropped += 1
+                continue
+            out.append((*enc[w], *enc[lo]))
+    return out, dropped
+
+
+@torch.no_grad()
+def pair_logprobs(model, pairs, pad, device, batch: int = 16) -> torch.Tensor:
+    """[N, 2] (chosen, rejected) summed log-probabilities, in batches."""
+    out = []
+    for s in range(0, len(pairs), batch):
+        b = pairs[s:s + batch]
+        lp = answer_logprobs(model, [p[0] for p in b] + [p[2] for p in b], [p[1] for p in b] + [p[3] for p in b],
+                             pad, device)
+        out.append(torch.stack([lp[: len(b)], lp[len(b):]], 1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, 2)
+
+
+@torch.no_grad()
+def evaluate_pairs(model, pairs, refs, cfg: DPOConfig, pad, device) -> dict:
+    if not pairs:
+        return {}
+    was = model.training
+    model.eval()
+    pol = pair_logprobs(model, pairs, pad, device, cfg.eval_batch)
+    model.train(was)
+    loss, rc, rr = dpo_loss(pol[:, 0], pol[:, 1], refs[:, 0], refs[:, 1], cfg.beta, cfg.loss, cfg.label_smoothing)
+    return {"val_loss": float(loss.mean()), "val_reward_accuracy": float((rc > rr).float().mean()),
+            "val_reward_margin": float((rc - rr).mean())}
+
+
+def dpo(cfg: DPOConfig, step_hook=None) -> dict:
+    import lmstack
+    from lmstack.model.checkpoint import LM
+
+    if cfg.loss not in LOSSES:
+        raise LmstackError(f"--loss must be one of {', '.join(LOSSES)}, not {cfg.loss!r}")
+    if cfg.beta <= 0:
+        raise LmstackError("--beta must be > 0")
+    info = dist.init(cfg.device)
+    torch.manual_seed(cfg.seed)
+    data, val_data = list(cfg.data), list(cfg.val_data)
+    if not data:
+        suite = suite_dir(cfg)
+        data = [str(suite / "preferences" / "pairs.jsonl")]
+        val_data = val_data or [str(suite / "preferences" / "pairs_test.jsonl")]
+    comps, stats = load_comparisons(data, cfg.skip_bad, cfg.subset)
+    lm, model, params, _ = load_policy(cfg, info.device, need_reference=False)
+    tok = lm.tokenizer
+    pairs, stats["dropped_overlong"] = encode_pairs(tok, comps, cfg.seq_len, cfg.overlong)
+    if not pairs:
+        raise LmstackError(f"dpo: no pair fits --seq-len {cfg.seq_len} ({_fmt_stats(stats)})")
+    val_pairs = []
+    if val_data:
+        vcomps, _ = load_comparisons(val_data, cfg.skip_bad, cfg.subset)
+        val_pairs, _ = encode_pairs(tok, vcomps, cfg.seq_len, "drop")
+    pad = tok.pad_id if tok.pad_id is not None else 0
+    # The reference log-probabilities, once: the policy before any update (LoRA: with its adapters off).
+    with reference(model, None if cfg.lora else model) as ref_model:
+        ref_model.eval()
+        refs = pair_logprobs(ref_model, pairs, pad, info.device)
+        val_refs = pair_logprobs(ref_model, val_pairs, pad, info.device)
+    resume_from = resume_point(cfg)
+    if resume_from is not None:
+        if cfg.lora:
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+            set_peft_model_state_dict(model, load_file(str(resume_from / "adapter_model.safetensors")))
+        else:
+            model.load_state_dict(lmstack.load(resume_from, device=info.device).model.state_dict())
+    if cfg.epochs > 0:
+        cfg.steps = max(1, math.ceil(cfg.epochs * len(pairs) / (cfg.micro_batch * info.world * cfg.grad_accum)))
+    if info.main and not cfg.quiet:
+        print(f"dpo ({cfg.loss}, beta {cfg.beta}): {len(pairs)} pairs ({_fmt_stats(stats)}), {len(val_pairs)} held out; "
+              f"{cfg.steps} steps")
+    save_lm = LM(model, tok, lm.generation_config, {})
+    run = start_run(cfg, model, info, "dpo", {"parent": cfg.model, "data": data, "data_stats": stats,
+                                              "loss": cfg.loss, "beta": cfg.beta, "lora": cfg.lora},
+                    params=params, resume_from=resume_from)
+    val = evaluate_pairs(model, val_pairs, val_refs, cfg, pad, info.device)
+    val0 = dict(val)
+    if val:
+        run.log.log(run.start, **val)
+    per_step = cfg.micro_batch * info.world * cfg.grad_accum
+    for step in range(run.start, cfg.steps):
+        lr = run.lr(step)
+        # Deterministic epoch-wise shuffles, so a resumed run sees the batches it would have seen.
+        epoch, off = divmod(step * per_step, len(pairs))
+        order = np.concatenate([np.random.default_rng([cfg.seed, e]).permutation(len(pairs)) for e in (epoch, epoch + 1)])
+        take = order[off:off + per_step]
+        tot = {"loss": 0.0, "acc": 0.0, "margin": 0.0, "chosen": 0.0, "rejected": 0.0}
+        for k in range(cfg.grad_accum):
+            mine = take[k * cfg.micro_batch * info.world:(k + 1) * cfg.micro_batch * info.world][info.rank::info.world]
+            b = [pairs[i] for i in mine]
+            with run.no_sync(k), run.autocast():
+                lp = answer_logprobs(run.dmodel, [p[0] for p in b] + [p[2] for p in b],
+                                     [p[1] for p in b] + [p[3] for p in b], pad, info.device)
+            r = refs[mine].to(info.device)
+            loss, rc, rr = dpo_loss(lp[: len(b)], lp[len(b):], r[:, 0], r[:, 1], cfg.beta, cfg.loss,
+                                    cfg.label_smoothing)
+            (loss.mean() / cfg.grad_accum).backward()
+            tot["loss"] += loss.mean().item() / cfg.grad_accum
+            tot["acc"] += float((rc > rr).float().mean()) / cfg.grad_accum
+            tot["margin"] += float((rc - rr).mean()) / cfg.grad_accum
+            tot["chosen"] += float(rc.mean()) / cfg.grad_accum
+            tot["rejected"] += float(rr.mean()) / cfg.grad_accum
+        loss_v = dist.all_mean(tot["loss"], info)
+        updated, gnorm = optimizer_step(run, step, loss_v, lr, params)
+        done = step + 1
+        if updated:
+            log_step(run, done, 0, loss=loss_v, reward_accuracy=tot["acc"], reward_margin=tot["margin"],
+                     reward_chosen=tot["chosen"], reward_rejected=tot["rejected"], lr=lr, grad_norm=gnorm)
+        if val_pairs and (done == cfg.steps or (cfg.eval_interval and done % cfg.eval_interval == 0)):
+            val = evaluate_pairs(model, val_pairs, val_refs, cfg, pad, info.device)
+            run.log.log(done, **val)
+        run.log.progress(1, loss=loss_v, acc=tot["acc"])
+        checkpoint_if_due(run, save_lm, done)
+        if step_hook is not None:
+            step_hook(done)
+    summary = {"steps": cfg.steps, "final_loss": run.last_loss, "data": stats, "val_before": val0, **val}
+    finish_run(run, final_lm(lm, model, cfg), summary,
+               ["loss", "reward_accuracy", "reward_margin", "val_reward_accuracy"], f"DPO ({cfg.loss})")
+    dist.shutdown(info)
+    return summary

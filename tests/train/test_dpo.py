@@ -1,0 +1,65 @@
+"""DPO: the three losses equal their closed forms, answer log-probs agree with the scoring module, a run
+raises held-out implicit-reward accuracy (full and LoRA, whose reference is the adapters switched off)."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmstack.errors import LmstackError
+from lmstack.evaluate.scoring import score_token_pairs
+from lmstack.train.dpo import DPOConfig, answer_logprobs, dpo, dpo_loss
+from lmstack.train.prefs import encode_answer
+
+
+def write(path, recs):
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return str(path)
+
+
+def test_losses_equal_closed_forms():
+    pc, pr = torch.tensor([-3.0, -5.0]), torch.tensor([-4.0, -2.0])
+    rc, rr = torch.tensor([-3.5, -4.0]), torch.tensor([-3.0, -2.5])
+    beta, eps = 0.3, 0.1
+    z = (pc - rc) - (pr - rr)
+    loss, c, r = dpo_loss(pc, pr, rc, rr, beta, "sigmoid")
+    assert torch.allclose(loss, -F.logsigmoid(beta * z))
+    assert torch.allclose(c, beta * (pc - rc)) and torch.allclose(r, beta * (pr - rr))
+    loss, _, _ = dpo_loss(pc, pr, rc, rr, beta, "ipo")
+    assert torch.allclose(loss, (z - 1 / (2 * beta)) ** 2)
+    loss, _, _ = dpo_loss(pc, pr, rc, rr, beta, "conservative", eps)
+    assert torch.allclose(loss, -(1 - eps) * F.logsigmoid(beta * z) - eps * F.logsigmoid(-beta * z))
+    # By hand for the first pair: z = 0.5 + 1.0 = 1.5.
+    assert dpo_loss(pc, pr, rc, rr, beta)[0][0].item() == pytest.approx(-torch.log(torch.sigmoid(torch.tensor(0.45))).item())
+    with pytest.raises(LmstackError):
+        dpo_loss(pc, pr, rc, rr, beta, "hinge-ish")
+
+
+def test_answer_logprobs_match_scoring(tiny_lm):
+    tok = tiny_lm.tokenizer
+    p = [{"role": "user", "content": "What is 3 plus 4?"}]
+    enc = [encode_answer(tok, p, a) for a in ("7", "It is seven, I think.")]
+    with torch.no_grad():
+        got = answer_logprobs(tiny_lm.model, [e[0] for e in enc], [e[1] for e in enc], tok.pad_id, "cpu")
+    want = score_token_pairs(tiny_lm.model, [(e[0][: e[1]], e[0][e[1]:]) for e in enc])
+    assert torch.allclose(got, torch.tensor([w.logprob for w in want]), atol=1e-4)
+
+
+def _pairs(n, start=0):
+    return [{"id": f"p{i}", "prompt": [{"role": "user", "content": f"Is {i + start} a number?"}],
+             "chosen": "yes it is", "rejected": "no"} for i in range(n)]
+
+
+@pytest.mark.parametrize("lora,loss", [(False, "sigmoid"), (True, "ipo")])
+def test_dpo_raises_implicit_reward_accuracy(tiny_ckpt, tmp_path, lora, loss):
+    train = write(tmp_path / "t.jsonl", _pairs(8) + [{"id": "same", "prompt": [{"role": "user", "content": "x"}],
+                                                      "chosen": "a", "rejected": "a"}])
+    val = write(tmp_path / "v.jsonl", _pairs(4, 100))
+    cfg = DPOConfig(model=str(tiny_ckpt), data=[train], val_data=[val], out=str(tmp_path / "dpo"), epochs=0, steps=6,
+                    micro_batch=4, lr=3e-3 if lora else 1e-3, beta=0.5, loss=loss, lora=lora, seq_len=128, quiet=True)
+    s = dpo(cfg)
+    assert s["data"]["identical_pairs"] == 1
+    assert s["val_before"]["val_reward_margin"] == pytest.approx(0.0, abs=1e-5)  # policy == reference at start
+    assert s["val_reward_accuracy"] == 1.0 and s["val_reward_margin"] > 0
+    assert (tmp_path / "dpo" / "model" / "model.safetensors").exists()  # LoRA merged into a plain checkpoint
