@@ -97,6 +97,8 @@ def apply_penalties(logits, params: list[SamplingParams], seen: torch.Tensor, co
 
 def filter_logits(logits, params: list[SamplingParams]):
     """Temperature, top-k, top-p, min-p. Removed tokens get -inf. Greedy rows are left untempered."""
+    if all(p.greedy for p in params):
+        return logits  # every filter keeps the most likely token, so argmax needs none of them
     temp = _col(params, "temperature", logits.device)
     logits = logits / torch.where(temp > 0, temp, torch.ones_like(temp))
     use_k = any(p.top_k > 0 for p in params)
