@@ -106,13 +106,26 @@ def stage_sft(p: dict, ctx: Context, d: Path) -> dict:
 
 
 def stage_reward(p: dict, ctx: Context, d: Path) -> dict:
+    """A reward model on the suite's simulated rankings; with `sample_rankings: K`, also on rankings of K answers
+    sampled from the SFT policy (InstructGPT's labelling), which a later reward stage (e.g. Llama 2's safety RM)
+    reuses instead of sampling again."""
     from lmstack.train.reward import RewardConfig, reward
 
-    s = reward(RewardConfig(out=str(d), model=ctx.need("sft"), suite=ctx.need("suite"), seed=ctx.seed,
-                            quiet=ctx.cfg.get("quiet", True), **p))
+    suite = Path(ctx.need("suite"))
+    kw = dict(p)
+    if kw.get("sample_rankings") and "sampled_rankings" in ctx.paths and "data" not in kw:
+        kw.update(sample_rankings=0, data=[str(suite / "preferences" / "rankings.jsonl"), ctx.paths["sampled_rankings"]],
+                  val_data=[str(suite / "preferences" / "pairs_test.jsonl")])
+    s = reward(RewardConfig(out=str(d), model=ctx.need("sft"), suite=str(suite), seed=ctx.seed,
+                            quiet=ctx.cfg.get("quiet", True), **kw))
     key = "safety_reward_model" if p.get("subset") == "safety" else "reward_model"
     ctx.paths[key] = str(d / "model")
-    return {k: s.get(k) for k in ("val_accuracy", "val_margin", "annotator_agreement", "train_loss") if k in s}
+    if (d / "sampled_rankings_test.jsonl").exists():
+        ctx.paths["sampled_rankings"] = str(d / "sampled_rankings_train.jsonl")
+        ctx.paths["sampled_rankings_test"] = str(d / "sampled_rankings_test.jsonl")
+    head = {"subset": s.get("subset"), "val_accuracy": s.get("val_accuracy"), "val_pairs": s.get("val_pairs"),
+            "val_sampled_accuracy": s.get("val_sampled_accuracy"), "final_loss": s.get("final_loss")}
+    return {k: v for k, v in head.items() if v is not None}
 
 
 def _aligned(name: str):
@@ -135,9 +148,91 @@ def _aligned(name: str):
     return stage
 
 
+def _stage_param(ctx: Context, stage: str, key: str, default):
+    return next((st[key] for st in ctx.cfg["stages"] if st.get("stage") == stage and key in st), default)
+
+
+def stage_evaluate(p: dict, ctx: Context, d: Path) -> dict:
+    """Base, SFT and aligned checkpoints on held-out data: reward-model accuracy against the annotators, win rates
+    against SFT, InstructGPT's truthfulness / hallucination / safety rows, decoding and prompting studies."""
+    from lmstack.evaluate import course as C
+
+    suite = ctx.need("suite")
+    models = {k: ctx.paths[k] for k in ("base", "sft", "ppo", "dpo", "grpo", "rejection") if k in ctx.paths}
+    aligned = [k for k in ("ppo", "dpo", "grpo", "rejection") if k in models]
+    max_new = p.get("max_new_tokens", 32)
+    threshold = p.get("safety_threshold", _stage_param(ctx, "ppo", "safety_threshold", -1.0))
+    res: dict = {"models": models}
+    head: dict = {}
+    steps = [("reward_models", "reward_model" in ctx.paths), ("win_rates", bool(aligned) and "sft" in models),
+             ("alignment", True), ("decoding", "sft" in models), ("prompting", True)]
+    bar = _bar([k for k, on in steps if on], "evaluate")
+    if "reward_model" in ctx.paths:
+        held = {"suite pairs_test": [str(Path(suite) / "preferences" / "pairs_test.jsonl")]}
+        if "sampled_rankings_test" in ctx.paths:
+            held["SFT samples, test prompts"] = [ctx.paths["sampled_rankings_test"]]
+        res["reward_models"] = C.reward_model_accuracy(suite, ctx.paths["reward_model"],
+                                                       ctx.paths.get("safety_reward_model", ""), held, threshold)
+        first = next(iter(res["reward_models"].values()))
+        if "models" in first:
+            head["rm_accuracy"] = next(iter(first["models"].values()))["accuracy"]
+            head["annotator_agreement"] = first["annotator_agreement"]
+        bar()
+    if aligned and "sft" in models:
+        recs = C.held_out_prompts(suite, p.get("prompts", 200))
+        res["win_rates"] = C.win_rates(suite, recs, {k: models[k] for k in aligned}, models["sft"], max_new,
+                                       p.get("kl_prompts", 64))
+        for k in aligned:
+            w = res["win_rates"][k]["sampled"]
+            head[f"{k}_win_loss"] = f"{w['win']:.2f}/{w['loss']:.2f}"
+        bar()
+    res["alignment"] = C.alignment_columns(suite, models, p.get("limit", 80), p.get("limit", 80), max_new)
+    for k in ("base", *aligned):
+        if k in res["alignment"]:
+            head[f"{k}_refusal"] = res["alignment"][k]["refusal_rate"]
+    bar()
+    if "sft" in models:
+        res["decoding"] = C.decoding_study(models["sft"], suite, p.get("decoding_prompts", 48), 2, max_new)
+        bar()
+    res["prompting"] = {}
+    for k, chat in (("base", False), ("sft", True)):
+        if k in models:
+            res["prompting"][k] = C.prompting_study(models[k], suite, limit=p.get("prompting_items", 60),
+                                                    k=p.get("few_shot", 3), chat=chat)
+    bar()
+    C.save(res, d / "evaluation.json")
+    ctx.paths["evaluation"] = str(d / "evaluation.json")
+    return head
+
+
+def stage_report(p: dict, ctx: Context, d: Path) -> dict:
+    from lmstack.evaluate.card import summary_lines, write_card
+
+    path, checks = write_card(ctx.out, d, title=p.get("title"), kl_bound=p.get("kl_bound"))
+    ctx.paths["report"] = str(path)
+    print("\n".join(summary_lines(checks)), flush=True)
+    return {"card": str(path), "checks_passed": f"{sum(c['ok'] for c in checks)}/{len(checks)}"}
+
+
+def _bar(parts: list[str], stage: str):
+    """A progress bar over a stage's named parts; call the returned function after each part."""
+    from tqdm import tqdm
+
+    t = tqdm(total=len(parts), desc=f"  {stage}", unit="part", leave=False, dynamic_ncols=True)
+    it = iter(parts)
+    t.set_postfix_str(next(it, ""))
+
+    def step():
+        t.update(1)
+        t.set_postfix_str(next(it, ""))
+        if t.n >= t.total:
+            t.close()
+    return step
+
+
 STAGES = {"data": stage_data, "pretrain": stage_pretrain, "sft": stage_sft, "reward": stage_reward,
           "ppo": _aligned("ppo"), "dpo": _aligned("dpo"), "grpo": _aligned("grpo"),
-          "rejection": _aligned("rejection")}
+          "rejection": _aligned("rejection"), "evaluate": stage_evaluate, "report": stage_report}
 
 
 def run_pipeline(config: str | None = None, out: str | None = None, resume: bool = False,
@@ -153,6 +248,9 @@ def run_pipeline(config: str | None = None, out: str | None = None, resume: bool
         ctx.results.update(saved.get("results", {}))
     n = len(cfg["stages"])
     t_all = time.time()
+    from lmstack.train import log
+
+    log.PIPELINE_BARS = True
     for i, st in enumerate(cfg["stages"], 1):
         name = st.get("name", st["stage"])
         d = out / name

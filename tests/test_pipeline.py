@@ -43,14 +43,73 @@ stages:
     micro_batch: 4
     seq_len: 128
     eval_items: 2
+    safety_repeat: 1
+  - stage: reward
+    subset: helpful
+    sample_rankings: 2
+    sample_prompts: 8
+    sample_max_new_tokens: 8
+    seq_len: 128
+    epochs: 0
+    steps: 2
+    norm_prompts: 4
+    norm_max_new_tokens: 8
+  - stage: reward
+    name: reward_safety
+    subset: safety
+    sample_rankings: 2
+    seq_len: 128
+    epochs: 0
+    steps: 2
+    norm_prompts: 4
+    norm_max_new_tokens: 8
+  - stage: ppo
+    steps: 2
+    rollout_batch: 4
+    micro_batch: 4
+    max_new_tokens: 8
+    seq_len: 128
+    kl_target: 1.0
+  - stage: dpo
+    epochs: 0
+    steps: 2
+    seq_len: 128
+  - stage: evaluate
+    prompts: 6
+    kl_prompts: 4
+    limit: 6
+    decoding_prompts: 4
+    prompting_items: 3
+    few_shot: 1
+    max_new_tokens: 8
+  - stage: report
 """)
     out = tmp_path / "run"
     res = run_pipeline(str(cfg), str(out))
-    assert set(res) == {"data", "pretrain", "sft"}
+    assert list(res) == ["data", "pretrain", "sft", "reward", "reward_safety", "ppo", "dpo", "evaluate", "report"]
     assert res["pretrain"]["val_ppl"] > 1 and 0 <= res["sft"]["sft_zero_shot_acc"] <= 1
     state = json.loads((out / "pipeline.json").read_text())
     assert state["paths"]["sft"].endswith("instructions/model")
-    capsys.readouterr()
+    # The safety RM reuses the helpfulness stage's sampled rankings instead of sampling again.
+    assert not (out / "reward_safety" / "sampled_rankings_train.jsonl").exists()
+    assert state["paths"]["safety_reward_model"].endswith("reward_safety/model")
+    ev = json.loads((out / "evaluate" / "evaluation.json").read_text())
+    assert set(ev["win_rates"]) == {"n", "reference", "ppo", "dpo"}
+    assert set(ev["alignment"]) == {"base", "sft", "ppo", "dpo"}
+    assert set(ev["prompting"]["base"]["strategies"]) == {"zero_shot", "few_shot", "cot", "self_consistency"}
+    assert len(ev["decoding"]["settings"]) == 4
+    card = (out / "report" / "card.md").read_text()
+    for section in ("## Pretraining", "## Instruction tuning", "## Reward model", "## Preference learning",
+                    "## Inference: decoding", "## Inference: prompting", "## Truthfulness", "What the course should show"):
+        assert section in card
+    for png in ("pretrain_loss", "flan_held_out", "reward_training", "ppo", "dpo", "win_rates", "decoding", "prompting",
+                "alignment"):
+        assert (out / "report" / "plots" / f"{png}.png").stat().st_size > 1000, png
+        assert f"plots/{png}.png" in card
+    checks = json.loads((out / "report" / "checks.json").read_text())
+    assert {c["claim"].split()[0] for c in checks} >= {"SFT", "the", "PPO", "DPO", "PPO's"}
+    out_text = capsys.readouterr().out
+    assert "[9/9] report" in out_text and "] SFT beats base" in out_text
     again = run_pipeline(str(cfg), str(out), resume=True)
     assert "done earlier" in capsys.readouterr().out
     assert again["pretrain"]["val_ppl"] == res["pretrain"]["val_ppl"]

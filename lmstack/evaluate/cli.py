@@ -21,6 +21,7 @@ from lmstack.backends import add_backend_args, backend_from_args
 from lmstack.errors import LmstackError
 
 from .harness import STRATEGIES
+from .sources import spread
 
 
 def add_parsers(eval_subparsers, top_subparsers) -> None:
@@ -216,14 +217,6 @@ def _suite(args):
     return builtin_dir(args.suite_seed, args.suite_size, args.suite)
 
 
-def _spread(records: list, limit: int | None) -> list:
-    """`limit` records spread evenly over the list (so every task of a mixed file is represented)."""
-    if not limit or limit >= len(records):
-        return records
-    step = len(records) / limit
-    return [records[int(i * step)] for i in range(limit)]
-
-
 def load_prompts(args) -> list[dict]:
     from .sources import read_records_file
 
@@ -231,7 +224,7 @@ def load_prompts(args) -> list[dict]:
         d = _suite(args)
         recs = [r for r in read_records_file(d / "tasks" / "test.jsonl", "jsonl") if r.get("style") == "instruction"]
         recs += read_records_file(d / "tasks" / "safety_test.jsonl", "jsonl")
-        return _spread(recs, args.limit)
+        return spread(recs, args.limit)
     recs = read_records_file(Path(args.prompts), "jsonl")
     for i, r in enumerate(recs):
         if "messages" not in r and "prompt" not in r:
@@ -360,10 +353,10 @@ def cmd_safety(args) -> int:
         unsafe = [r for r in safety_recs if r.get("unsafe")]
         benign = [r for r in safety_recs if not r.get("unsafe")]
         k = min(len(unsafe), max(1, args.limit // 2)) if unsafe else 0
-        safety_recs = (_spread(unsafe, k) if k else []) + (_spread(benign, args.limit - k) if args.limit > k else [])
+        safety_recs = (spread(unsafe, k) if k else []) + (spread(benign, args.limit - k) if args.limit > k else [])
     qa = builtin_records({"dir": str(suite), "split": args.split, "cluster": "closed_book_qa", "open": True},
                          "hallucination")
-    qa = _spread(qa, args.limit)
+    qa = spread(qa, args.limit)
     judge = _make_judge(args, safety_recs, safety=True)
     tox = load_toxicity_classifier(args.toxicity_classifier, args.toxicity_label) if args.toxicity_classifier else None
     names = args.name or [_label(m, f"model{i}") for i, m in enumerate(args.model)]

@@ -107,6 +107,14 @@ def cache_root() -> Path:
     return Path(os.environ.get("LMSTACK_CACHE", Path.home() / ".cache" / "lmstack"))
 
 
+def spread(records: list, limit: int | None) -> list:
+    """`limit` records spread evenly over the list (so every task of a mixed file is represented)."""
+    if not limit or limit >= len(records):
+        return records
+    step = len(records) / limit
+    return [records[int(i * step)] for i in range(limit)]
+
+
 def builtin_dir(seed: int = 0, size: str = "tiny", folder=None) -> Path:
     """The built-in suite's folder, built on first use (about a second for `tiny`)."""
     d = Path(folder) if folder else cache_root() / "builtin" / f"seed{seed}-{size}"

@@ -39,7 +39,9 @@ class FlanConfig:
     few_shot: int = 3
     max_new_tokens: int = 12
     ablation: bool = True
+    ablation_steps: int = 0  # SFT steps of the ablation / cluster-study runs (0: --steps)
     cluster_study: bool = True
+    safety_repeat: int = 0  # add the suite's safety demonstrations this many times to every tuned mixture
     lora: bool = False  # tune with LoRA adapters (peft) instead of every weight, e.g. for a real model on a CPU
     lora_r: int = 8
     seed: int = 0
@@ -153,7 +155,7 @@ def _sample(recs: list[dict], per_task: int, seed: int) -> list[dict]:
 def run_flan(cfg: FlanConfig) -> dict:
     import lmstack
     from lmstack.data.builtin import CLUSTERS
-    from lmstack.data.records import write_jsonl
+    from lmstack.data.records import read_instruction_records, write_jsonl
     from lmstack.train.sft import SFTConfig, sft
 
     out = Path(cfg.out)
@@ -191,12 +193,15 @@ def run_flan(cfg: FlanConfig) -> dict:
         if (path / "model" / "config.json").exists():
             return str(path / "model")
         recs = read_records(suite, "train", clusters, style)
+        # Llama 2 collects safety demonstrations on purpose: without them refusals are ~1% of the mixture.
+        recs += read_instruction_records(suite / "tasks" / "safety_train.jsonl") * cfg.safety_repeat
+        steps = cfg.steps if tag == "instructions" else (cfg.ablation_steps or cfg.steps)
         data = out / "sft_data" / f"{tag}.jsonl"
         data.parent.mkdir(parents=True, exist_ok=True)
         write_jsonl(data, [{"messages": r["messages"]} for r in recs])
         _say(cfg, f"instruction tuning '{tag}': {len(recs)} examples from {len(clusters)} clusters ({style})")
         sft(SFTConfig(out=str(path), model=base, data=[str(data)], seq_len=cfg.seq_len, micro_batch=cfg.micro_batch,
-                      steps=cfg.steps, lr=cfg.lr, warmup=max(1, cfg.steps // 20), eval_interval=0,
+                      steps=steps, lr=cfg.lr, warmup=max(1, steps // 20), eval_interval=0,
                       ckpt_interval=0, seed=cfg.seed, quiet=cfg.quiet, lora=cfg.lora, lora_r=cfg.lora_r))
         return str(path / "model")
 
@@ -244,7 +249,10 @@ def _strip_items(d):
 
 
 def _say(cfg, msg):
-    print(f"flan: {msg}", flush=True)
+    from lmstack.train import log
+
+    if not log.PIPELINE_BARS:  # inside `lmstack run` the stage's own line says it
+        print(f"flan: {msg}", flush=True)
 
 
 def _pct(x):

@@ -7,6 +7,10 @@ import time
 from pathlib import Path
 
 
+# `lmstack run` sets this: every stage shows a transient bar even when quiet (one line per stage stays).
+PIPELINE_BARS = False
+
+
 class MetricsLogger:
     def __init__(self, run_dir: Path, total_steps: int, start_step: int = 0, enabled: bool = True,
                  tensorboard: bool = False, desc: str = "train", console: bool = True):
@@ -19,10 +23,11 @@ class MetricsLogger:
         if not enabled:
             return
         Path(run_dir).mkdir(parents=True, exist_ok=True)
-        if console:
+        if console or PIPELINE_BARS:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=total_steps, initial=start_step, desc=f"  {desc}" if PIPELINE_BARS else desc,
+                            unit="step", dynamic_ncols=True, leave=not PIPELINE_BARS)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -49,7 +54,7 @@ class MetricsLogger:
                                  refresh=False)
 
     def write(self, msg: str) -> None:
-        if self.bar is not None:
+        if self.bar is not None and self.console:
             self.bar.write(msg)
         elif self.enabled and self.console:
             print(msg)

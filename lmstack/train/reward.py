@@ -340,8 +340,12 @@ def reward(cfg: RewardConfig) -> dict:
         vstats.update(vt)
     sval = []
     if sampled_val:
-        scomps, _ = load_comparisons(sampled_val, cfg.skip_bad, cfg.subset, 0.0)
-        sval, _ = encode_comparisons(tok, scomps, cfg.seq_len, "drop")
+        try:
+            scomps, _ = load_comparisons(sampled_val, cfg.skip_bad, cfg.subset, 0.0)
+            sval, _ = encode_comparisons(tok, scomps, cfg.seq_len, "drop")
+        except LmstackError as e:  # e.g. every held-out sample tied: nothing to score, training goes on
+            if info.main and not cfg.quiet:
+                print(f"reward: no held-out sampled comparisons ({e})")
     if cfg.epochs > 0:
         cfg.steps = max(1, math.ceil(cfg.epochs * len(train) / (cfg.micro_batch * info.world)))
     if info.main and not cfg.quiet:

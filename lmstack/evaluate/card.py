@@ -1,0 +1,424 @@
+"""The report card of a `lmstack run` folder: one Markdown file with PNG plots, one section per stage.
+
+    lmstack report runs/tiny-cpu          # any run folder; `lmstack run` writes <run>/report/card.md itself
+
+Every number is read from what the run wrote (stage summaries, metrics.jsonl curves, the evaluate stage's
+evaluation.json); figures from papers appear only in columns labelled "(paper)". The card opens with the
+checks the course is meant to show, each with its numbers, and says plainly which did not hold.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from pathlib import Path
+
+from lmstack.errors import LmstackError
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _read(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _metrics(path: Path) -> list[dict]:
+    from lmstack.train.log import read_metrics
+
+    return read_metrics(path) if Path(path).exists() else []
+
+
+def _pct(x) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+
+
+def _num(x, fmt: str = ".3f") -> str:
+    return "—" if x is None else format(x, fmt)
+
+
+def _wilson_low(p: float, n: int, z: float = 1.96) -> float:
+    if n == 0:
+        return 0.0
+    d = 1 + z * z / n
+    c = p + z * z / (2 * n)
+    return (c - z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / d
+
+
+def _curve(png: Path, panels: list[tuple[str, list[tuple[str, list, list]]]], title: str) -> None:
+    """panels: (y label, [(series label, xs, ys)])."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.4), squeeze=False)
+    for ax, (ylabel, series) in zip(axes[0], panels):
+        for label, xs, ys in series:
+            ax.plot(xs, ys, marker="." if len(xs) < 40 else None, label=label)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if len(series) > 1:
+            ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def _series(recs: list[dict], key: str) -> tuple[list, list]:
+    pts = [(r["step"], r[key]) for r in recs if isinstance(r.get(key), (int, float))]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _bars(png: Path, groups: list[str], series: dict[str, list[float]], ylabel: str, title: str,
+          ylim=None) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.2 * len(groups) * max(1, len(series)) / 2 + 2), 3.4))
+    w = 0.8 / max(1, len(series))
+    for j, (name, vals) in enumerate(series.items()):
+        xs = [i + (j - (len(series) - 1) / 2) * w for i in range(len(groups))]
+        ax.bar(xs, [0 if v is None else v for v in vals], w, label=name)
+    ax.set_xticks(range(len(groups)), groups, fontsize=8, rotation=15 if len(groups) > 4 else 0)
+    ax.set_ylabel(ylabel)
+    if ylim:
+        ax.set_ylim(*ylim)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+# ---- sections ----------------------------------------------------------------------------------------------------
+
+def _pretrain(d: Path, plots: Path, s: dict) -> list[str]:
+    recs = _metrics(d / "metrics.jsonl")
+    summ = _read(d / "summary.json") or {}
+    if not recs:
+        return []
+    _curve(plots / "pretrain_loss.png", [("loss", [("train", *_series(recs, "loss")), ("validation", *_series(recs, "val_loss"))]),
+                                          ("tokens/s", [("tokens/s", *_series(recs, "tokens_per_s"))])],
+           "Pretraining: next-token loss and throughput")
+    s["pretrain"] = {"val_ppl": summ.get("val_ppl")}
+    return ["## Pretraining", "",
+            f"{_num(summ.get('params'), ',')} parameters, {summ.get('steps')} steps, {_num(summ.get('tokens'), ',')} "
+            f"tokens; final train loss {_num(summ.get('final_loss'))}, validation loss {_num(summ.get('val_loss'))} = "
+            f"perplexity **{_num(summ.get('val_ppl'), '.2f')}** (held-out documents of the suite's corpus), "
+            f"{_num(summ.get('tokens_per_s'), ',.0f')} tokens/s.", "", "![pretraining](plots/pretrain_loss.png)", ""]
+
+
+def _flan(d: Path, plots: Path, s: dict) -> list[str]:
+    r = _read(d / "flan_results.json")
+    if not r:
+        return []
+    held = r["config"]["hold_out"]
+    rows = [("base, zero-shot", r["base_zero_shot"]), (f"base, {r['config']['few_shot']}-shot", r["base_few_shot"]),
+            ("instruction-tuned, zero-shot", r["flan_zero_shot"])]
+    _bars(plots / "flan_held_out.png", [n for n, _ in rows],
+          {"rank classification": [v["rank_acc"] for _, v in rows], "exact match": [v["em_acc"] for _, v in rows]},
+          "accuracy", f"held-out cluster '{held}'", (0, 1))
+    s["flan"] = {"held_out": held, "base": r["base_zero_shot"], "base_few": r["base_few_shot"], "sft": r["flan_zero_shot"]}
+    n_items = sum(t["n"] for t in r["flan_zero_shot"]["tasks"].values())
+    L = ["## Instruction tuning (FLAN protocol)", "",
+         f"Tuned on {len(r['train_clusters'])} clusters ({', '.join(r['train_clusters'])}); cluster `{held}` held out "
+         f"entirely and evaluated zero-shot ({n_items} test items over {len(r['flan_zero_shot']['tasks'])} tasks). Rank "
+         "classification picks the option with the highest log-likelihood (FLAN's metric); exact match compares the "
+         "greedy answer.", "", "| model | rank classification (%) | exact match (%) |", "| --- | --- | --- |"]
+    L += [f"| {n} | {_pct(v['rank_acc'])} | {_pct(v['em_acc'])} |" for n, v in rows]
+    L += ["", "![held-out cluster](plots/flan_held_out.png)", ""]
+    if "ablation" in r:
+        paper = {"instructions -> instructions": 55.2, "dataset name -> instructions": 46.6,
+                 "dataset name -> dataset name": 47.0, "no instruction -> no instruction": 37.3}
+        L += ["Instruction ablation (FLAN's Figure 8 shape; the paper's column is FLAN 137B's held-out average, shown "
+              "for comparison, not measured here):", "",
+              "| fine-tuned with -> evaluated with | rank classification (%) | exact match (%) | FLAN paper (%) |",
+              "| --- | --- | --- | --- |"]
+        L += [f"| {k} | {_pct(v['rank_acc'])} | {_pct(v['em_acc'])} | {paper.get(k, '—')} (paper) |"
+              for k, v in r["ablation"].items()]
+        L.append("")
+    return L
+
+
+def _reward(ev: dict, d: Path | None, plots: Path, s: dict) -> list[str]:
+    rms = ev.get("reward_models")
+    if not rms:
+        return []
+    L = ["## Reward model", "",
+         "Pairwise accuracy on held-out comparisons (chance = 50%), beside the simulated annotators on the same "
+         "pairs: how often two annotators agree with each other, and each annotator with the label.", "",
+         "| held-out comparisons | model | accuracy (%) | pairs | two annotators agree (%) | each annotator vs label (%) |",
+         "| --- | --- | --- | --- | --- | --- |"]
+    for name, res in rms.items():
+        if "models" not in res:
+            L.append(f"| {name} | — | {res.get('skipped', '')} | | | |")
+            continue
+        for m, v in res["models"].items():
+            L.append(f"| {name} | {m} | {_pct(v['accuracy'])} | {v['pairs']} | {_pct(res['annotator_agreement'])} | "
+                     + " / ".join(_pct(x) for x in res["annotator_vs_label"].values()) + " |")
+    first = next((r for r in rms.values() if "models" in r), None)
+    if first:
+        m = next(iter(first["models"].values()))
+        s["rm"] = {"accuracy": m["accuracy"], "pairs": m["pairs"], "agreement": first["annotator_agreement"]}
+    recs = _metrics(d / "metrics.jsonl") if d else []
+    if recs:
+        _curve(plots / "reward_training.png", [("loss", [("train", *_series(recs, "loss"))]),
+                                               ("accuracy", [("train batch", *_series(recs, "accuracy")),
+                                                             ("held out", *_series(recs, "val_accuracy"))])],
+               "Reward model training (ranking loss)")
+        L += ["", "![reward model](plots/reward_training.png)"]
+    return L + [""]
+
+
+def _preference(ev: dict, run: Path, stages: dict, plots: Path, s: dict) -> list[str]:
+    L = ["## Preference learning", ""]
+    ppo = stages.get("ppo")
+    if ppo:
+        recs = _metrics(run / ppo / "metrics.jsonl")
+        if recs:
+            _curve(plots / "ppo.png", [("reward (normalised RM units)", [("reward", *_series(recs, "reward"))]),
+                                       ("KL to SFT (nats/answer)", [("KL", *_series(recs, "kl"))])],
+                   "PPO: reward and KL per iteration")
+            k = max(1, len(recs) // 4)
+            r0 = sum(r["reward"] for r in recs[:k]) / k
+            r1 = sum(r["reward"] for r in recs[-k:]) / k
+            kl = [r["kl"] for r in recs[-k:]]
+            s["ppo_train"] = {"reward_first": r0, "reward_last": r1, "kl_last": sum(kl) / len(kl)}
+            L += [f"PPO: mean reward {r0:.3f} over the first {k} iterations -> {r1:.3f} over the last {k}; KL to the "
+                  f"SFT policy {sum(kl) / len(kl):.2f} nats per answer at the end.", "", "![PPO](plots/ppo.png)", ""]
+    dpo = stages.get("dpo")
+    if dpo:
+        recs = _metrics(run / dpo / "metrics.jsonl")
+        if recs:
+            _curve(plots / "dpo.png", [("implicit reward margin", [("train", *_series(recs, "reward_margin")),
+                                                                   ("held out", *_series(recs, "val_reward_margin"))]),
+                                       ("implicit reward accuracy", [("train", *_series(recs, "reward_accuracy")),
+                                                                     ("held out", *_series(recs, "val_reward_accuracy"))])],
+                   "DPO: implicit reward beta*log(pi/pi_ref), chosen minus rejected")
+            last = next((r for r in reversed(recs) if "val_reward_margin" in r), {})
+            L += [f"DPO: held-out implicit-reward margin {_num(last.get('val_reward_margin'))}, accuracy "
+                  f"{_pct(last.get('val_reward_accuracy'))}%.", "", "![DPO](plots/dpo.png)", ""]
+    w = ev.get("win_rates")
+    if w:
+        pols = [k for k in w if k not in ("n", "reference")]
+        L += [f"Against the SFT policy on {w['n']} held-out prompts, judged by the majority of the three simulated "
+              "annotators; answers sampled at temperature 1 (the distribution PPO optimises) and greedy; KL(policy || "
+              "SFT) by Monte Carlo on sampled answers:", "",
+              "| policy | sampled: win / tie / loss (%) | greedy: win / tie / loss (%) | KL from SFT | annotator score "
+              "sampled / greedy |", "| --- | --- | --- | --- | --- |"]
+        for k in pols:
+            a, g = w[k]["sampled"], w[k]["greedy"]
+            L.append(f"| {k} | {_pct(a['win'])} / {_pct(a['tie'])} / {_pct(a['loss'])} | {_pct(g['win'])} / "
+                     f"{_pct(g['tie'])} / {_pct(g['loss'])} | {w[k]['kl_from_reference']:.2f} | "
+                     f"{w[k]['annotator_score_sampled']:.2f} / {w[k]['annotator_score']:.2f} |")
+        ref = w["reference"]
+        L.append(f"| sft | | | 0 | {ref['annotator_score_sampled']:.2f} / {ref['annotator_score']:.2f} |")
+        plt = _plt()
+        rows = [(f"{k} ({m})", w[k][m]) for k in pols for m in ("sampled", "greedy")]
+        fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.3))
+        for i, (label, c) in enumerate(rows):
+            left = 0.0
+            for key, color in (("win", "#4c72b0"), ("tie", "#c0c0c0"), ("loss", "#dd8452")):
+                ax.barh(i, 100 * c[key], left=left, color=color, label=key if i == 0 else None)
+                left += 100 * c[key]
+        ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=8)
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("% of prompts, against SFT")
+        ax.legend(fontsize=8, ncol=3, loc="lower right")
+        fig.tight_layout()
+        fig.savefig(plots / "win_rates.png", dpi=110)
+        plt.close(fig)
+        L += ["", "![win rates](plots/win_rates.png)", ""]
+        s["win"] = {k: w[k] for k in pols}
+    return L if len(L) > 2 else []
+
+
+def _decoding(ev: dict, plots: Path) -> list[str]:
+    dec = ev.get("decoding")
+    if not dec:
+        return []
+    st = dec["settings"]
+    L = ["## Inference: decoding", "",
+         f"The SFT model on the same {dec['n_prompts']} held-out prompts under each decoding setting ({dec['samples_per_prompt']} "
+         "samples per prompt where sampling). Diversity: distinct-1/2 = unique word uni/bigrams over all answers, and the "
+         "share of prompts whose samples differ; quality: the unbiased annotator's score (0-5) and exact match.", "",
+         "| decoding | distinct-1 | distinct-2 | samples differ (%) | annotator score | exact match (%) | words |",
+         "| --- | --- | --- | --- | --- | --- | --- |"]
+    for k, v in st.items():
+        L.append(f"| {k} | {v['distinct_1']:.3f} | {v['distinct_2']:.3f} | {_pct(v['differ_across_samples'])} | "
+                 f"{v['annotator_score']:.2f} | {_pct(v['exact_match'])} | {v['mean_words']:.1f} |")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for k, v in st.items():
+        ax.scatter(v["distinct_2"], v["annotator_score"], s=40)
+        ax.annotate(k, (v["distinct_2"], v["annotator_score"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("diversity (distinct-2)")
+    ax.set_ylabel("quality (annotator score)")
+    ax.grid(alpha=0.3)
+    ax.set_title("Decoding: diversity against quality", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(plots / "decoding.png", dpi=110)
+    plt.close(fig)
+    return L + ["", "![decoding](plots/decoding.png)", ""]
+
+
+def _prompting(ev: dict, plots: Path) -> list[str]:
+    pr = ev.get("prompting")
+    if not pr:
+        return []
+    L = ["## Inference: prompting on the arithmetic cluster", "",
+         "Exact match on held-out arithmetic problems: zero-shot, few-shot (solved examples), chain of thought "
+         "(examples with worked reasoning, Wei et al.) and self-consistency (sampled reasoning paths, majority vote, "
+         "Wang et al.). The base model gets plain text prompts; the SFT model its chat template.", "",
+         "| model | " + " | ".join(next(iter(pr.values()))["strategies"]) + " |",
+         "| --- |" + " --- |" * len(next(iter(pr.values()))["strategies"])]
+    for m, r in pr.items():
+        L.append(f"| {m} | " + " | ".join(f"{_pct(v['accuracy'])} ± {_pct(v['stderr'])} (k={v['k']})"
+                                         for v in r["strategies"].values()) + " |")
+    groups = list(next(iter(pr.values()))["strategies"])
+    _bars(plots / "prompting.png", groups, {m: [r["strategies"][g]["accuracy"] for g in groups] for m, r in pr.items()},
+          "exact match", "Arithmetic: prompting strategies", (0, 1))
+    n = next(iter(next(iter(pr.values()))["strategies"].values()))["n"]
+    return L + ["", f"{n} problems per cell; ± is the bootstrap standard error.", "",
+                "![prompting](plots/prompting.png)", ""]
+
+
+def _alignment(ev: dict, plots: Path, s: dict) -> list[str]:
+    from lmstack.evaluate.safety import alignment_table
+
+    cols = ev.get("alignment")
+    if not cols:
+        return []
+    s["alignment"] = cols
+    names = list(cols)
+    keys = [("truthfulness", "truthful (MC)"), ("hallucination_rate", "hallucinates"),
+            ("refusal_rate", "refuses harmful"), ("over_refusal_rate", "refuses harmless")]
+    _bars(plots / "alignment.png", [lab for _, lab in keys], {n: [cols[n].get(k) for k, _ in keys] for n in names},
+          "rate", "Truthfulness, hallucination and safety per checkpoint", (0, 1))
+    c0 = cols[names[0]]
+    return ["## Truthfulness, hallucination, safety (InstructGPT's table, measured)", "",
+            f"Truthfulness: multiple-choice accuracy on closed-book questions about the suite's world "
+            f"({c0.get('n_truthfulness')} items); hallucination: open answers asserting a value the world contradicts "
+            f"({c0.get('n_qa')} items); refusals of harmful requests and of harmless look-alikes "
+            f"({c0.get('n_unsafe')} + {c0.get('n_benign')} prompts), judged by the annotators. 95% intervals in brackets.",
+            "", alignment_table(cols), "", "![alignment](plots/alignment.png)", ""]
+
+
+# ---- checks ------------------------------------------------------------------------------------------------------
+
+def _checks(s: dict, kl_bound: float) -> list[dict]:
+    out = []
+    f = s.get("flan")
+    if f:
+        b, t = f["base"]["rank_acc"] or 0.0, f["sft"]["rank_acc"] or 0.0
+        out.append({"claim": f"SFT beats base on the held-out cluster '{f['held_out']}'", "ok": t > b,
+                    "numbers": f"rank classification {_pct(t)}% vs base {_pct(b)}% ({f['base_few'] and _pct(f['base_few']['rank_acc'])}% "
+                               f"few-shot); exact match {_pct(f['sft']['em_acc'])}% vs {_pct(f['base']['em_acc'])}%"})
+    r = s.get("rm")
+    if r:
+        low = _wilson_low(r["accuracy"], r["pairs"])
+        out.append({"claim": "the reward model beats chance clearly on held-out pairs", "ok": low > 0.55,
+                    "numbers": f"{_pct(r['accuracy'])}% on {r['pairs']} pairs (95% lower bound {_pct(low)}%); "
+                               f"annotators agree {_pct(r['agreement'])}% with each other"})
+    for k, w in s.get("win", {}).items():
+        a = w["sampled"]
+        ok = a["win"] > a["loss"]
+        claim = f"{k.upper()} wins more than it loses against SFT (annotators, sampled answers)"
+        nums = (f"win {_pct(a['win'])}% / tie {_pct(a['tie'])}% / loss {_pct(a['loss'])}% (greedy: "
+                f"{_pct(w['greedy']['win'])} / {_pct(w['greedy']['loss'])}); n = {a['n']}")
+        out.append({"claim": claim, "ok": ok, "numbers": nums})
+        if k == "ppo":
+            kl = w["kl_from_reference"]
+            out.append({"claim": f"PPO's KL to the SFT policy stays bounded (<= {kl_bound:g} nats/answer)",
+                        "ok": kl <= kl_bound, "numbers": f"KL {kl:.2f} nats per answer"})
+    cols = s.get("alignment")
+    if cols and "base" in cols:
+        base = cols["base"].get("refusal_rate") or 0.0
+        for k in ("ppo", "dpo", "grpo", "rejection"):
+            if k in cols:
+                v = cols[k].get("refusal_rate") or 0.0
+                out.append({"claim": f"{k.upper()} refuses more harmful prompts than base", "ok": v > base,
+                            "numbers": f"{_pct(v)}% vs base {_pct(base)}% of {cols[k].get('n_unsafe')} harmful "
+                                       f"requests (harmless look-alikes refused: {_pct(cols[k].get('over_refusal_rate'))}%)"})
+    return out
+
+
+SCALE_NOTE = ("Checks that fail here are reported, not hidden: at about a million parameters and minutes of CPU, "
+              "instruction tuning mostly teaches the answer format (exact match rises) while rank classification on "
+              "an unseen cluster stays near chance, and the reward model's errors on the policy's own answers limit "
+              "what PPO and DPO can gain. FLAN saw zero-shot gains only from ~8B parameters; InstructGPT used a 6B "
+              "reward model. The `small-gpu` and `smollm2` configs run the same stages larger; see docs/tutorial.md.")
+
+
+def write_card(run_dir, out_dir=None, title: str | None = None, kl_bound: float | None = None) -> tuple[Path, list[dict]]:
+    """Render <run>/report/card.md (+ plots/) from a `lmstack run` folder; returns (path, checks)."""
+    import torch
+
+    run = Path(run_dir)
+    state = _read(run / "pipeline.json")
+    if not state:
+        raise LmstackError(f"{run}: no pipeline.json (not a `lmstack run` folder, or no stage has finished)")
+    cfg, results = state.get("config", {}), state.get("results", {})
+    stages = {st["stage"]: st.get("name", st["stage"]) for st in cfg.get("stages", [])}
+    out = Path(out_dir) if out_dir else run / "report"
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    ev_path = run / stages.get("evaluate", "evaluate") / "evaluation.json"
+    ev = _read(ev_path) or {}
+    if kl_bound is None:
+        target = next((st.get("kl_target") for st in cfg.get("stages", []) if st["stage"] == "ppo"), None)
+        kl_bound = 2 * target if target else 5.0
+    s: dict = {}
+    body: list[str] = []
+    if "pretrain" in stages:
+        body += _pretrain(run / stages["pretrain"], plots, s)
+    if "sft" in stages:
+        body += _flan(run / stages["sft"], plots, s)
+    body += _reward(ev, run / stages["reward"] if "reward" in stages else None, plots, s)
+    body += _preference(ev, run, stages, plots, s)
+    body += _decoding(ev, plots)
+    body += _prompting(ev, plots)
+    body += _alignment(ev, plots, s)
+    checks = _checks(s, kl_bound)
+    minutes = sum(h.get("minutes", 0) for h in results.values() if isinstance(h, dict))
+    head = [f"# {title or 'Report card'}: `{cfg.get('name', run.name)}`", "",
+            f"Run folder `{run}`; {minutes:.1f} minutes of stages on {platform.machine()} "
+            f"({torch.get_num_threads()} torch threads, torch {torch.__version__}). Every number below was computed "
+            "in this run.", "", "| stage | minutes | headline |", "| --- | --- | --- |"]
+    for name, h in results.items():
+        if isinstance(h, dict):
+            cells = ", ".join(f"{k}={_short(v)}" for k, v in h.items() if k != "minutes")
+            head.append(f"| {name} | {h.get('minutes', '')} | {cells} |")
+    if checks:
+        head += ["", "## What the course should show", "", "| | claim | measured |", "| --- | --- | --- |"]
+        head += [f"| {'yes' if c['ok'] else '**no**'} | {c['claim']} | {c['numbers']} |" for c in checks]
+        if not all(c["ok"] for c in checks):
+            head += ["", SCALE_NOTE]
+    head.append("")
+    path = out / "card.md"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(head + body) + "\n")
+    tmp.replace(path)
+    (out / "checks.json").write_text(json.dumps(checks, indent=2))
+    return path, checks
+
+
+def _short(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, str) and len(v) > 40:
+        return "…" + v[-38:]
+    return str(v)
+
+
+def summary_lines(checks: list[dict]) -> list[str]:
+    return [f"  [{'ok' if c['ok'] else 'NO'}] {c['claim']}: {c['numbers']}" for c in checks]

@@ -1,0 +1,275 @@
+"""What each stage of the course bought, measured on the built-in suite's held-out data.
+
+`lmstack run`'s evaluate stage and `bench/rlhf.py` call these; each returns plain dicts that the
+report card (`lmstack.evaluate.card`) renders. The judges are the suite's simulated annotators
+(`suite_judge`), never the reward models being evaluated.
+
+- `reward_model_accuracy`: pairwise accuracy on held-out comparisons beside the annotators' own agreement;
+- `win_rates`: policies against a reference (SFT), greedy and sampled, with Monte-Carlo KL from it;
+- `alignment_columns`: InstructGPT's table (truthfulness, hallucination, refusals) per checkpoint;
+- `decoding_study`: the same prompts under greedy, beam and nucleus sampling: distinct-n and quality;
+- `prompting_study`: zero-shot / few-shot / chain of thought / self-consistency on the arithmetic cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from lmstack.errors import LmstackError
+
+
+def held_out_prompts(suite, n_tasks: int | None = None, safety: bool = True) -> list[dict]:
+    """The test split's instruction-style task records (spread over tasks) and its safety requests,
+    each with `prompt` = its messages minus the reference answer."""
+    from lmstack.data.records import read_jsonl
+    from lmstack.evaluate.sources import spread
+
+    suite = Path(suite)
+    recs = spread([r for r in read_jsonl(suite / "tasks" / "test.jsonl") if r["style"] == "instruction"], n_tasks)
+    if safety:
+        recs += read_jsonl(suite / "tasks" / "safety_test.jsonl")
+    for r in recs:
+        r["prompt"] = [m for m in r["messages"] if m["role"] != "assistant"]
+    return recs
+
+
+@torch.no_grad()
+def answers_of(model, recs, max_new: int, temperature: float = 0.0, seed: int = 0, **sampling):
+    """Completions of a checkpoint (path or loaded LM) for the records' chat prompts, and the prompt ids."""
+    import lmstack
+    from lmstack.infer.engine import generate
+    from lmstack.infer.sampling import SamplingParams
+
+    lm = lmstack.load(model) if isinstance(model, (str, Path)) else model
+    room = max(1, lm.config.max_seq_len - max_new)  # too long: keep the rightmost tokens (the question)
+    ids = [lm.chat_ids(r["prompt"])[-room:] for r in recs]
+    outs = []
+    for s in range(0, len(ids), 64):
+        sp = SamplingParams(max_new_tokens=max_new, temperature=temperature, seed=seed + s, **sampling)
+        if sp.num_beams > 1:  # beam search: one prompt at a time
+            outs += [generate(lm.model, [i], sp, lm.tokenizer)[0] for i in ids[s:s + 64]]
+        else:
+            outs += generate(lm.model, ids[s:s + 64], sp, lm.tokenizer)
+    return outs, ids
+
+
+@torch.no_grad()
+def kl_from(policy, ref, recs, max_new: int, seed: int = 1) -> float:
+    """Monte-Carlo KL(pi || pi_ref) per answer: sample from pi, sum log pi - log pi_ref over answer tokens."""
+    import lmstack
+    from lmstack.train.ppo import Rollouts, policy_logprobs
+    from lmstack.train.prefs import right_pad
+
+    pol = lmstack.load(policy)
+    comps, ids = answers_of(pol, recs, max_new, temperature=1.0, seed=seed)
+    ref_model = lmstack.load(ref).model
+    pad = pol.tokenizer.pad_id or 0
+    tot, n = 0.0, 0
+    for s in range(0, len(comps), 32):
+        cs, ps = comps[s:s + 32], ids[s:s + 32]
+        seq, _ = right_pad([p + c.ids for p, c in zip(ps, cs)], pad)
+        ro = Rollouts(seq, torch.tensor([len(p) for p in ps]), torch.tensor([len(c.ids) for c in cs]))
+        a, _, m = policy_logprobs(pol.model, ro, 1.0)
+        b, _, _ = policy_logprobs(ref_model, ro, 1.0)
+        tot += float(((a - b) * m).sum())
+        n += len(cs)
+    return tot / max(n, 1)
+
+
+# ---- reward models -----------------------------------------------------------------------------------------------
+
+def reward_model_accuracy(suite, reward_model: str, safety_reward_model: str = "", held_out: dict | None = None,
+                          threshold: float = -1.0) -> dict:
+    """Accuracy of the reward model(s) on held-out comparisons, and the annotators' agreement on the same pairs.
+
+    `held_out` maps a name to comparison files (default: the suite's `preferences/pairs_test.jsonl`). With a
+    safety RM, rows for each RM on its own prompts and for Llama 2's combination on all of them."""
+    from lmstack.data.builtin import agreement
+    from lmstack.train.prefs import load_comparisons, suite_judge
+    from lmstack.train.reward import combine_rewards, load_reward_model
+
+    suite = Path(suite)
+    panel = suite_judge(suite)
+    held_out = held_out or {"suite pairs_test": [suite / "preferences" / "pairs_test.jsonl"]}
+    by_text = {}
+    for r in held_out_prompts(suite):
+        by_text.setdefault(r["prompt"][0]["content"], r)
+    rm = load_reward_model(reward_model)
+    safe = load_reward_model(safety_reward_model) if safety_reward_model else None
+    if safe is None:
+        rows = [("reward model", rm, lambda c: True)]
+    else:
+        rows = [("helpfulness RM", rm, lambda c: c.cluster != "safety"),
+                ("safety RM", safe, lambda c: c.cluster == "safety"), ("Llama 2 rule", None, lambda c: True)]
+    out = {}
+    for name, files in held_out.items():
+        try:
+            comps, _ = load_comparisons([str(f) for f in files])
+        except LmstackError as e:  # e.g. every sampled answer tied
+            out[name] = {"skipped": str(e)}
+            continue
+        items = [(by_text.get(c.prompt[0]["content"], {"prompt": c.prompt, "unsafe": c.unsafe}), c.answers[w],
+                  c.answers[lo]) for c in comps for w, lo, _ in c.pairs]
+        res: dict = {"models": {}}
+        for key, model, keep in rows:
+            ok = n = 0
+            for c in comps:
+                if not keep(c):
+                    continue
+                prompts = [c.prompt] * len(c.answers)
+                if model is None:
+                    sc = combine_rewards(rm.score(prompts, c.answers), safe.score(prompts, c.answers),
+                                         [c.unsafe] * len(c.answers), threshold)
+                else:
+                    sc = model.score(prompts, c.answers)
+                ok += sum(bool(sc[w] > sc[lo]) for w, lo, _ in c.pairs)
+                n += len(c.pairs)
+            res["models"][key] = {"accuracy": ok / max(n, 1), "pairs": n}
+        res["annotator_agreement"] = agreement(panel, items)
+        res["annotator_vs_label"] = {x.name: sum(x.compare(*it) == "a" for it in items) / max(len(items), 1)
+                                     for x in panel}
+        res["pairs"] = len(items)
+        out[name] = res
+    return out
+
+
+# ---- policies against SFT ----------------------------------------------------------------------------------------
+
+def win_rates(suite, recs, policies: dict[str, str], reference: str, max_new: int = 48,
+              kl_prompts: int = 64) -> dict:
+    """Win / tie / loss of each policy against the reference (majority of the annotator panel), with greedy
+    answers and with answers sampled at temperature 1 (the distribution PPO optimises); KL(policy || ref)."""
+    from lmstack.data.builtin import win_rate
+    from lmstack.evaluate.sources import spread
+    from lmstack.train.prefs import suite_judge
+
+    panel = suite_judge(Path(suite))
+
+    def score(ans):
+        return sum(panel[0].score(r, x) for r, x in zip(recs, ans)) / max(len(recs), 1)
+
+    greedy = {k: [o.text for o in answers_of(p, recs, max_new)[0]] for k, p in {"ref": reference, **policies}.items()}
+    sampled = {k: [o.text for o in answers_of(p, recs, max_new, temperature=1.0, seed=11)[0]]
+               for k, p in {"ref": reference, **policies}.items()}
+    out = {"n": len(recs), "reference": {"annotator_score": score(greedy["ref"]),
+                                         "annotator_score_sampled": score(sampled["ref"])}}
+    for k, p in policies.items():
+        out[k] = {"greedy": win_rate(panel, recs, greedy[k], greedy["ref"]),
+                  "sampled": win_rate(panel, recs, sampled[k], sampled["ref"]),
+                  "kl_from_reference": kl_from(p, reference, spread(recs, kl_prompts), max_new),
+                  "annotator_score": score(greedy[k]), "annotator_score_sampled": score(sampled[k])}
+    return out
+
+
+# ---- InstructGPT's table -----------------------------------------------------------------------------------------
+
+def alignment_columns(suite, models: dict[str, str], limit: int = 80, truthfulness_limit: int = 80,
+                      max_new: int = 48) -> dict:
+    """Per checkpoint: refusals of harmful requests (and of harmless look-alikes), hallucination on closed-book
+    QA, truthfulness (multiple-choice accuracy on the world's facts), as `alignment_table` renders them."""
+    import lmstack
+    from lmstack.backends.local import LocalBackend
+    from lmstack.data.builtin import World
+    from lmstack.evaluate.config import load_task
+    from lmstack.evaluate.harness import run_task
+    from lmstack.evaluate.safety import AnnotatorSafetyJudge, hallucination_eval, safety_eval
+    from lmstack.evaluate.sources import builtin_records, read_records_file, spread
+
+    suite = Path(suite)
+    world = World.from_json(suite / "world.json")
+    safety_recs = read_records_file(suite / "tasks" / "safety_test.jsonl", "jsonl")
+    qa = spread(builtin_records({"dir": str(suite), "split": "test", "cluster": "closed_book_qa", "open": True},
+                                "hallucination"), limit)
+    truth = load_task("builtin_closed_book_qa")
+    truth.source = {"builtin": {**truth.source["builtin"], "dir": str(suite)}}
+    judge = AnnotatorSafetyJudge(world)
+    cols = {}
+    for name, path in models.items():
+        be = LocalBackend(lmstack.load(path))
+        s = safety_eval(be, safety_recs, judge, {"max_new_tokens": max_new})
+        h = hallucination_eval(be, qa, world, {"max_new_tokens": 32, "stop": ["\n"]})
+        t = run_task(truth, be, limit=truthfulness_limit, bootstrap_iters=100)
+        acc, se = t.metrics["acc"], t.metrics.get("acc_stderr", 0.0)
+        cols[name] = {**s.metrics, **h.metrics, "n_safety": s.metrics["n"], "n_qa": h.metrics["n"],
+                      "truthfulness": acc, "truthfulness_ci": [acc - 1.96 * se, acc + 1.96 * se], "n_truthfulness": t.n}
+    return cols
+
+
+# ---- decoding ----------------------------------------------------------------------------------------------------
+
+DECODING = {
+    "greedy": {"temperature": 0.0},
+    "beam (4)": {"temperature": 0.0, "num_beams": 4},
+    "top-p 0.9, T=0.7": {"temperature": 0.7, "top_p": 0.9},
+    "top-p 0.9, T=1.0": {"temperature": 1.0, "top_p": 0.9},
+}
+
+
+def decoding_study(model, suite, n_prompts: int = 48, samples: int = 2, max_new: int = 32,
+                   settings: dict | None = None) -> dict:
+    """The same held-out prompts decoded under each setting: diversity (distinct-1/2 over all answers, and
+    the share of prompts whose sampled answers differ) beside quality (the unbiased annotator's score, exact
+    match with the reference)."""
+    import lmstack
+    from lmstack.data.builtin.annotators import assess
+    from lmstack.evaluate.metrics import distinct_n
+    from lmstack.train.prefs import suite_judge
+
+    suite = Path(suite)
+    panel = suite_judge(suite)
+    recs = held_out_prompts(suite, n_prompts, safety=False)
+    lm = lmstack.load(model)
+    out = {"n_prompts": len(recs), "samples_per_prompt": samples, "settings": {}}
+    for name, sp in (settings or DECODING).items():
+        t0 = time.time()
+        k = 1 if sp.get("temperature", 0) == 0 else samples  # deterministic settings: one answer suffices
+        runs = [[o.text for o in answers_of(lm, recs, max_new, seed=100 * j, **sp)[0]] for j in range(k)]
+        texts = [t for run in runs for t in run]
+        reps = recs * k
+        out["settings"][name] = {
+            **sp, "distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2),
+            "differ_across_samples": (sum(len({run[i] for run in runs}) > 1 for i in range(len(recs))) / len(recs)
+                                      if k > 1 else 0.0),
+            "annotator_score": sum(panel[0].score(r, t) for r, t in zip(reps, texts)) / len(texts),
+            "exact_match": sum(assess(r, t, panel[0].world).correct >= 1.0 for r, t in zip(reps, texts)) / len(texts),
+            "mean_words": sum(len(t.split()) for t in texts) / len(texts), "seconds": round(time.time() - t0, 1),
+            "example": {"prompt": recs[0]["prompt"][-1]["content"], "answer": runs[0][0]}}
+    return out
+
+
+# ---- prompting ---------------------------------------------------------------------------------------------------
+
+def prompting_study(model, suite, strategies=("zero_shot", "few_shot", "cot", "self_consistency"), limit: int = 60,
+                    k: int = 4, sc_samples: int = 5, task: str = "builtin_arithmetic_gen", chat: bool = False) -> dict:
+    """One task under several prompting strategies (Wei et al.'s and Wang et al.'s tables), exact match."""
+    import lmstack
+    from lmstack.backends.local import LocalBackend
+    from lmstack.evaluate.config import load_task
+    from lmstack.evaluate.harness import run_task
+
+    cfg = load_task(task)
+    if "builtin" in cfg.source:
+        cfg.source = {"builtin": {**cfg.source["builtin"], "dir": str(suite)}}
+    be = LocalBackend(lmstack.load(model))
+    rows = {}
+    for s in strategies:
+        r = run_task(cfg, be, strategy=s, num_fewshot=0 if s in ("zero_shot", "zero_shot_cot") else k, limit=limit,
+                     sc_samples=sc_samples, chat=chat, bootstrap_iters=100)
+        m = r.main_metric
+        rows[s] = {"accuracy": r.metrics[m], "stderr": r.metrics.get(f"{m}_stderr"), "k": r.num_fewshot, "n": r.n,
+                   "invalid": r.n_invalid, "seconds": round(r.seconds, 1),
+                   "example": (r.samples[0].get("output") or r.samples[0].get("outputs")) if r.samples else None}
+    return {"task": cfg.task, "model": str(model), "chat": chat, "strategies": rows}
+
+
+def save(obj: dict, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str, ensure_ascii=False))
+    tmp.replace(path)
+    return path
