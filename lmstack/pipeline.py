@@ -141,6 +141,11 @@ def _aligned(name: str):
         for key in ("reward_model", "safety_reward_model"):
             if key in fields and key not in kw and key in ctx.paths:
                 kw[key] = ctx.paths[key]
+        if name == "dpo" and "data" not in kw and "sampled_rankings" in ctx.paths:
+            # The same preferences the reward model learnt from: the suite's pairs + the ranked SFT samples.
+            prefs = Path(ctx.need("suite")) / "preferences"
+            kw.update(data=[str(prefs / "pairs.jsonl"), ctx.paths["sampled_rankings"]],
+                      val_data=[str(prefs / "pairs_test.jsonl")])
         s = fn(cfg_cls(out=str(d), model=ctx.need("sft"), suite=ctx.need("suite"), seed=ctx.seed,
                        quiet=ctx.cfg.get("quiet", True), **kw))
         ctx.paths[name] = str(d / "model")

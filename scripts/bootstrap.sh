@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates .venv (once) and installs lmstack into it. Sourced by scripts/demo.sh and scripts/test.sh.
+# Creates .venv (once) and installs lmstack into it. Sourced by scripts/run.sh, scripts/demo.sh and scripts/test.sh.
 #  - A torch already importable by the system Python (say a CUDA build) is reused: the venv then sees
 #    system site-packages. Otherwise torch==2.13.0 (CPU wheel) is installed first, so the project's own
 #    range (torch>=2.4) never pulls a multi-GB CUDA build. LMSTACK_TORCH overrides that pin.

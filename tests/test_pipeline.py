@@ -5,6 +5,7 @@ import json
 import pytest
 
 from lmstack.errors import LmstackError
+from lmstack.cli import main
 from lmstack.pipeline import load_config, run_pipeline
 
 
@@ -113,3 +114,7 @@ stages:
     again = run_pipeline(str(cfg), str(out), resume=True)
     assert "done earlier" in capsys.readouterr().out
     assert again["pretrain"]["val_ppl"] == res["pretrain"]["val_ppl"]
+    # `lmstack report` on a run folder renders the same card.
+    (out / "report" / "card.md").unlink()
+    assert main(["report", str(out)]) == 0
+    assert "What the course should show" in (out / "report" / "card.md").read_text()

@@ -250,7 +250,7 @@ def _decoding(ev: dict, plots: Path) -> list[str]:
     L = ["## Inference: decoding", "",
          f"The SFT model on the same {dec['n_prompts']} held-out prompts under each decoding setting ({dec['samples_per_prompt']} "
          "samples per prompt where sampling). Diversity: distinct-1/2 = unique word uni/bigrams over all answers, and the "
-         "share of prompts whose samples differ; quality: the unbiased annotator's score (0-5) and exact match.", "",
+         "share of prompts whose samples differ; quality: the unbiased annotator's score (its rules: +10 correct, +1 well formed, -1 hallucination, -2 needless refusal, a length penalty) and exact match.", "",
          "| decoding | distinct-1 | distinct-2 | samples differ (%) | annotator score | exact match (%) | words |",
          "| --- | --- | --- | --- | --- | --- | --- |"]
     for k, v in st.items():
@@ -332,9 +332,12 @@ def _checks(s: dict, kl_bound: float) -> list[dict]:
     for k, w in s.get("win", {}).items():
         a = w["sampled"]
         ok = a["win"] > a["loss"]
+        # Standard error of win - loss over n prompts (a trinomial difference): margins inside 2 SE are noise.
+        se = math.sqrt(max(a["win"] + a["loss"] - (a["win"] - a["loss"]) ** 2, 0.0) / max(a["n"], 1))
         claim = f"{k.upper()} wins more than it loses against SFT (annotators, sampled answers)"
-        nums = (f"win {_pct(a['win'])}% / tie {_pct(a['tie'])}% / loss {_pct(a['loss'])}% (greedy: "
-                f"{_pct(w['greedy']['win'])} / {_pct(w['greedy']['loss'])}); n = {a['n']}")
+        nums = (f"win {_pct(a['win'])}% / tie {_pct(a['tie'])}% / loss {_pct(a['loss'])}%, win - loss = "
+                f"{100 * (a['win'] - a['loss']):+.1f} ± {200 * se:.1f} (2 SE){' — within noise' if abs(a['win'] - a['loss']) < 2 * se else ''}; "
+                f"greedy {_pct(w['greedy']['win'])} / {_pct(w['greedy']['loss'])}; n = {a['n']}")
         out.append({"claim": claim, "ok": ok, "numbers": nums})
         if k == "ppo":
             kl = w["kl_from_reference"]

@@ -511,6 +511,13 @@ def compare_table(results) -> str:
 def cmd_report(args) -> int:
     from .report import build_report
 
+    if (Path(args.run_dir) / "pipeline.json").exists():  # a `lmstack run` folder: the course's report card
+        from .card import summary_lines, write_card
+
+        path, checks = write_card(args.run_dir, args.out, args.title)
+        print("\n".join(summary_lines(checks)))
+        print(f"wrote {path}")
+        return 0
     path = build_report(args.run_dir, args.out, args.title)
     print(f"wrote {path}")
     return 0

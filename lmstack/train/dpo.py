@@ -58,6 +58,8 @@ class DPOConfig(PrefConfig):
     loss: str = "sigmoid"  # sigmoid | ipo | conservative
     label_smoothing: float = 0.1  # eps of the conservative loss
     epochs: float = 1.0  # > 0: overrides --steps
+    max_pairs: int = 0  # > 0: train on a seeded random subset of this many pairs (their references are precomputed)
+    max_val_pairs: int = 0  # > 0: evaluate on a seeded random subset of the held-out pairs
     micro_batch: int = 8  # pairs per step
     lr: float = 5e-5
     warmup: int = 5
@@ -117,6 +119,14 @@ def pair_logprobs(model, pairs, pad, device, batch: int = 16) -> torch.Tensor:
 
 
 @torch.no_grad()
+def _subset(items: list, cap: int, seed: int, stats: dict, key: str) -> list:
+    if not 0 < cap < len(items):
+        return items
+    stats[key] = len(items)  # reported in the summary: a subset, never a silent drop
+    keep = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed))[:cap]
+    return [items[i] for i in sorted(keep.tolist())]
+
+
 def evaluate_pairs(model, pairs, refs, cfg: DPOConfig, pad, device) -> dict:
     if not pairs:
         return {}
@@ -154,6 +164,8 @@ def dpo(cfg: DPOConfig, step_hook=None) -> dict:
     if val_data:
         vcomps, _ = load_comparisons(val_data, cfg.skip_bad, cfg.subset)
         val_pairs, _ = encode_pairs(tok, vcomps, cfg.seq_len, "drop")
+    pairs = _subset(pairs, cfg.max_pairs, cfg.seed, stats, "pairs_subsampled_from")
+    val_pairs = _subset(val_pairs, cfg.max_val_pairs, cfg.seed, stats, "val_pairs_subsampled_from")
     pad = tok.pad_id if tok.pad_id is not None else 0
     # The reference log-probabilities, once: the policy before any update (LoRA: with its adapters off).
     with reference(model, None if cfg.lora else model) as ref_model:

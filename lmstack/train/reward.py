@@ -280,9 +280,16 @@ def sample_rankings(model_path: str, records: list[dict], k: int, panel, max_new
 
     lm = lmstack.load(model_path, device=device)
     records, ids, dropped = encode_prompts(lm.tokenizer, records, lm.config.max_seq_len - max_new_tokens)
+    from tqdm import tqdm
+
+    from lmstack.train import log
+
     rows = [i for i in range(len(records)) for _ in range(k)]
-    outs = generate(lm.model, [ids[i] for i in rows], SamplingParams(max_new_tokens=max_new_tokens, temperature=1.0,
-                                                                     seed=seed), lm.tokenizer)
+    outs = []
+    chunk = 256  # a bounded batch (and a progress bar) however many prompts are labelled
+    for s in tqdm(range(0, len(rows), chunk), desc=f"  sampling {split}", leave=False, disable=not log.PIPELINE_BARS):
+        sp = SamplingParams(max_new_tokens=max_new_tokens, temperature=1.0, seed=seed + s)
+        outs += generate(lm.model, [ids[i] for i in rows[s:s + chunk]], sp, lm.tokenizer)
     stats = {"prompts": len(records), "dropped_overlong": dropped, "one_distinct_answer": 0}
     out = []
     for n, rec in enumerate(records):
