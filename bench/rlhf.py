@@ -106,58 +106,15 @@ def build_models(out: Path, a, times: dict) -> dict:
 
 def test_prompts(suite: Path, n_tasks: int | None = None):
     """Held-out prompts: the test split's instruction-style task records and its safety requests."""
-    from lmstack.data.records import read_jsonl
+    from lmstack.evaluate.course import held_out_prompts
 
-    tasks = [r for r in read_jsonl(suite / "tasks" / "test.jsonl") if r["style"] == "instruction"]
-    if n_tasks:
-        tasks = tasks[:n_tasks]
-    safety = read_jsonl(suite / "tasks" / "safety_test.jsonl")
-    recs = tasks + safety
-    for r in recs:
-        r["prompt"] = [m for m in r["messages"] if m["role"] != "assistant"]
-    return recs
-
-
-@torch.no_grad()
-def answers_of(path, recs, max_new: int, temperature: float = 0.0, seed: int = 0):
-    import lmstack
-    from lmstack.infer.engine import generate
-    from lmstack.infer.sampling import SamplingParams
-
-    lm = lmstack.load(path)
-    ids = [lm.tokenizer.encode_chat(r["prompt"], add_generation_prompt=True)[0] for r in recs]
-    outs = []
-    for s in range(0, len(ids), 64):
-        outs += generate(lm.model, ids[s:s + 64], SamplingParams(max_new_tokens=max_new, temperature=temperature,
-                                                                 seed=seed + s), lm.tokenizer)
-    return outs, ids
-
-
-@torch.no_grad()
-def kl_from(policy_path, ref_path, recs, max_new: int, seed: int = 1) -> float:
-    """Monte-Carlo KL(pi || pi_sft) per answer: sample from pi, sum log pi - log pi_sft over answer tokens."""
-    import lmstack
-    from lmstack.train.ppo import Rollouts, policy_logprobs
-    from lmstack.train.prefs import right_pad
-
-    comps, ids = answers_of(policy_path, recs, max_new, temperature=1.0, seed=seed)
-    pol, ref = lmstack.load(policy_path).model, lmstack.load(ref_path).model
-    pad = lmstack.load(policy_path).tokenizer.pad_id or 0
-    tot, n = 0.0, 0
-    for s in range(0, len(comps), 32):
-        cs, ps = comps[s:s + 32], ids[s:s + 32]
-        seq, _ = right_pad([p + c.ids for p, c in zip(ps, cs)], pad)
-        ro = Rollouts(seq, torch.tensor([len(p) for p in ps]), torch.tensor([len(c.ids) for c in cs]))
-        a, _, m = policy_logprobs(pol, ro, 1.0)
-        b, _, _ = policy_logprobs(ref, ro, 1.0)
-        tot += float(((a - b) * m).sum())
-        n += len(cs)
-    return tot / max(n, 1)
+    return held_out_prompts(suite, n_tasks or None)
 
 
 def evaluate(p: dict, a, times: dict) -> dict:
     from lmstack.data.builtin import agreement, is_refusal, win_rate
     from lmstack.errors import LmstackError
+    from lmstack.evaluate.course import answers_of, kl_from
     from lmstack.train.prefs import load_comparisons, suite_judge
     from lmstack.train.reward import combine_rewards, load_reward_model
 

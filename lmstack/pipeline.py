@@ -99,7 +99,8 @@ def stage_sft(p: dict, ctx: Context, d: Path) -> dict:
     from lmstack.train.flan import FlanConfig, run_flan
 
     kw = {"hold_out": "nli", "steps": 300, "ablation": False, "cluster_study": False, **p}
-    r = run_flan(FlanConfig(out=str(d), base=ctx.need("base"), suite=ctx.need("suite"), seed=ctx.seed, **kw))
+    r = run_flan(FlanConfig(out=str(d), base=ctx.need("base"), suite=ctx.need("suite"), seed=ctx.seed,
+                            resume=ctx.resume, **kw))
     ctx.paths["sft"] = str(d / "sft" / "instructions" / "model")
     return {"held_out": r["config"]["hold_out"], "base_zero_shot_acc": r["base_zero_shot"]["rank_acc"],
             "base_few_shot_acc": r["base_few_shot"]["rank_acc"], "sft_zero_shot_acc": r["flan_zero_shot"]["rank_acc"]}
@@ -146,6 +147,8 @@ def _aligned(name: str):
             prefs = Path(ctx.need("suite")) / "preferences"
             kw.update(data=[str(prefs / "pairs.jsonl"), ctx.paths["sampled_rankings"]],
                       val_data=[str(prefs / "pairs_test.jsonl")])
+        if name == "dpo":  # PPO, GRPO and rejection sampling restart (minutes long; no mid-run state)
+            kw.setdefault("resume", ctx.resume)
         s = fn(cfg_cls(out=str(d), model=ctx.need("sft"), suite=ctx.need("suite"), seed=ctx.seed,
                        quiet=ctx.cfg.get("quiet", True), **kw))
         ctx.paths[name] = str(d / "model")

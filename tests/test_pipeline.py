@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from lmstack.errors import LmstackError
 from lmstack.cli import main
+from lmstack.errors import LmstackError
 from lmstack.pipeline import load_config, run_pipeline
 
 
@@ -45,6 +45,7 @@ stages:
     seq_len: 128
     eval_items: 2
     safety_repeat: 1
+    ckpt_interval: 1
   - stage: reward
     subset: helpful
     sample_rankings: 2
@@ -114,6 +115,16 @@ stages:
     again = run_pipeline(str(cfg), str(out), resume=True)
     assert "done earlier" in capsys.readouterr().out
     assert again["pretrain"]["val_ppl"] == res["pretrain"]["val_ppl"]
+    # Killed inside a stage: --resume reruns that stage, and its training continues from the last checkpoint
+    # (here the final one, so the metrics written before the "kill" are kept, not rewritten from step 1).
+    import shutil
+
+    sft_run = out / "sft" / "sft" / "instructions"
+    metrics = (sft_run / "metrics.jsonl").read_text()
+    (out / "sft" / "stage.json").unlink()
+    shutil.rmtree(sft_run / "model")
+    run_pipeline(str(cfg), str(out), resume=True)
+    assert (sft_run / "model" / "config.json").exists() and (sft_run / "metrics.jsonl").read_text() == metrics
     # `lmstack report` on a run folder renders the same card.
     (out / "report" / "card.md").unlink()
     assert main(["report", str(out)]) == 0

@@ -165,6 +165,9 @@ def _reward(ev: dict, d: Path | None, plots: Path, s: dict) -> list[str]:
         for m, v in res["models"].items():
             L.append(f"| {name} | {m} | {_pct(v['accuracy'])} | {v['pairs']} | {_pct(res['annotator_agreement'])} | "
                      + " / ".join(_pct(x) for x in res["annotator_vs_label"].values()) + " |")
+    pol = rms.get("SFT samples, test prompts", {})
+    if "models" in pol:
+        s["rm_policy"] = next(iter(pol["models"].values()))["accuracy"]
     first = next((r for r in rms.values() if "models" in r), None)
     if first:
         m = next(iter(first["models"].values()))
@@ -225,7 +228,7 @@ def _preference(ev: dict, run: Path, stages: dict, plots: Path, s: dict) -> list
         plt = _plt()
         rows = [(f"{k} ({m})", w[k][m]) for k in pols for m in ("sampled", "greedy")]
         fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.3))
-        for i, (label, c) in enumerate(rows):
+        for i, (_, c) in enumerate(rows):
             left = 0.0
             for key, color in (("win", "#4c72b0"), ("tie", "#c0c0c0"), ("loss", "#dd8452")):
                 ax.barh(i, 100 * c[key], left=left, color=color, label=key if i == 0 else None)
@@ -320,13 +323,13 @@ def _checks(s: dict, kl_bound: float) -> list[dict]:
     f = s.get("flan")
     if f:
         b, t = f["base"]["rank_acc"] or 0.0, f["sft"]["rank_acc"] or 0.0
-        out.append({"claim": f"SFT beats base on the held-out cluster '{f['held_out']}'", "ok": t > b,
+        out.append({"key": "flan", "claim": f"SFT beats base on the held-out cluster '{f['held_out']}'", "ok": t > b,
                     "numbers": f"rank classification {_pct(t)}% vs base {_pct(b)}% ({f['base_few'] and _pct(f['base_few']['rank_acc'])}% "
                                f"few-shot); exact match {_pct(f['sft']['em_acc'])}% vs {_pct(f['base']['em_acc'])}%"})
     r = s.get("rm")
     if r:
         low = _wilson_low(r["accuracy"], r["pairs"])
-        out.append({"claim": "the reward model beats chance clearly on held-out pairs", "ok": low > 0.55,
+        out.append({"key": "rm", "claim": "the reward model beats chance clearly on held-out pairs", "ok": low > 0.55,
                     "numbers": f"{_pct(r['accuracy'])}% on {r['pairs']} pairs (95% lower bound {_pct(low)}%); "
                                f"annotators agree {_pct(r['agreement'])}% with each other"})
     for k, w in s.get("win", {}).items():
@@ -338,10 +341,10 @@ def _checks(s: dict, kl_bound: float) -> list[dict]:
         nums = (f"win {_pct(a['win'])}% / tie {_pct(a['tie'])}% / loss {_pct(a['loss'])}%, win - loss = "
                 f"{100 * (a['win'] - a['loss']):+.1f} ± {200 * se:.1f} (2 SE){' — within noise' if abs(a['win'] - a['loss']) < 2 * se else ''}; "
                 f"greedy {_pct(w['greedy']['win'])} / {_pct(w['greedy']['loss'])}; n = {a['n']}")
-        out.append({"claim": claim, "ok": ok, "numbers": nums})
+        out.append({"key": "win", "claim": claim, "ok": ok, "numbers": nums})
         if k == "ppo":
             kl = w["kl_from_reference"]
-            out.append({"claim": f"PPO's KL to the SFT policy stays bounded (<= {kl_bound:g} nats/answer)",
+            out.append({"key": "kl", "claim": f"PPO's KL to the SFT policy stays bounded (<= {kl_bound:g} nats/answer)",
                         "ok": kl <= kl_bound, "numbers": f"KL {kl:.2f} nats per answer"})
     cols = s.get("alignment")
     if cols and "base" in cols:
@@ -349,17 +352,34 @@ def _checks(s: dict, kl_bound: float) -> list[dict]:
         for k in ("ppo", "dpo", "grpo", "rejection"):
             if k in cols:
                 v = cols[k].get("refusal_rate") or 0.0
-                out.append({"claim": f"{k.upper()} refuses more harmful prompts than base", "ok": v > base,
+                out.append({"key": "refusal", "claim": f"{k.upper()} refuses more harmful prompts than base", "ok": v > base,
                             "numbers": f"{_pct(v)}% vs base {_pct(base)}% of {cols[k].get('n_unsafe')} harmful "
                                        f"requests (harmless look-alikes refused: {_pct(cols[k].get('over_refusal_rate'))}%)"})
     return out
 
 
-SCALE_NOTE = ("Checks that fail here are reported, not hidden: at about a million parameters and minutes of CPU, "
-              "instruction tuning mostly teaches the answer format (exact match rises) while rank classification on "
-              "an unseen cluster stays near chance, and the reward model's errors on the policy's own answers limit "
-              "what PPO and DPO can gain. FLAN saw zero-shot gains only from ~8B parameters; InstructGPT used a 6B "
-              "reward model. The `small-gpu` and `smollm2` configs run the same stages larger; see docs/tutorial.md.")
+def _why(failed: set[str], s: dict) -> list[str]:
+    """What a failed check means at this scale, and what scale shows the effect (papers' findings, labelled)."""
+    out = []
+    if "flan" in failed:
+        out.append("- Instruction tuning: FLAN (Wei et al. 2022, Figure 7; the paper's finding, not measured here) saw "
+                   "instruction tuning *hurt* held-out clusters for models of 8B parameters and below and help from "
+                   "68B up; a model of this size mostly learns the answer format (compare exact match).")
+    if "rm" in failed:
+        out.append("- Reward model: more ranked comparisons (`sample_prompts`, `epochs`) or a larger backbone; "
+                   "InstructGPT trained a 6B reward model on ~33k prompts.")
+    if "win" in failed:
+        rm = s.get("rm_policy")
+        acc = f" ranks the SFT policy's own answers {_pct(rm)}% right" if rm is not None else " is weak on the policy's own answers"
+        out.append(f"- PPO / DPO against SFT: the reward model{acc} (chance 50%), so optimising it — or the same "
+                   "preferences, for DPO — moves answers in directions the annotators do not prefer: reward "
+                   "over-optimisation (Gao et al. 2023). InstructGPT's 1.3B PPO model beat its SFT model with a 6B "
+                   "reward model (paper's finding); here a ~1M-parameter model is its own reward model's backbone.")
+    if "kl" in failed:
+        out.append("- KL: lower `lr`, a smaller `kl_target` or a larger initial `kl_coef` keep PPO closer to SFT.")
+    if "refusal" in failed:
+        out.append("- Refusals: more safety demonstrations in SFT (`safety_repeat`) and a stronger safety reward model.")
+    return out
 
 
 def write_card(run_dir, out_dir=None, title: str | None = None, kl_bound: float | None = None) -> tuple[Path, list[dict]]:
@@ -404,8 +424,10 @@ def write_card(run_dir, out_dir=None, title: str | None = None, kl_bound: float 
     if checks:
         head += ["", "## What the course should show", "", "| | claim | measured |", "| --- | --- | --- |"]
         head += [f"| {'yes' if c['ok'] else '**no**'} | {c['claim']} | {c['numbers']} |" for c in checks]
-        if not all(c["ok"] for c in checks):
-            head += ["", SCALE_NOTE]
+        failed = {c["key"] for c in checks if not c["ok"]}
+        if failed:
+            head += ["", "Checks that fail are reported, not hidden. What they mean at this scale:", ""] + _why(failed, s)
+            head += ["", "The `smollm2` and `small-gpu` configs run the same stages larger (docs/tutorial.md)."]
     head.append("")
     path = out / "card.md"
     tmp = path.with_suffix(".tmp")

@@ -46,6 +46,8 @@ class FlanConfig:
     lora_r: int = 8
     seed: int = 0
     quiet: bool = True
+    resume: bool = False  # a tuning run that was killed continues from its last checkpoint
+    ckpt_interval: int = 0  # SFT checkpoint interval (0: only the final model)
 
 
 def normalize(text: str) -> str:
@@ -202,7 +204,8 @@ def run_flan(cfg: FlanConfig) -> dict:
         _say(cfg, f"instruction tuning '{tag}': {len(recs)} examples from {len(clusters)} clusters ({style})")
         sft(SFTConfig(out=str(path), model=base, data=[str(data)], seq_len=cfg.seq_len, micro_batch=cfg.micro_batch,
                       steps=steps, lr=cfg.lr, warmup=max(1, steps // 20), eval_interval=0,
-                      ckpt_interval=0, seed=cfg.seed, quiet=cfg.quiet, lora=cfg.lora, lora_r=cfg.lora_r))
+                      ckpt_interval=cfg.ckpt_interval, resume=cfg.resume, seed=cfg.seed, quiet=cfg.quiet,
+                      lora=cfg.lora, lora_r=cfg.lora_r))
         return str(path / "model")
 
     def ev(model_path: str, style: str, fmt: str, k: int = 0) -> dict:

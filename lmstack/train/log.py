@@ -6,7 +6,6 @@ import json
 import time
 from pathlib import Path
 
-
 # `lmstack run` sets this: every stage shows a transient bar even when quiet (one line per stage stays).
 PIPELINE_BARS = False
 
