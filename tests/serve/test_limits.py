@@ -68,7 +68,9 @@ def test_queue_bound_answers_429_and_others_still_finish(slow_lm):
                 return await asyncio.gather(*[c.post(s.v1 + "/completions", json=body) for _ in range(6)])
 
         codes = sorted(r.status_code for r in asyncio.run(main()))
-        assert codes.count(200) >= 2 and codes.count(429) >= 1 and set(codes) <= {200, 429}, codes
+        # One request runs and one may wait (whether the first was admitted to the batch before the second
+        # arrived is a race); the rest are refused with 429 at once instead of queueing without bound.
+        assert codes.count(200) >= 1 and codes.count(429) >= 3 and set(codes) <= {200, 429}, codes
         r = httpx.post(s.v1 + "/completions", json={**LONG, "max_tokens": 2})
         assert r.status_code == 200
 
