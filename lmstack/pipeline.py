@@ -250,11 +250,15 @@ def run_pipeline(config: str | None = None, out: str | None = None, resume: bool
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "pipeline.json"
     ctx = Context(out, cfg, resume)
-    if resume and state_path.exists():
+    if (resume or only) and state_path.exists():  # --only: the named stages, over an existing run's outputs
         saved = json.loads(state_path.read_text())
         ctx.paths.update(saved.get("paths", {}))
         ctx.results.update(saved.get("results", {}))
     n = len(cfg["stages"])
+    names = [st.get("name", st["stage"]) for st in cfg["stages"]]
+    unknown = [x for x in only or [] if x not in names]
+    if unknown:
+        raise LmstackError(f"--only {' '.join(unknown)}: no such stage in '{cfg['name']}' ({', '.join(names)})")
     t_all = time.time()
     from lmstack.train import log
 
@@ -265,7 +269,7 @@ def run_pipeline(config: str | None = None, out: str | None = None, resume: bool
         done = d / "stage.json"
         if only and name not in only:
             continue
-        if resume and done.exists():
+        if resume and done.exists() and not only:
             rec = json.loads(done.read_text())
             ctx.paths.update(rec.get("paths", {}))
             ctx.results[name] = rec["headline"]

@@ -125,6 +125,13 @@ stages:
     shutil.rmtree(sft_run / "model")
     run_pipeline(str(cfg), str(out), resume=True)
     assert (sft_run / "model" / "config.json").exists() and (sft_run / "metrics.jsonl").read_text() == metrics
+    # --only re-runs the named stages over the run's outputs (and names unknown stages).
+    capsys.readouterr()
+    run_pipeline(str(cfg), str(out), only=["report"])
+    printed = capsys.readouterr().out
+    assert "[9/9] report: card=" in printed and "[8/9]" not in printed
+    with pytest.raises(LmstackError, match="no such stage"):
+        run_pipeline(str(cfg), str(out), only=["telepathy"])
     # `lmstack report` on a run folder renders the same card.
     (out / "report" / "card.md").unlink()
     assert main(["report", str(out)]) == 0
