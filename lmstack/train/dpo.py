@@ -118,7 +118,6 @@ def pair_logprobs(model, pairs, pad, device, batch: int = 16) -> torch.Tensor:
     return torch.cat(out) if out else torch.zeros(0, 2)
 
 
-@torch.no_grad()
 def _subset(items: list, cap: int, seed: int, stats: dict, key: str) -> list:
     if not 0 < cap < len(items):
         return items
@@ -127,6 +126,7 @@ def _subset(items: list, cap: int, seed: int, stats: dict, key: str) -> list:
     return [items[i] for i in sorted(keep.tolist())]
 
 
+@torch.no_grad()
 def evaluate_pairs(model, pairs, refs, cfg: DPOConfig, pad, device) -> dict:
     if not pairs:
         return {}

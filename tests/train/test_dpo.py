@@ -63,3 +63,18 @@ def test_dpo_raises_implicit_reward_accuracy(tiny_ckpt, tmp_path, lora, loss):
     assert s["val_before"]["val_reward_margin"] == pytest.approx(0.0, abs=1e-5)  # policy == reference at start
     assert s["val_reward_accuracy"] == 1.0 and s["val_reward_margin"] > 0
     assert (tmp_path / "dpo" / "model" / "model.safetensors").exists()  # LoRA merged into a plain checkpoint
+
+
+def test_pair_subsets_are_seeded_ordered_and_reported(tiny_ckpt, tmp_path):
+    from lmstack.train.dpo import _subset
+
+    stats = {}
+    a = _subset(list(range(10)), 4, 0, stats, "k")
+    assert len(a) == 4 and a == sorted(a) and set(a) <= set(range(10)) and stats == {"k": 10}
+    assert _subset(list(range(10)), 4, 0, {}, "k") == a and _subset(list(range(10)), 4, 1, {}, "k") != a
+    assert _subset([1, 2], 5, 0, stats, "other") == [1, 2] and "other" not in stats  # nothing dropped: no note
+    s = dpo(DPOConfig(model=str(tiny_ckpt), data=[write(tmp_path / "t.jsonl", _pairs(8))],
+                      val_data=[write(tmp_path / "v.jsonl", _pairs(6, 100))], max_pairs=3, max_val_pairs=2,
+                      out=str(tmp_path / "dpo"), epochs=1, micro_batch=1, seq_len=128, quiet=True))
+    assert s["data"]["pairs_subsampled_from"] == 8 and s["data"]["val_pairs_subsampled_from"] == 6
+    assert s["steps"] == 3  # one epoch over the 3 kept pairs
