@@ -115,8 +115,7 @@ def stage_reward(p: dict, ctx: Context, d: Path) -> dict:
     suite = Path(ctx.need("suite"))
     kw = dict(p)
     if kw.get("sample_rankings") and "sampled_rankings" in ctx.paths and "data" not in kw:
-        kw.update(sample_rankings=0, data=[str(suite / "preferences" / "rankings.jsonl"), ctx.paths["sampled_rankings"]],
-                  val_data=[str(suite / "preferences" / "pairs_test.jsonl")])
+        kw.update(sample_rankings=0, **_with_sampled(ctx, "rankings.jsonl"))
     s = reward(RewardConfig(out=str(d), model=ctx.need("sft"), suite=str(suite), seed=ctx.seed,
                             quiet=ctx.cfg.get("quiet", True), **kw))
     key = "safety_reward_model" if p.get("subset") == "safety" else "reward_model"
@@ -127,6 +126,13 @@ def stage_reward(p: dict, ctx: Context, d: Path) -> dict:
     head = {"subset": s.get("subset"), "val_accuracy": s.get("val_accuracy"), "val_pairs": s.get("val_pairs"),
             "val_sampled_accuracy": s.get("val_sampled_accuracy"), "final_loss": s.get("final_loss")}
     return {k: v for k, v in head.items() if v is not None}
+
+
+def _with_sampled(ctx: Context, suite_file: str) -> dict:
+    """Training data = the suite's preferences file + the ranked SFT samples of the first reward stage;
+    validation = the suite's held-out pairs."""
+    prefs = Path(ctx.need("suite")) / "preferences"
+    return {"data": [str(prefs / suite_file), ctx.paths["sampled_rankings"]], "val_data": [str(prefs / "pairs_test.jsonl")]}
 
 
 def _aligned(name: str):
@@ -143,10 +149,7 @@ def _aligned(name: str):
             if key in fields and key not in kw and key in ctx.paths:
                 kw[key] = ctx.paths[key]
         if name == "dpo" and "data" not in kw and "sampled_rankings" in ctx.paths:
-            # The same preferences the reward model learnt from: the suite's pairs + the ranked SFT samples.
-            prefs = Path(ctx.need("suite")) / "preferences"
-            kw.update(data=[str(prefs / "pairs.jsonl"), ctx.paths["sampled_rankings"]],
-                      val_data=[str(prefs / "pairs_test.jsonl")])
+            kw.update(_with_sampled(ctx, "pairs.jsonl"))  # the same preferences the reward model learnt from
         if name == "dpo":  # PPO, GRPO and rejection sampling restart (minutes long; no mid-run state)
             kw.setdefault("resume", ctx.resume)
         s = fn(cfg_cls(out=str(d), model=ctx.need("sft"), suite=ctx.need("suite"), seed=ctx.seed,
@@ -262,32 +265,35 @@ def run_pipeline(config: str | None = None, out: str | None = None, resume: bool
     t_all = time.time()
     from lmstack.train import log
 
-    log.PIPELINE_BARS = True
-    for i, st in enumerate(cfg["stages"], 1):
-        name = st.get("name", st["stage"])
-        d = out / name
-        done = d / "stage.json"
-        if only and name not in only:
-            continue
-        if resume and done.exists() and not only:
-            rec = json.loads(done.read_text())
-            ctx.paths.update(rec.get("paths", {}))
-            ctx.results[name] = rec["headline"]
-            print(f"[{i}/{n}] {name}: done earlier ({_fmt(rec['headline'])})")
-            continue
-        print(f"[{i}/{n}] {name} ...", flush=True)
-        t0 = time.time()
-        params = {k: v for k, v in st.items() if k not in ("stage", "name")}
-        before = dict(ctx.paths)
-        headline = STAGES[st["stage"]](params, ctx, d)
-        headline["minutes"] = round((time.time() - t0) / 60, 2)
-        ctx.results[name] = headline
-        d.mkdir(parents=True, exist_ok=True)
-        produced = {k: v for k, v in ctx.paths.items() if before.get(k) != v}
-        done.write_text(json.dumps({"headline": headline, "paths": produced}, indent=2, default=str))
-        state_path.write_text(json.dumps({"config": cfg, "paths": ctx.paths, "results": ctx.results}, indent=2,
-                                         default=str))
-        print(f"[{i}/{n}] {name}: {_fmt(headline)}", flush=True)
+    log.PIPELINE_BARS = True  # transient bars inside the stages; restored so a caller's later runs print as usual
+    try:
+        for i, st in enumerate(cfg["stages"], 1):
+            name = st.get("name", st["stage"])
+            d = out / name
+            done = d / "stage.json"
+            if only and name not in only:
+                continue
+            if resume and done.exists() and not only:
+                rec = json.loads(done.read_text())
+                ctx.paths.update(rec.get("paths", {}))
+                ctx.results[name] = rec["headline"]
+                print(f"[{i}/{n}] {name}: done earlier ({_fmt(rec['headline'])})")
+                continue
+            print(f"[{i}/{n}] {name} ...", flush=True)
+            t0 = time.time()
+            params = {k: v for k, v in st.items() if k not in ("stage", "name")}
+            before = dict(ctx.paths)
+            headline = STAGES[st["stage"]](params, ctx, d)
+            headline["minutes"] = round((time.time() - t0) / 60, 2)
+            ctx.results[name] = headline
+            d.mkdir(parents=True, exist_ok=True)
+            produced = {k: v for k, v in ctx.paths.items() if before.get(k) != v}
+            done.write_text(json.dumps({"headline": headline, "paths": produced}, indent=2, default=str))
+            state_path.write_text(json.dumps({"config": cfg, "paths": ctx.paths, "results": ctx.results}, indent=2,
+                                             default=str))
+            print(f"[{i}/{n}] {name}: {_fmt(headline)}", flush=True)
+    finally:
+        log.PIPELINE_BARS = False
     print(f"pipeline '{cfg['name']}' finished in {(time.time() - t_all) / 60:.1f} min; results in {out}")
     return ctx.results
 

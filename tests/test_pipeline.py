@@ -95,6 +95,13 @@ stages:
     # The safety RM reuses the helpfulness stage's sampled rankings instead of sampling again.
     assert not (out / "reward_safety" / "sampled_rankings_train.jsonl").exists()
     assert state["paths"]["safety_reward_model"].endswith("reward_safety/model")
+    safety_cfg = json.loads((out / "reward_safety" / "reward_config.json").read_text())
+    dpo_cfg = json.loads((out / "dpo" / "dpo_config.json").read_text())
+    for c in (safety_cfg, dpo_cfg):  # both learn from the first reward stage's ranked SFT samples
+        assert str(out / "reward" / "sampled_rankings_train.jsonl") in c["data"], c["data"]
+    from lmstack.train import log
+
+    assert not log.PIPELINE_BARS  # restored for whatever the caller runs next
     ev = json.loads((out / "evaluate" / "evaluation.json").read_text())
     assert set(ev["win_rates"]) == {"n", "reference", "ppo", "dpo"}
     assert set(ev["alignment"]) == {"base", "sft", "ppo", "dpo"}

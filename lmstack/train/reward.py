@@ -273,17 +273,16 @@ def sample_rankings(model_path: str, records: list[dict], k: int, panel, max_new
     ranked best to worst by one annotator of the panel (rotating). Answers the annotator calls a tie form one
     tied group of the ranking (no comparison inside it); prompts with fewer than two distinct answers are
     counted, not ranked."""
+    from tqdm import tqdm
+
     import lmstack
     from lmstack.infer.engine import generate
     from lmstack.infer.sampling import SamplingParams
+    from lmstack.train import log
     from lmstack.train.prefs import encode_prompts
 
     lm = lmstack.load(model_path, device=device)
     records, ids, dropped = encode_prompts(lm.tokenizer, records, lm.config.max_seq_len - max_new_tokens)
-    from tqdm import tqdm
-
-    from lmstack.train import log
-
     rows = [i for i in range(len(records)) for _ in range(k)]
     outs = []
     chunk = 256  # a bounded batch (and a progress bar) however many prompts are labelled
