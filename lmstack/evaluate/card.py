@@ -15,6 +15,8 @@ import platform
 from pathlib import Path
 
 from lmstack.errors import LmstackError
+from lmstack.evaluate.metrics import wilson_interval
+from lmstack.train.log import read_metrics
 
 
 def _plt():
@@ -27,16 +29,10 @@ def _plt():
 
 
 def _read(path: Path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    """A JSON file the run wrote, or None when the stage did not run; a corrupt file is an error naming it."""
+    from lmstack.evaluate.report import _read_json
 
-
-def _metrics(path: Path) -> list[dict]:
-    from lmstack.train.log import read_metrics
-
-    return read_metrics(path) if Path(path).exists() else []
+    return _read_json(path) if Path(path).exists() else None
 
 
 def _pct(x) -> str:
@@ -45,14 +41,6 @@ def _pct(x) -> str:
 
 def _num(x, fmt: str = ".3f") -> str:
     return "—" if x is None else format(x, fmt)
-
-
-def _wilson_low(p: float, n: int, z: float = 1.96) -> float:
-    if n == 0:
-        return 0.0
-    d = 1 + z * z / n
-    c = p + z * z / (2 * n)
-    return (c - z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / d
 
 
 def _curve(png: Path, panels: list[tuple[str, list[tuple[str, list, list]]]], title: str) -> None:
@@ -102,7 +90,7 @@ def _bars(png: Path, groups: list[str], series: dict[str, list[float]], ylabel: 
 # ---- sections ----------------------------------------------------------------------------------------------------
 
 def _pretrain(d: Path, plots: Path, s: dict) -> list[str]:
-    recs = _metrics(d / "metrics.jsonl")
+    recs = read_metrics(d / "metrics.jsonl")
     summ = _read(d / "summary.json") or {}
     if not recs:
         return []
@@ -172,7 +160,7 @@ def _reward(ev: dict, d: Path | None, plots: Path, s: dict) -> list[str]:
     if first:
         m = next(iter(first["models"].values()))
         s["rm"] = {"accuracy": m["accuracy"], "pairs": m["pairs"], "agreement": first["annotator_agreement"]}
-    recs = _metrics(d / "metrics.jsonl") if d else []
+    recs = read_metrics(d / "metrics.jsonl") if d else []
     if recs:
         _curve(plots / "reward_training.png", [("loss", [("train", *_series(recs, "loss"))]),
                                                ("accuracy", [("train batch", *_series(recs, "accuracy")),
@@ -186,7 +174,7 @@ def _preference(ev: dict, run: Path, stages: dict, plots: Path, s: dict) -> list
     L = ["## Preference learning", ""]
     ppo = stages.get("ppo")
     if ppo:
-        recs = _metrics(run / ppo / "metrics.jsonl")
+        recs = read_metrics(run / ppo / "metrics.jsonl")
         if recs:
             _curve(plots / "ppo.png", [("reward (normalised RM units)", [("reward", *_series(recs, "reward"))]),
                                        ("KL to SFT (nats/answer)", [("KL", *_series(recs, "kl"))])],
@@ -200,7 +188,7 @@ def _preference(ev: dict, run: Path, stages: dict, plots: Path, s: dict) -> list
                   f"SFT policy {sum(kl) / len(kl):.2f} nats per answer at the end.", "", "![PPO](plots/ppo.png)", ""]
     dpo = stages.get("dpo")
     if dpo:
-        recs = _metrics(run / dpo / "metrics.jsonl")
+        recs = read_metrics(run / dpo / "metrics.jsonl")
         if recs:
             _curve(plots / "dpo.png", [("implicit reward margin", [("train", *_series(recs, "reward_margin")),
                                                                    ("held out", *_series(recs, "val_reward_margin"))]),
@@ -328,7 +316,7 @@ def _checks(s: dict, kl_bound: float) -> list[dict]:
                                f"few-shot); exact match {_pct(f['sft']['em_acc'])}% vs {_pct(f['base']['em_acc'])}%"})
     r = s.get("rm")
     if r:
-        low = _wilson_low(r["accuracy"], r["pairs"])
+        low = wilson_interval(r["accuracy"] * r["pairs"], r["pairs"])[0]
         out.append({"key": "rm", "claim": "the reward model beats chance clearly on held-out pairs", "ok": low > 0.55,
                     "numbers": f"{_pct(r['accuracy'])}% on {r['pairs']} pairs (95% lower bound {_pct(low)}%); "
                                f"annotators agree {_pct(r['agreement'])}% with each other"})

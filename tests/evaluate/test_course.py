@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from lmstack.evaluate.card import _checks, _wilson_low
+from lmstack.evaluate.card import _checks
 from lmstack.evaluate.config import load_task
 from lmstack.evaluate.harness import run_task
 from lmstack.evaluate.metrics import distinct_n
@@ -59,7 +59,6 @@ def test_cot_prompt_shows_worked_examples_and_extracts_the_final_answer(suite, s
 
 
 def test_card_checks_say_which_claims_hold():
-    assert _wilson_low(0.5, 0) == 0.0 and 0.55 < _wilson_low(0.7, 200) < 0.7
     wr = {"win": 0.3, "tie": 0.5, "loss": 0.2, "n": 100}
     s = {"flan": {"held_out": "nli", "base": {"rank_acc": 0.4, "em_acc": 0.0}, "base_few": {"rank_acc": 0.4},
                   "sft": {"rank_acc": 0.35, "em_acc": 0.2}},
@@ -74,3 +73,9 @@ def test_card_checks_say_which_claims_hold():
                    "PPO's KL to the SFT policy stays bounded (<= 3 nats/answer)": False,
                    "DPO wins more than it loses against SFT (annotators, sampled answers)": False,
                    "PPO refuses more harmful prompts than base": True}
+
+
+def test_reward_model_check_needs_a_lower_bound_above_chance():
+    few = _checks({"rm": {"accuracy": 0.7, "pairs": 10, "agreement": 0.8}}, kl_bound=3.0)
+    many = _checks({"rm": {"accuracy": 0.7, "pairs": 400, "agreement": 0.8}}, kl_bound=3.0)
+    assert not few[0]["ok"] and many[0]["ok"]  # 7 of 10 is not clearly above chance; 280 of 400 is
