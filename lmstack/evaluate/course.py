@@ -37,14 +37,20 @@ def held_out_prompts(suite, n_tasks: int | None = None, safety: bool = True) -> 
     return recs
 
 
+def _lm(model):
+    """A checkpoint path loaded, or an already loaded LM as it is (callers load each model once)."""
+    import lmstack
+
+    return lmstack.load(model) if isinstance(model, (str, Path)) else model
+
+
 @torch.no_grad()
 def answers_of(model, recs, max_new: int, temperature: float = 0.0, seed: int = 0, **sampling):
     """Completions of a checkpoint (path or loaded LM) for the records' chat prompts, and the prompt ids."""
-    import lmstack
     from lmstack.infer.engine import generate
     from lmstack.infer.sampling import SamplingParams
 
-    lm = lmstack.load(model) if isinstance(model, (str, Path)) else model
+    lm = _lm(model)
     room = max(1, lm.config.max_seq_len - max_new)  # too long: keep the rightmost tokens (the question)
     ids = [lm.chat_ids(r["prompt"])[-room:] for r in recs]
     outs = []
@@ -60,13 +66,12 @@ def answers_of(model, recs, max_new: int, temperature: float = 0.0, seed: int = 
 @torch.no_grad()
 def kl_from(policy, ref, recs, max_new: int, seed: int = 1) -> float:
     """Monte-Carlo KL(pi || pi_ref) per answer: sample from pi, sum log pi - log pi_ref over answer tokens."""
-    import lmstack
     from lmstack.train.ppo import Rollouts, policy_logprobs
     from lmstack.train.prefs import right_pad
 
-    pol = lmstack.load(policy)
+    pol = _lm(policy)
     comps, ids = answers_of(pol, recs, max_new, temperature=1.0, seed=seed)
-    ref_model = lmstack.load(ref).model
+    ref_model = _lm(ref).model
     pad = pol.tokenizer.pad_id or 0
     tot, n = 0.0, 0
     for s in range(0, len(comps), 32):
@@ -152,16 +157,19 @@ def win_rates(suite, recs, policies: dict[str, str], reference: str, max_new: in
     def score(ans):
         return sum(panel[0].score(r, x) for r, x in zip(recs, ans)) / max(len(recs), 1)
 
-    greedy = {k: [o.text for o in answers_of(p, recs, max_new)[0]] for k, p in {"ref": reference, **policies}.items()}
-    sampled = {k: [o.text for o in answers_of(p, recs, max_new, temperature=1.0, seed=11)[0]]
-               for k, p in {"ref": reference, **policies}.items()}
-    out = {"n": len(recs), "reference": {"annotator_score": score(greedy["ref"]),
-                                         "annotator_score_sampled": score(sampled["ref"])}}
+    def answers(lm):  # greedy, and sampled at T=1 with the same seeds for every model
+        return ([o.text for o in answers_of(lm, recs, max_new)[0]],
+                [o.text for o in answers_of(lm, recs, max_new, temperature=1.0, seed=11)[0]])
+
+    ref = _lm(reference)
+    ref_greedy, ref_sampled = answers(ref)
+    out = {"n": len(recs), "reference": {"annotator_score": score(ref_greedy), "annotator_score_sampled": score(ref_sampled)}}
     for k, p in policies.items():
-        out[k] = {"greedy": win_rate(panel, recs, greedy[k], greedy["ref"]),
-                  "sampled": win_rate(panel, recs, sampled[k], sampled["ref"]),
-                  "kl_from_reference": kl_from(p, reference, spread(recs, kl_prompts), max_new),
-                  "annotator_score": score(greedy[k]), "annotator_score_sampled": score(sampled[k])}
+        pol = _lm(p)  # one policy in memory at a time, beside the reference
+        greedy, sampled = answers(pol)
+        out[k] = {"greedy": win_rate(panel, recs, greedy, ref_greedy), "sampled": win_rate(panel, recs, sampled, ref_sampled),
+                  "kl_from_reference": kl_from(pol, ref, spread(recs, kl_prompts), max_new),
+                  "annotator_score": score(greedy), "annotator_score_sampled": score(sampled)}
     return out
 
 
