@@ -112,10 +112,9 @@ def test_prompts(suite: Path, n_tasks: int | None = None):
 
 
 def evaluate(p: dict, a, times: dict) -> dict:
-    from lmstack.data.builtin import agreement, is_refusal, win_rate
-    from lmstack.errors import LmstackError
-    from lmstack.evaluate.course import answers_of, kl_from
-    from lmstack.train.prefs import load_comparisons, suite_judge
+    from lmstack.data.builtin import is_refusal, win_rate
+    from lmstack.evaluate.course import answers_of, kl_from, reward_model_accuracy
+    from lmstack.train.prefs import suite_judge
     from lmstack.train.reward import combine_rewards, load_reward_model
 
     suite = p["suite"]
@@ -125,43 +124,11 @@ def evaluate(p: dict, a, times: dict) -> dict:
 
     # 1. The reward models against chance and against the annotators themselves, on held-out comparisons: the
     # suite's candidate answers (pairs_test) and the SFT policy's own samples ranked by the annotators.
-    by_text = {}
-    for r in test_prompts(suite):
-        by_text.setdefault(r["prompt"][0]["content"], r)
+    res["reward_models"] = reward_model_accuracy(
+        suite, str(p["rm_help"]), str(p["rm_safety"]), {"suite pairs_test": [suite / "preferences" / "pairs_test.jsonl"],
+                                                        "SFT samples (test prompts)": [p["sampled_test"]]},
+        a.safety_threshold)
     help_rm, safe_rm = load_reward_model(p["rm_help"]), load_reward_model(p["rm_safety"])
-    rm_rows, ann_rows = {}, {}
-    for name, files in (("suite pairs_test", [suite / "preferences" / "pairs_test.jsonl"]),
-                        ("SFT samples (test prompts)", [p["sampled_test"]])):
-        try:
-            comps, _ = load_comparisons([str(f) for f in files])
-        except LmstackError as e:  # e.g. every sampled answer tied
-            print(f"  skipped {name}: {e}")
-            continue
-        items = [(by_text.get(c.prompt[0]["content"], {"prompt": c.prompt, "unsafe": c.unsafe}), c.answers[w],
-                  c.answers[lo]) for c in comps for w, lo, _ in c.pairs]
-        row = {}
-        for key, rm, keep in (("rm_help", help_rm, lambda c: c.cluster != "safety"),
-                              ("rm_safety", safe_rm, lambda c: c.cluster == "safety"),
-                              ("rm_help+safety (Llama 2 rule)", None, lambda c: True)):
-            ok = n = 0
-            for c in comps:
-                if not keep(c):
-                    continue
-                prompts = [c.prompt] * len(c.answers)
-                if rm is None:
-                    sc = combine_rewards(help_rm.score(prompts, c.answers), safe_rm.score(prompts, c.answers),
-                                         [c.unsafe] * len(c.answers), a.safety_threshold)
-                else:
-                    sc = rm.score(prompts, c.answers)
-                ok += sum(bool(sc[w] > sc[lo]) for w, lo, _ in c.pairs)
-                n += len(c.pairs)
-            row[key] = {"accuracy": ok / max(n, 1), "pairs": n}
-        rm_rows[name] = row
-        ann_rows[name] = {"pairwise_agreement": agreement(panel, items), "n_pairs": len(items),
-                          "agreement_with_label": {x.name: sum(x.compare(*it) == "a" for it in items) / max(len(items), 1)
-                                                   for x in panel}}
-    res["reward_models"] = rm_rows
-    res["annotators"] = ann_rows
     res["reward_model_training"] = {k: json.loads((p[k].parent / "summary.json").read_text())["data"]["pairs"]
                                     for k in ("rm_help", "rm_safety")}
 
@@ -228,10 +195,12 @@ def report(res: dict, times: dict, cmd: str) -> str:
           "| held-out comparisons | rm_help (helpful prompts) | rm_safety (safety prompts) | Llama 2 rule (all) | "
           "two annotators agree | each annotator agrees with the label |", "| --- | --- | --- | --- | --- | --- |"]
     for name, row in res["reward_models"].items():
-        an = res["annotators"][name]
-        cells = [f"{row[k]['accuracy']:.3f} ({row[k]['pairs']})" for k in row]
-        L.append(f"| {name} | " + " | ".join(cells) + f" | {an['pairwise_agreement']:.3f} | " +
-                 " / ".join(f"{v:.3f}" for v in an["agreement_with_label"].values()) + " |")
+        if "models" not in row:  # e.g. every sampled answer tied
+            L.append(f"| {name} | {row.get('skipped', '')} | | | | |")
+            continue
+        cells = [f"{v['accuracy']:.3f} ({v['pairs']})" for v in row["models"].values()]
+        L.append(f"| {name} | " + " | ".join(cells) + f" | {row['annotator_agreement']:.3f} | " +
+                 " / ".join(f"{v:.3f}" for v in row["annotator_vs_label"].values()) + " |")
     L += ["", "Chance is 0.5; pairs in parentheses.", ""]
     L += [f"Policies against SFT on {res['prompts']} held-out prompts (judge: the annotator panel's majority), greedy "
           f"answers and answers sampled at temperature 1:", "",
