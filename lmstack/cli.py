@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", default=None, help="tiny-cpu (default), small-gpu, smollm2, or a YAML path")
     p.add_argument("--out", default=None, help="run folder (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="skip finished stages; continue the current one")
-    p.add_argument("--only", nargs="*", default=None, help="run only these stages")
+    p.add_argument("--only", nargs="*", default=None, help="run only these stages, over an existing run's outputs")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("demo", help="a short end-to-end example: corpus, tokenizer, tiny model, generation")
