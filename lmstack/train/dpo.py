@@ -40,9 +40,9 @@ from lmstack.train.prefs import (
     final_lm,
     load_comparisons,
     load_policy,
+    preference_files,
     reference,
     right_pad,
-    suite_dir,
     token_logprobs,
 )
 
@@ -149,11 +149,7 @@ def dpo(cfg: DPOConfig, step_hook=None) -> dict:
         raise LmstackError("--beta must be > 0")
     info = dist.init(cfg.device)
     torch.manual_seed(cfg.seed)
-    data, val_data = list(cfg.data), list(cfg.val_data)
-    if not data:
-        suite = suite_dir(cfg)
-        data = [str(suite / "preferences" / "pairs.jsonl")]
-        val_data = val_data or [str(suite / "preferences" / "pairs_test.jsonl")]
+    data, val_data = preference_files(cfg, "pairs.jsonl")
     comps, stats = load_comparisons(data, cfg.skip_bad, cfg.subset)
     lm, model, params, _ = load_policy(cfg, info.device, need_reference=False)
     tok = lm.tokenizer

@@ -62,6 +62,16 @@ def suite_dir(cfg: PrefConfig) -> Path:
     return d
 
 
+def preference_files(cfg: PrefConfig, suite_file: str) -> tuple[list[str], list[str]]:
+    """(--data, --val-data), or the built-in suite's `preferences/<suite_file>` and its held-out pairs."""
+    data, val_data = list(cfg.data), list(getattr(cfg, "val_data", []))
+    if not data:
+        suite = suite_dir(cfg)
+        data = [str(suite / "preferences" / suite_file)]
+        val_data = val_data or [str(suite / "preferences" / "pairs_test.jsonl")]
+    return data, val_data
+
+
 def suite_judge(suite: Path, splits=("train", "validation", "test")):
     """The suite's panel of simulated annotators with every task and safety record registered, so that
     a prompt given as plain messages is judged against its ground truth."""

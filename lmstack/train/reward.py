@@ -34,6 +34,7 @@ from lmstack.train.prefs import (
     _fmt_stats,
     encode_answer,
     load_comparisons,
+    preference_files,
     right_pad,
     suite_dir,
 )
@@ -320,11 +321,7 @@ def reward(cfg: RewardConfig) -> dict:
         raise LmstackError("reward: --resume is not supported (runs are minutes long); start again")
     info = dist.init(cfg.device)
     torch.manual_seed(cfg.seed)
-    data, val_data = list(cfg.data), list(cfg.val_data)
-    if not data:
-        suite = suite_dir(cfg)
-        data = [str(suite / "preferences" / "rankings.jsonl")]
-        val_data = val_data or [str(suite / "preferences" / "pairs_test.jsonl")]
+    data, val_data = preference_files(cfg, "rankings.jsonl")
     sampled_val = []
     if cfg.sample_rankings > 0:
         data, sampled_val = _sampled_data(cfg, data, info)
