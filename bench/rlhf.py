@@ -106,14 +106,14 @@ def build_models(out: Path, a, times: dict) -> dict:
 
 def test_prompts(suite: Path, n_tasks: int | None = None):
     """Held-out prompts: the test split's instruction-style task records and its safety requests."""
-    from lmstack.evaluate.course import held_out_prompts
+    from lmstack.course.evaluation import held_out_prompts
 
     return held_out_prompts(suite, n_tasks or None)
 
 
 def evaluate(p: dict, a, times: dict) -> dict:
+    from lmstack.course.evaluation import answers_of, kl_from, reward_model_accuracy
     from lmstack.data.builtin import is_refusal, win_rate
-    from lmstack.evaluate.course import answers_of, kl_from, reward_model_accuracy
     from lmstack.train.prefs import suite_judge
     from lmstack.train.reward import combine_rewards, load_reward_model
 

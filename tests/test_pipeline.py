@@ -5,8 +5,8 @@ import json
 import pytest
 
 from lmstack.cli import main
+from lmstack.course.pipeline import load_config, run_pipeline
 from lmstack.errors import LmstackError
-from lmstack.pipeline import load_config, run_pipeline
 
 
 def test_shipped_configs_parse():

@@ -16,22 +16,14 @@ same commands; a chat-only API cannot score log-likelihoods and says so instead 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import fields
 
 from lmstack.errors import LmstackError
+from lmstack.infer.logprobs import LLResult
 from lmstack.infer.sampling import SamplingParams
 
 Messages = list[dict]
 Prompt = str | Messages
-
-
-@dataclass
-class LLResult:
-    """Same fields as lmstack.evaluate.scoring.LLResult, so local and remote results are interchangeable."""
-
-    logprob: float
-    is_greedy: bool
-    n_tokens: int
 
 
 def as_sampling(sampling=None, **overrides) -> SamplingParams:

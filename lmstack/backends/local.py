@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from lmstack.errors import LmstackError
+from lmstack.infer.logprobs import loglikelihood
 
 from .base import Backend, LLResult, Messages, Prompt, is_messages, per_prompt
 
@@ -40,11 +41,9 @@ class LocalBackend(Backend):
         return self.lm.tokenizer
 
     def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[LLResult]:
-        from lmstack.evaluate.scoring import loglikelihood
-
         if not requests:
             return []
-        return loglikelihood(self.lm, list(requests), batch_size=self.batch_size)
+        return loglikelihood(self.lm.model, self.lm.tokenizer, list(requests), batch_size=self.batch_size)
 
     def loglikelihood_rolling(self, texts: Sequence[str]) -> list[LLResult]:
         from lmstack.evaluate.perplexity import perplexity

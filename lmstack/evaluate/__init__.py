@@ -11,7 +11,6 @@ _LAZY = {
     "TaskConfig": "config", "run_task": "harness", "evaluate": "harness", "save_results": "harness",
     "TaskResult": "harness", "win_rate": "winrate", "AnnotatorJudge": "winrate", "RewardJudge": "winrate",
     "LLMJudge": "winrate", "safety_eval": "safety", "hallucination_eval": "safety", "build_report": "report",
-    "loglikelihood": "scoring",
 }
 __all__ = sorted(_LAZY)
 

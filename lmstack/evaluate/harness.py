@@ -23,14 +23,14 @@ from pathlib import Path
 from lmstack.errors import LmstackError
 from lmstack.infer.prompting import (
     build_prompt,
-    extract_answer,
     select_examples,
     self_consistency,
     zero_shot_cot,
 )
+from lmstack.text import exact_match, extract_answer, match_choice
 
 from .config import TaskConfig, load_task
-from .metrics import bootstrap_stderr, exact_match, match_choice, mc_scores, ppl_aggs
+from .metrics import bootstrap_stderr, mc_scores, ppl_aggs
 from .sources import load_records, with_split
 from .templating import Template
 

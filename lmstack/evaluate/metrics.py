@@ -17,8 +17,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from lmstack.infer.prompting import normalize_answer
-
 
 def mc_scores(logprobs: Sequence[float], choices: Sequence[str], gold: Sequence[int]) -> dict:
     """acc, acc_norm, mc2 and the predictions of one multiple-choice item."""
@@ -33,37 +31,6 @@ def mc_scores(logprobs: Sequence[float], choices: Sequence[str], gold: Sequence[
     mc2 = float(p[gold].sum() / p.sum())
     return {"pred": pred, "pred_norm": pred_norm, "acc": float(pred in gold), "acc_norm": float(pred_norm in gold),
             "mc2": mc2, "logprobs_norm": norm.tolist()}
-
-
-def exact_match(prediction: str | None, references: Sequence[str], normalize: bool = True) -> float:
-    if prediction is None:
-        return 0.0
-    if normalize:
-        p = normalize_answer(prediction)
-        return float(any(p == normalize_answer(r) for r in references))
-    return float(any(prediction.strip() == r.strip() for r in references))
-
-
-def match_choice(text: str | None, choices: Sequence[str]) -> int | None:
-    """Which option a generated answer picks: a letter label ("B", "(B)", "B."), the exact option,
-    the option it starts with, or the only option it names (the built-in annotators' parser)."""
-    import re
-
-    if text is None:
-        return None
-    t = text.strip()
-    said = re.search(r"(?i)\banswer(?: is|:)\s*:?\s*(.+?)\s*$", t, re.S)  # "... the answer is (B)."
-    if said:
-        t = said.group(1).rstrip(".")
-    exact = [i for i, c in enumerate(choices) if normalize_answer(c) == normalize_answer(t)]
-    if exact:
-        return exact[0]
-    m = re.fullmatch(r"\(?([A-Z])\)?[.:]?", t) or re.match(r"\(?([A-Z])[).:]\s", t)
-    if m and ord(m.group(1)) - ord("A") < len(choices):
-        return ord(m.group(1)) - ord("A")
-    from lmstack.data.builtin.annotators import parse_choice
-
-    return parse_choice(t, list(choices))
 
 
 # ---- aggregation --------------------------------------------------------------------------------------------

@@ -445,24 +445,3 @@ def beam_search(model: Transformer, prompt: list[int], params: SamplingParams, t
     if tokenizer is not None:
         res.text = tokenizer.decode(best[:-1] if res.finish_reason == "stop" else best)
     return res
-
-
-@torch.inference_mode()
-def token_logprobs(model: Transformer, sequences: list[list[int]], batch_size: int = 8) -> list[list[float]]:
-    """log p(token_t | tokens_<t) for every token after the first, per sequence (scoring, echo, eval)."""
-    out = []
-    device = next(model.parameters()).device
-    for s in range(0, len(sequences), batch_size):
-        chunk = sequences[s:s + batch_size]
-        T = max(len(x) for x in chunk)
-        ids = torch.zeros(len(chunk), T, dtype=torch.long)
-        mask = torch.zeros(len(chunk), T, dtype=torch.bool)
-        for r, x in enumerate(chunk):
-            ids[r, : len(x)] = torch.tensor(x)
-            mask[r, : len(x)] = True
-        # Right padding: causal attention never lets real tokens see the padding after them.
-        logits = model(ids.to(device)).float()
-        lp = F.log_softmax(logits[:, :-1], dim=-1).gather(2, ids[:, 1:, None].to(device))[..., 0]
-        for r, x in enumerate(chunk):
-            out.append(lp[r, : len(x) - 1].tolist())
-    return out

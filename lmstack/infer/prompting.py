@@ -22,56 +22,18 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 from lmstack.errors import LmstackError
+from lmstack.text import normalize
 
 ZERO_SHOT_COT = "Let's think step by step."
 ANSWER_TRIGGER = "Therefore, the answer is"
 SELECTORS = ("fixed", "random", "nearest")
 
 _WORD = re.compile(r"\w+", re.UNICODE)
-_TOKEN = re.compile(r"-?\d+(?:\.\d+)?|\w+", re.UNICODE)
-_NUM_COMMA = re.compile(r"(?<=\d),(?=\d{3}\b)")
-NUMBER_RE = r"-?[\d,]*\.?\d+"
 
 
 # ---- answers -------------------------------------------------------------------------------------------------
 
-def normalize_answer(text: str) -> str:
-    """SQuAD-style: lowercase, punctuation and articles dropped, spaces collapsed; numbers keep their
-    sign and decimals and lose thousands separators ("1,000." -> "1000", "-3.5" stays)."""
-    t = _NUM_COMMA.sub("", str(text).lower())
-    return " ".join(w for w in _TOKEN.findall(t) if w not in ("a", "an", "the"))
-
-
-def extract_answer(text: str, regexes: Sequence[str] | str | None = None, match: str = "first",
-                   fallback: str | None = None) -> str | None:
-    """The answer inside a generation: the first regex (tried in order) that matches, its group 1 if it
-    has groups (else the whole match), the first or last match; else `fallback` ('last_number',
-    'first_number', 'text' = the whole stripped text, or None = no answer)."""
-    if isinstance(regexes, str):
-        regexes = [regexes]
-    for rx in regexes or []:
-        try:
-            found = list(re.finditer(rx, text))
-        except re.error as e:
-            raise LmstackError(f"answer regex {rx!r}: {e}") from None
-        if found:
-            m = found[0] if match == "first" else found[-1]
-            got = m.group(1) if m.groups() else m.group(0)
-            if got is not None and got.strip(" \n.,;:"):
-                return got.strip().rstrip(".,;:")  # "12." at the end of a sentence is 12
-    if fallback in ("last_number", "first_number"):
-        nums = re.findall(NUMBER_RE, text)
-        if nums:
-            return (nums[-1] if fallback == "last_number" else nums[0]).strip(",.")
-        return None
-    if fallback == "text":
-        return text.strip() or None
-    if fallback not in (None, "none"):
-        raise LmstackError(f"answer fallback {fallback!r}: use last_number, first_number, text or none")
-    return None
-
-
-def majority_vote(answers: Sequence[str | None], key: Callable[[str], str] = normalize_answer):
+def majority_vote(answers: Sequence[str | None], key: Callable[[str], str] = normalize):
     """(winning answer, {normalised answer: votes}); ties go to the answer seen first. None = no vote."""
     keyed = [(key(a), a) for a in answers if a is not None and key(a)]
     if not keyed:

@@ -1,5 +1,5 @@
 import sys
 
-from lmstack.serve.cli import main
+from lmstack.cli.serve import main
 
 sys.exit(main())

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from lmstack.errors import LmstackError
+from lmstack.infer.logprobs import sequence_logprobs
 from lmstack.train import dist
 from lmstack.train.common import (
     checkpoint_if_due,
@@ -43,7 +44,6 @@ from lmstack.train.prefs import (
     preference_files,
     reference,
     right_pad,
-    token_logprobs,
 )
 
 LOSSES = ("sigmoid", "ipo", "conservative")
@@ -84,7 +84,7 @@ def dpo_loss(pi_c, pi_r, ref_c, ref_r, beta: float, loss: str = "sigmoid", label
 def answer_logprobs(model, seqs: list[list[int]], starts: list[int], pad: int, device) -> torch.Tensor:
     """Sum of log p(answer tokens | prompt) per sequence (answer = tokens from `start` on)."""
     ids, lens = right_pad(seqs, pad, device)
-    lp, _ = token_logprobs(model, ids)
+    lp, _ = sequence_logprobs(model, ids)
     col = torch.arange(lp.shape[1], device=device)[None]
     st = torch.tensor(starts, device=device)[:, None]
     mask = (col >= st - 1) & (col < lens[:, None] - 1)

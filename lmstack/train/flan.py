@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lmstack.errors import LmstackError
+from lmstack.text import normalize
 
 
 @dataclass
@@ -48,15 +48,6 @@ class FlanConfig:
     quiet: bool = True
     resume: bool = False  # a tuning run that was killed continues from its last checkpoint
     ckpt_interval: int = 0  # SFT checkpoint interval (0: only the final model)
-
-
-def normalize(text: str) -> str:
-    """Exact-match normalisation: case, surrounding punctuation/space, articles (SQuAD-style)."""
-    t = text.strip().lower()
-    t = re.sub(r"[\s.!?,;:\"'()]+$", "", t)
-    t = re.sub(r"^[\s\"'(]+", "", t)
-    t = re.sub(r"\b(a|an|the)\b", " ", t)
-    return " ".join(t.split())
 
 
 def read_records(suite: Path, split: str, clusters=None, style: str | None = "instruction") -> list[dict]:
@@ -91,8 +82,8 @@ def evaluate_records(lm, recs: list[dict], fmt: str, shots_pool: list[dict] | No
                      max_new_tokens: int = 12, seed: int = 0) -> dict:
     """Per-task accuracy by rank classification and by exact match; with k > 0, k random shots from the
     pool of the same task (never the item itself)."""
-    from lmstack.evaluate.scoring import loglikelihood
     from lmstack.infer.engine import generate
+    from lmstack.infer.logprobs import loglikelihood
     from lmstack.infer.sampling import SamplingParams
 
     rng = random.Random(seed)
@@ -110,7 +101,7 @@ def evaluate_records(lm, recs: list[dict], fmt: str, shots_pool: list[dict] | No
         for ch in r["choices"] or []:
             requests.append((c, sep + ch))
             owners.append(i)
-    lls = loglikelihood(lm, requests) if requests else []
+    lls = loglikelihood(lm.model, lm.tokenizer, requests) if requests else []
     scores = defaultdict(list)
     for i, res in zip(owners, lls):
         scores[i].append(res.logprob)

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from lmstack.errors import LmstackError
+from lmstack.infer.logprobs import sequence_logprobs
 from lmstack.train import dist
 from lmstack.train.common import finish_run, log_step, optimizer_step, start_run
 from lmstack.train.prefs import (
@@ -43,7 +44,6 @@ from lmstack.train.prefs import (
     rollout_seed,
     single_process,
     suite_dir,
-    token_logprobs,
     whiten,
 )
 
@@ -134,7 +134,7 @@ class Rollouts:
 def policy_logprobs(model, ro: Rollouts, temperature: float, entropy: bool = False):
     """[B, R] log pi(response token | prefix) at the sampling temperature (and entropies), with the mask."""
     idx, mask = response_index(ro.plen, ro.rlen)
-    lp, ent = token_logprobs(model, ro.ids, temperature, entropy)
+    lp, ent = sequence_logprobs(model, ro.ids, temperature, entropy)
     return lp.gather(1, idx), (ent.gather(1, idx) if ent is not None else None), mask
 
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from lmstack.errors import LmstackError
 from lmstack.train.common import TrainConfig
@@ -302,20 +301,6 @@ def right_pad(seqs: list[list[int]], pad: int, device=None) -> tuple[torch.Tenso
     for i, s in enumerate(seqs):
         ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
     return ids.to(device), torch.tensor([len(s) for s in seqs], device=device)
-
-
-def token_logprobs(model, ids: torch.Tensor, temperature: float = 1.0, entropy: bool = False):
-    """log p(ids[:, t] | ids[:, :t]) for t >= 1: [B, T-1] (and the entropy of each step's distribution).
-    Logits are divided by the sampling temperature, so the log-probabilities are those of the distribution the
-    rollouts were drawn from."""
-    logits = model(ids[:, :-1]).float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    logp = F.log_softmax(logits, dim=-1)
-    lp = logp.gather(-1, ids[:, 1:, None])[..., 0]
-    if not entropy:
-        return lp, None
-    return lp, -(logp.exp() * logp).sum(-1)
 
 
 def response_index(prompt_lens: torch.Tensor, resp_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

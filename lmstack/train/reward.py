@@ -448,7 +448,7 @@ def _sampled_data(cfg: RewardConfig, data: list[str], info) -> tuple[list[str], 
 def exact_match(record: dict, text: str) -> float:
     """A rule-based verifier: 1 if the answer is the record's target (the last number for numeric targets,
     as on the suite's arithmetic cluster; normalised exact match otherwise), else 0."""
-    from lmstack.data.builtin.annotators import last_number, normalize
+    from lmstack.text import last_number, normalize
 
     target = str(record.get("target") or "")
     if not target:

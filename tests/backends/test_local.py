@@ -5,14 +5,14 @@ import pytest
 from lmstack.backends import LocalBackend, as_sampling, get_backend
 from lmstack.errors import LmstackError
 from lmstack.evaluate.perplexity import perplexity
-from lmstack.evaluate.scoring import loglikelihood
+from lmstack.infer.logprobs import loglikelihood
 
 
 def test_loglikelihood_equals_scoring(tiny_lm):
     be = get_backend(tiny_lm)
     reqs = [("The small cat", " sat on the mat"), ("Q: What is 3 plus 4?\nA:", " 7")]
     got = be.loglikelihood(reqs)
-    want = loglikelihood(tiny_lm, reqs)
+    want = loglikelihood(tiny_lm.model, tiny_lm.tokenizer, reqs)
     assert [r.logprob for r in got] == pytest.approx([r.logprob for r in want], abs=1e-5)
     assert be.loglikelihood([]) == []
 
@@ -54,4 +54,4 @@ def test_loads_a_checkpoint_folder(tiny_ckpt, tiny_lm):
     be = get_backend(str(tiny_ckpt))
     assert be.describe()["backend"] == "local"
     a = be.loglikelihood([("The cat", " sat")])[0].logprob
-    assert a == pytest.approx(loglikelihood(tiny_lm, [("The cat", " sat")])[0].logprob, abs=1e-5)
+    assert a == pytest.approx(loglikelihood(tiny_lm.model, tiny_lm.tokenizer, [("The cat", " sat")])[0].logprob, abs=1e-5)

@@ -20,7 +20,6 @@ from lmstack.data.builtin.annotators import (
     contradicts_world,
     is_refusal,
     judge_panel,
-    parse_choice,
     win_rate,
 )
 from lmstack.data.builtin.corpus import read_documents
@@ -31,6 +30,7 @@ from lmstack.data.records import (
     write_jsonl,
 )
 from lmstack.errors import LmstackError
+from lmstack.text import parse_choice
 
 
 @pytest.fixture(scope="module")

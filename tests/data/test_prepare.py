@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from lmstack.cli.data import add_prepare_parser
 from lmstack.data import prepare as prep
-from lmstack.data.cli import add_prepare_parser
 from lmstack.data.prepare import prepare, token_dtype
 from lmstack.data.shards import TokenDataset
 from lmstack.errors import LmstackError

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from lmstack.cli.eval import add_parsers
 from lmstack.errors import LmstackError
-from lmstack.evaluate.cli import add_parsers
 
 from ..backends.fake_openai import FakeOpenAI
 from .conftest import FIXTURES, write_jsonl

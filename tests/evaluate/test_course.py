@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from lmstack.evaluate.card import _checks
+from lmstack.course.card import _checks
 from lmstack.evaluate.config import load_task
 from lmstack.evaluate.harness import run_task
 from lmstack.evaluate.metrics import distinct_n

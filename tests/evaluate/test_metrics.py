@@ -5,15 +5,10 @@ import math
 
 import pytest
 
-from lmstack.evaluate.metrics import (
-    bootstrap_stderr,
-    exact_match,
-    match_choice,
-    mc_scores,
-    ppl_aggs,
-    wilson_interval,
-)
-from lmstack.infer.prompting import extract_answer, majority_vote, normalize_answer
+from lmstack.evaluate.metrics import bootstrap_stderr, mc_scores, ppl_aggs, wilson_interval
+from lmstack.infer.prompting import majority_vote
+from lmstack.text import exact_match, extract_answer, match_choice
+from lmstack.text import normalize as normalize_answer
 
 
 def test_acc_and_acc_norm_differ_on_a_designed_item():

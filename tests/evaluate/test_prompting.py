@@ -3,18 +3,18 @@ two calls, self-consistency's majority vote, and the comparison table."""
 
 import pytest
 
+from lmstack.cli.eval import compare_table
 from lmstack.errors import LmstackError
 from lmstack.evaluate import load_task, run_task
-from lmstack.evaluate.cli import compare_table
 from lmstack.infer.prompting import (
     ANSWER_TRIGGER,
     ZERO_SHOT_COT,
     build_prompt,
-    extract_answer,
     select_examples,
     self_consistency,
     zero_shot_cot,
 )
+from lmstack.text import extract_answer
 
 
 def test_build_prompt_and_selection():

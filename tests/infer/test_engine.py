@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from lmstack.errors import LmstackError
-from lmstack.infer.engine import Generation, generate, stream, token_logprobs
+from lmstack.infer.engine import Generation, generate, stream
+from lmstack.infer.logprobs import token_logprobs
 from lmstack.infer.sampling import SamplingParams
 from lmstack.model.config import ModelConfig
 from lmstack.model.transformer import KVCache, Transformer

@@ -2,14 +2,13 @@
 
 import torch
 
-from lmstack.evaluate.scoring import encode_pair, loglikelihood, score_token_pairs
-from lmstack.infer.engine import token_logprobs
+from lmstack.infer.logprobs import encode_pair, loglikelihood, score_pairs, token_logprobs
 
 
 def test_loglikelihood_equals_forward(tiny_lm):
     lm = tiny_lm
     reqs = [("The small cat", " sat on the mat"), ("Q: What is 3 plus 4?\nA: ", "7"), ("Mina", " lives")]
-    res = loglikelihood(lm, reqs)
+    res = loglikelihood(lm.model, lm.tokenizer, reqs)
     for (c, x), r in zip(reqs, res):
         ci, xi = encode_pair(lm.tokenizer, c, x)
         want = sum(token_logprobs(lm.model, [ci + xi])[0][len(ci) - 1:])
@@ -22,7 +21,7 @@ def test_is_greedy_matches_argmax(tiny_lm):
     ctx = lm.encode("The small cat")
     logits = lm(ctx)[0, -1]
     best, worst = int(logits.argmax()), int(logits.argmin())
-    a, b = score_token_pairs(lm.model, [(ctx, [best]), (ctx, [worst])])
+    a, b = score_pairs(lm.model, [(ctx, [best]), (ctx, [worst])])
     assert a.is_greedy and not b.is_greedy
     assert a.logprob == torch.log_softmax(logits, -1)[best].item() or abs(a.logprob - torch.log_softmax(
         logits, -1)[best].item()) < 1e-5

@@ -5,7 +5,8 @@ import json
 import httpx
 import pytest
 
-from lmstack.infer.engine import generate, token_logprobs
+from lmstack.infer.engine import generate
+from lmstack.infer.logprobs import token_logprobs
 from lmstack.infer.sampling import SamplingParams
 
 openai = pytest.importorskip("openai")

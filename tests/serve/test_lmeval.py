@@ -10,7 +10,7 @@ import logging
 
 import pytest
 
-from lmstack.evaluate.scoring import loglikelihood
+from lmstack.infer.logprobs import loglikelihood
 
 lm_eval = pytest.importorskip("lm_eval")
 pytest.importorskip("tenacity")  # lm-eval[api]: the API backends need tenacity, aiohttp, requests
@@ -69,7 +69,7 @@ metric_list:
 
     # lmstack's own scoring of the same requests: the harness puts " " between context and choice.
     pairs = [(q, " " + c) for q, choices, _ in QUESTIONS for c in choices]
-    ll = [r.logprob for r in loglikelihood(tiny_lm, pairs)]
+    ll = [r.logprob for r in loglikelihood(tiny_lm.model, tiny_lm.tokenizer, pairs)]
     k, correct = 0, 0
     for _, choices, answer in QUESTIONS:
         scores = ll[k:k + len(choices)]

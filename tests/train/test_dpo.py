@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from lmstack.errors import LmstackError
-from lmstack.evaluate.scoring import score_token_pairs
+from lmstack.infer.logprobs import score_pairs
 from lmstack.train.dpo import DPOConfig, answer_logprobs, dpo, dpo_loss
 from lmstack.train.prefs import encode_answer
 
@@ -42,7 +42,7 @@ def test_answer_logprobs_match_scoring(tiny_lm):
     enc = [encode_answer(tok, p, a) for a in ("7", "It is seven, I think.")]
     with torch.no_grad():
         got = answer_logprobs(tiny_lm.model, [e[0] for e in enc], [e[1] for e in enc], tok.pad_id, "cpu")
-    want = score_token_pairs(tiny_lm.model, [(e[0][: e[1]], e[0][e[1]:]) for e in enc])
+    want = score_pairs(tiny_lm.model, [(e[0][: e[1]], e[0][e[1]:]) for e in enc])
     assert torch.allclose(got, torch.tensor([w.logprob for w in want]), atol=1e-4)
 
 

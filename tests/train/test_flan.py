@@ -2,7 +2,8 @@
 
 import pytest
 
-from lmstack.train.flan import FlanConfig, evaluate_records, normalize, run_flan
+from lmstack.text import normalize
+from lmstack.train.flan import FlanConfig, evaluate_records, run_flan
 
 
 def test_normalize():
@@ -12,13 +13,13 @@ def test_normalize():
 
 
 def test_rank_classification_picks_highest_loglikelihood(tiny_lm):
-    from lmstack.evaluate.scoring import loglikelihood
+    from lmstack.infer.logprobs import loglikelihood
 
     rec = {"id": "x", "task": "t", "choices": ["yes", "no", "maybe"], "target": "no",
            "messages": [{"role": "user", "content": "Is the cat small?"}, {"role": "assistant", "content": "no"}]}
     res = evaluate_records(tiny_lm, [rec], "plain")
     ctx = "Is the cat small?\nAnswer:"
-    lls = [r.logprob for r in loglikelihood(tiny_lm, [(ctx, " " + c) for c in rec["choices"]])]
+    lls = [r.logprob for r in loglikelihood(tiny_lm.model, tiny_lm.tokenizer, [(ctx, " " + c) for c in rec["choices"]])]
     want = rec["choices"][lls.index(max(lls))]
     assert res["items"][0]["rank_pred"] == want
     assert res["tasks"]["t"]["rank_acc"] == (1.0 if want == "no" else 0.0)

@@ -53,7 +53,7 @@ def test_prompts_bad_and_overlong(tiny_lm, tmp_path):
 
 
 def test_command_lines():
-    from lmstack.train.pref_cli import add_parsers
+    from lmstack.cli.prefs import add_parsers
 
     ap = argparse.ArgumentParser()
     add_parsers(ap.add_subparsers(dest="cmd"))

@@ -166,7 +166,7 @@ def _stage_param(ctx: Context, stage: str, key: str, default):
 def stage_evaluate(p: dict, ctx: Context, d: Path) -> dict:
     """Base, SFT and aligned checkpoints on held-out data: reward-model accuracy against the annotators, win rates
     against SFT, InstructGPT's truthfulness / hallucination / safety rows, decoding and prompting studies."""
-    from lmstack.evaluate import course as C
+    from lmstack.course import evaluation as C
 
     suite = ctx.need("suite")
     models = {k: ctx.paths[k] for k in ("base", "sft", "ppo", "dpo", "grpo", "rejection") if k in ctx.paths}
@@ -217,7 +217,7 @@ def stage_evaluate(p: dict, ctx: Context, d: Path) -> dict:
 
 
 def stage_report(p: dict, ctx: Context, d: Path) -> dict:
-    from lmstack.evaluate.card import summary_lines, write_card
+    from lmstack.course.card import summary_lines, write_card
 
     path, checks = write_card(ctx.out, d, title=p.get("title"), kl_bound=p.get("kl_bound"))
     ctx.paths["report"] = str(path)

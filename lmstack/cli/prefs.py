@@ -1,12 +1,12 @@
 """Command lines of the preference-learning recipes: reward, ppo, dpo, grpo, rejection-sampling.
 
-Flags come from each recipe's config dataclass (lmstack.train.cli.add_dataclass_args), so they cannot
+Flags come from each recipe's config dataclass (lmstack.cli.train.add_dataclass_args), so they cannot
 drift from the defaults documented there. `add_parsers(subparsers)` registers them.
 """
 
 from __future__ import annotations
 
-from lmstack.train.cli import add_dataclass_args, dataclass_from_args
+from lmstack.cli.train import add_dataclass_args, dataclass_from_args
 
 COMMON_HELP = {
     "model": "checkpoint to start from (the SFT policy; folder, .gguf or hub name)",

@@ -1,7 +1,7 @@
 """What each stage of the course bought, measured on the built-in suite's held-out data.
 
 `lmstack run`'s evaluate stage and `bench/rlhf.py` call these; each returns plain dicts that the
-report card (`lmstack.evaluate.card`) renders. The judges are the suite's simulated annotators
+report card (`lmstack.course.card`) renders. The judges are the suite's simulated annotators
 (`suite_judge`), never the reward models being evaluated.
 
 - `reward_model_accuracy`: pairwise accuracy on held-out comparisons beside the annotators' own agreement;

@@ -19,9 +19,8 @@ from pathlib import Path
 
 from lmstack.backends import add_backend_args, backend_from_args
 from lmstack.errors import LmstackError
-
-from .harness import STRATEGIES
-from .sources import spread
+from lmstack.evaluate.harness import STRATEGIES
+from lmstack.evaluate.sources import spread
 
 
 def add_parsers(eval_subparsers, top_subparsers) -> None:
@@ -181,8 +180,8 @@ def _task_kwargs(args) -> dict:
 # ---- eval run / tasks ----------------------------------------------------------------------------------------
 
 def cmd_run(args) -> int:
-    from .config import expand_tasks, load_task
-    from .harness import evaluate, format_table
+    from lmstack.evaluate.config import expand_tasks, load_task
+    from lmstack.evaluate.harness import evaluate, format_table
 
     for name in expand_tasks(args.tasks):  # config errors before paying for a model load
         load_task(name)
@@ -197,7 +196,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_tasks(args) -> int:
-    from .config import read_config_file, registry
+    from lmstack.evaluate.config import read_config_file, registry
 
     print(f"{'task':<28} {'type':<16} source")
     for name, path in registry().items():
@@ -212,13 +211,14 @@ def cmd_tasks(args) -> int:
 # ---- prompts and answers for winrate / safety ------------------------------------------------------------------
 
 def _suite(args):
-    from .sources import builtin_dir
+    from lmstack.evaluate.sources import builtin_dir
 
     return builtin_dir(args.suite_seed, args.suite_size, args.suite)
 
 
 def load_prompts(args) -> list[dict]:
-    from .sources import read_records_file
+
+    from lmstack.evaluate.sources import read_records_file
 
     if args.prompts == "builtin":
         d = _suite(args)
@@ -233,7 +233,8 @@ def load_prompts(args) -> list[dict]:
 
 
 def _read_answers(path: str, n: int) -> list[str]:
-    from .sources import read_records_file
+
+    from lmstack.evaluate.sources import read_records_file
 
     recs = read_records_file(Path(path), "jsonl")
     out = []
@@ -249,8 +250,7 @@ def _read_answers(path: str, n: int) -> list[str]:
 
 def _generate_answers(backend, prompts, args) -> list[str]:
     from lmstack.backends import as_sampling
-
-    from .winrate import prompt_messages, prompt_text
+    from lmstack.evaluate.winrate import prompt_messages, prompt_text
 
     sp = as_sampling(None, max_new_tokens=args.max_new_tokens)
     reqs = [prompt_text(p) + "\n" for p in prompts] if args.no_chat else [prompt_messages(p) for p in prompts]
@@ -276,33 +276,33 @@ def _make_judge(args, prompts, safety: bool = False):
         else:
             world = None  # the rules still judge refusals and harmful compliance by keywords
         if safety:
-            from .safety import AnnotatorSafetyJudge
+            from lmstack.evaluate.safety import AnnotatorSafetyJudge
             return AnnotatorSafetyJudge(world)
-        from .winrate import AnnotatorJudge
+        from lmstack.evaluate.winrate import AnnotatorJudge
         return AnnotatorJudge(judge_panel(world, n=3, flip_prob=args.flip_prob), records=prompts)
     if args.judge == "reward":
         if not args.reward_fn:
             raise LmstackError("--judge reward needs --reward-fn module:function (or a reward-model folder)")
-        from .winrate import RewardJudge, load_scorer
+        from lmstack.evaluate.winrate import RewardJudge, load_scorer
         scorer = load_scorer(args.reward_fn)
         if safety:
-            from .safety import ScoreSafetyJudge
+            from lmstack.evaluate.safety import ScoreSafetyJudge
             return ScoreSafetyJudge(scorer, args.threshold)
         return RewardJudge(scorer, name=args.reward_fn)
     if not args.judge_model:
         raise LmstackError("--judge model needs --judge-model (and --judge-base-url for an API)")
     judge_backend = backend_from_args(args, prefix="judge-")
     if safety:
-        from .safety import LLMSafetyJudge
+        from lmstack.evaluate.safety import LLMSafetyJudge
         return LLMSafetyJudge(judge_backend)
-    from .winrate import LLMJudge
+    from lmstack.evaluate.winrate import LLMJudge
     return LLMJudge(judge_backend)
 
 
 # ---- eval winrate -----------------------------------------------------------------------------------------------
 
 def cmd_winrate(args) -> int:
-    from .winrate import format_table, win_rate
+    from lmstack.evaluate.winrate import format_table, win_rate
 
     prompts = load_prompts(args)
     answers = {}
@@ -338,10 +338,14 @@ def cmd_winrate(args) -> int:
 
 def cmd_safety(args) -> int:
     from lmstack.data.builtin import World
-
-    from .harness import run_task
-    from .safety import alignment_table, hallucination_eval, load_toxicity_classifier, safety_eval
-    from .sources import builtin_records, read_records_file
+    from lmstack.evaluate.harness import run_task
+    from lmstack.evaluate.safety import (
+        alignment_table,
+        hallucination_eval,
+        load_toxicity_classifier,
+        safety_eval,
+    )
+    from lmstack.evaluate.sources import builtin_records, read_records_file
 
     suite = _suite(args)
     world = World.from_json(suite / "world.json")
@@ -401,16 +405,15 @@ def cmd_safety(args) -> int:
 
 def cmd_prompt_run(args) -> int:
     from lmstack.backends import as_sampling
+    from lmstack.evaluate.sources import read_records_file
     from lmstack.infer.prompting import (
         ANSWER_TRIGGER,
         build_prompt,
-        extract_answer,
         select_examples,
         self_consistency,
         zero_shot_cot,
     )
-
-    from .sources import read_records_file
+    from lmstack.text import extract_answer
 
     question = args.question if args.question is not None else sys.stdin.read().strip()
     if not question:
@@ -470,8 +473,8 @@ def cmd_prompt_run(args) -> int:
 
 
 def cmd_prompt_compare(args) -> int:
-    from .config import load_task
-    from .harness import format_table, run_task, save_results
+    from lmstack.evaluate.config import load_task
+    from lmstack.evaluate.harness import format_table, run_task, save_results
 
     cfg = load_task(args.task)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -509,10 +512,10 @@ def compare_table(results) -> str:
 # ---- report ------------------------------------------------------------------------------------------------------
 
 def cmd_report(args) -> int:
-    from .report import build_report
+    from lmstack.evaluate.report import build_report
 
     if (Path(args.run_dir) / "pipeline.json").exists():  # a `lmstack run` folder: the course's report card
-        from .card import summary_lines, write_card
+        from lmstack.evaluate.card import summary_lines, write_card
 
         path, checks = write_card(args.run_dir, args.out, args.title)
         print("\n".join(summary_lines(checks)))

@@ -58,7 +58,7 @@ def _convert(args) -> int:
 
 
 def _demo(args) -> int:
-    from lmstack.demo import run_demo
+    from lmstack.course.demo import run_demo
 
     run_demo(args.out, steps=args.steps)
     return 0
@@ -76,7 +76,7 @@ def _data_builtin(args) -> int:
 
 
 def _run(args) -> int:
-    from lmstack.pipeline import run_pipeline
+    from lmstack.course.pipeline import run_pipeline
 
     run_pipeline(args.config, args.out, resume=args.resume, only=args.only)
     return 0
@@ -111,13 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=300)
     p.set_defaults(func=_demo)
 
-    from lmstack.tokenizer.cli import add_parser as add_tokenizer
+    from lmstack.cli.tokenizer import add_parser as add_tokenizer
     add_tokenizer(sub)
 
-    from lmstack.infer.cli import add_parser as add_infer
+    from lmstack.cli.infer import add_parser as add_infer
     add_infer(sub)
 
-    from lmstack.serve.cli import add_parser as add_serve
+    from lmstack.cli.serve import add_parser as add_serve
     add_serve(sub)
 
     data = sub.add_parser("data", help="datasets: the built-in suite, token shards")
@@ -128,19 +128,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--size", default="tiny",
                    help="tiny (~300KB corpus), small (~5MB), medium (~50MB), large (~300MB) or a size like 2MB")
     b.set_defaults(func=_data_builtin)
-    from lmstack.data.cli import add_prepare_parser
+    from lmstack.cli.data import add_prepare_parser
     add_prepare_parser(dsub)
 
-    from lmstack.train.cli import add_parser as add_train
+    from lmstack.cli.train import add_parser as add_train
     add_train(sub)
-    from lmstack.train.pref_cli import add_parsers as add_pref
+    from lmstack.cli.prefs import add_parsers as add_pref
     add_pref(sub)
 
     ev = sub.add_parser("eval", help="evaluation: perplexity, task harness, win rates, safety")
     esub = ev.add_subparsers(dest="eval_command", required=True)
     from lmstack.evaluate.perplexity import add_parser as add_ppl
     add_ppl(esub)
-    from lmstack.evaluate.cli import add_parsers as add_eval
+    from lmstack.cli.eval import add_parsers as add_eval
     add_eval(esub, sub)
     return parser
 

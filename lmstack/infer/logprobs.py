@@ -1,0 +1,140 @@
+"""The one log-probability kernel: log p(token | tokens before it), for every caller.
+
+`target_logprobs(logits, targets)` is the kernel; everything else here feeds it:
+- `sequence_logprobs(model, ids)`: a right-padded batch of sequences, with gradients when the caller
+  trains (DPO, PPO, GRPO, the SFT loss) and at a sampling temperature (PPO's old/new log-probs);
+- `token_logprobs(model, sequences)`: per-token lists (the server's echo, perplexity-style scoring);
+- `score_pairs(model, pairs)` / `loglikelihood(model, tokenizer, requests)`: lm-evaluation-harness's
+  contract, (context, continuation) -> summed log-prob and is-greedy, with the context/continuation
+  split done once (`encode_pair`, the harness's tokenisation) for the harness, FLAN's rank
+  classification, reward ranking and DPO references.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lmstack.errors import LmstackError
+
+
+def target_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                    entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log softmax(logits / temperature)[targets] per position ([..., T]), and optionally each position's
+    entropy. Computed in fp32 whatever the logits' dtype, so bf16 models score like fp32 ones."""
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp = F.log_softmax(logits, dim=-1)
+    lp = logp.gather(-1, targets[..., None])[..., 0]
+    if not entropy:
+        return lp, None
+    return lp, -(logp.exp() * logp).sum(-1)
+
+
+def sequence_logprobs(model, ids: torch.Tensor, temperature: float = 1.0, entropy: bool = False):
+    """log p(ids[:, t] | ids[:, :t]) for t >= 1: [B, T-1] (and the entropy of each step's distribution).
+    Right padding needs no mask: causal attention never lets a real token see the padding after it.
+    Logits are divided by the sampling temperature, so the log-probabilities are those of the distribution
+    the rollouts were drawn from. Keeps gradients: training losses call it."""
+    return target_logprobs(model(ids[:, :-1]), ids[:, 1:], temperature, entropy)
+
+
+@torch.inference_mode()
+def token_logprobs(model, sequences: list[list[int]], batch_size: int = 8) -> list[list[float]]:
+    """log p(token_t | tokens_<t) for every token after the first, per sequence (the server's echo)."""
+    out = []
+    device = next(model.parameters()).device
+    for s in range(0, len(sequences), batch_size):
+        chunk = sequences[s:s + batch_size]
+        T = max(len(x) for x in chunk)
+        ids = torch.zeros(len(chunk), T, dtype=torch.long)
+        for r, x in enumerate(chunk):
+            ids[r, : len(x)] = torch.tensor(x)
+        lp, _ = sequence_logprobs(model, ids.to(device))
+        for r, x in enumerate(chunk):
+            out.append(lp[r, : len(x) - 1].tolist())
+    return out
+
+
+# ---- lm-evaluation-harness's loglikelihood ------------------------------------------------------------------
+
+@dataclass
+class LLResult:
+    logprob: float  # sum of log p(continuation tokens | context)
+    is_greedy: bool  # every continuation token was the argmax
+    n_tokens: int
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Tokenise exactly as lm-evaluation-harness does: trailing whitespace of the context moves onto the
+    continuation (so " Paris" is one word token), and the continuation's tokens are the joint encoding
+    cut at the context's token count."""
+    n_space = len(context) - len(context.rstrip())
+    if n_space:
+        continuation = context[-n_space:] + continuation
+        context = context[:-n_space]
+    whole = tokenizer.encode(context + continuation)
+    ctx = tokenizer.encode(context)
+    return ctx, whole[len(ctx):]
+
+
+@torch.inference_mode()
+def score_pairs(model, pairs: list[tuple[list[int], list[int]]], batch_size: int = 16) -> list[LLResult]:
+    """Token-level: (context ids, continuation ids) -> LLResult. Long inputs keep their rightmost tokens."""
+    device = next(model.parameters()).device
+    ctx_len = model.cfg.max_seq_len
+    out: list[LLResult | None] = [None] * len(pairs)
+    # Longest first so that each batch pads little.
+    order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        seqs, conts = [], []
+        for i in idx:
+            c, x = pairs[i]
+            if not x:
+                raise LmstackError("loglikelihood: empty continuation")
+            if not c:
+                raise LmstackError("loglikelihood: empty context (give at least one token, e.g. BOS)")
+            full = (c + x)[-(ctx_len + 1):]
+            if len(x) >= len(full):
+                raise LmstackError(f"loglikelihood: continuation of {len(x)} tokens does not fit the context "
+                                   f"of {ctx_len}")
+            seqs.append(full)
+            conts.append(len(x))
+        T = max(len(q) for q in seqs)
+        ids = torch.zeros(len(seqs), T, dtype=torch.long)
+        for r, q in enumerate(seqs):
+            ids[r, : len(q)] = torch.tensor(q)
+        ids = ids.to(device)
+        logits = model(ids[:, :-1])
+        lp, _ = target_logprobs(logits, ids[:, 1:])
+        # argmax of the log-softmax, not of the raw logits: the same choice the scores were computed from
+        greedy = F.log_softmax(logits.float(), dim=-1).argmax(-1) == ids[:, 1:]
+        for r, (q, n) in enumerate(zip(seqs, conts)):
+            L = len(q) - 1
+            out[idx[r]] = LLResult(float(lp[r, L - n:L].sum()), bool(greedy[r, L - n:L].all()), n)
+    return out  # type: ignore[return-value]
+
+
+def encode_requests(tokenizer, requests: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    """Text (context, continuation) pairs as token pairs, BOS prepended when the tokenizer adds one."""
+    tok = tokenizer
+    pairs = []
+    for context, continuation in requests:
+        c, x = encode_pair(tok, context, continuation)
+        if tok.add_bos and tok.bos_id is not None and (not c or c[0] != tok.bos_id):
+            c = [tok.bos_id] + c
+        if not c:  # an empty context still needs one token to condition on
+            c = [tok.bos_id if tok.bos_id is not None else tok.eos_id]
+        pairs.append((c, x))
+    return pairs
+
+
+def loglikelihood(model, tokenizer, requests: list[tuple[str, str]], batch_size: int = 16) -> list[LLResult]:
+    """Text-level scoring through the model's tokenizer."""
+    if tokenizer is None:
+        raise LmstackError("this checkpoint has no tokenizer (tokenizer.json); pass token ids instead")
+    return score_pairs(model, encode_requests(tokenizer, requests), batch_size)
