@@ -37,13 +37,20 @@ def _timed(times: dict, name: str, fn):
 def build_models(out: Path, a, times: dict) -> dict:
     from lmstack.data.defaults import builtin_token_data
     from lmstack.data.records import write_jsonl
-    from lmstack.train.dpo import DPOConfig, dpo
-    from lmstack.train.ppo import PPOConfig, ppo
-    from lmstack.train.prefs import PrefConfig, load_prompts, suite_judge
-    from lmstack.train.pretrain import PretrainConfig, pretrain
-    from lmstack.train.rejection import RejectionConfig, rejection_sampling
-    from lmstack.train.reward import RewardConfig, reward, sample_rankings
-    from lmstack.train.sft import SFTConfig, sft
+    from lmstack.train.dpo import DPOConfig
+    from lmstack.train.dpo import run as dpo
+    from lmstack.train.labelling import sample_rankings
+    from lmstack.train.ppo import PPOConfig
+    from lmstack.train.ppo import run as ppo
+    from lmstack.train.prefdata import PrefConfig, load_prompts, suite_judge
+    from lmstack.train.pretrain import PretrainConfig
+    from lmstack.train.pretrain import run as pretrain
+    from lmstack.train.rejection import RejectionConfig
+    from lmstack.train.rejection import run as rejection_sampling
+    from lmstack.train.reward import RewardConfig
+    from lmstack.train.reward import run as reward
+    from lmstack.train.sft import SFTConfig
+    from lmstack.train.sft import run as sft
 
     suite = out / "data" / "suite"
     tokens = _timed(times, "data", lambda: builtin_token_data(out / "data", size="tiny", vocab_size=2048))
@@ -114,8 +121,8 @@ def test_prompts(suite: Path, n_tasks: int | None = None):
 def evaluate(p: dict, a, times: dict) -> dict:
     from lmstack.course.evaluation import answers_of, kl_from, reward_model_accuracy
     from lmstack.data.builtin import is_refusal, win_rate
-    from lmstack.train.prefs import suite_judge
-    from lmstack.train.reward import combine_rewards, load_reward_model
+    from lmstack.train.prefdata import suite_judge
+    from lmstack.train.rewards import combine_rewards, load_reward_model
 
     suite = p["suite"]
     panel = suite_judge(suite)
@@ -260,11 +267,12 @@ def speed(a) -> None:
     import lmstack
     from lmstack.infer.engine import generate
     from lmstack.infer.sampling import SamplingParams
-    from lmstack.model.checkpoint import LM
+    from lmstack.lm import LM
     from lmstack.model.config import preset
     from lmstack.model.transformer import Transformer
-    from lmstack.train.ppo import PPOConfig, ppo
-    from lmstack.train.reward import RewardModel, RewardNet, Rewards
+    from lmstack.train.ppo import PPOConfig
+    from lmstack.train.ppo import run as ppo
+    from lmstack.train.rewards import RewardModel, RewardNet, Rewards
 
     suite = Path(a.out) / "suite"
     from lmstack.data.builtin import build_suite

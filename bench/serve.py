@@ -44,7 +44,7 @@ def make_model(folder: Path) -> Path:
     """A random llama-mini with a byte-level BPE tokenizer trained on this repository's docs."""
     import torch
 
-    from lmstack.model.checkpoint import LM
+    from lmstack.lm import LM
     from lmstack.model.config import preset
     from lmstack.model.transformer import Transformer
     from lmstack.tokenizer import train_bpe

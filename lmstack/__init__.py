@@ -2,7 +2,8 @@
 
     import lmstack
     lm = lmstack.load("runs/demo/model")      # a checkpoint folder, a .gguf file or a hub name
-    logits = lm([1, 2, 3])                     # forward pass on token ids
+    logits = lm(lm.encode("Hello"))            # forward pass on token ids
+    print(lm.chat([{"role": "user", "content": "Hi"}], max_new_tokens=20))
     print(lm.generate("Once upon a time", max_new_tokens=20, temperature=0))
     lm.save("copy")
 """
@@ -14,7 +15,7 @@ __all__ = ["LM", "LmstackError", "ModelConfig", "PRESETS", "SamplingParams", "lo
 
 # Imported on first use, so that light tools (tokenizer workers, the data pipeline) do not pay for torch.
 _LAZY = {
-    "LM": "lmstack.model.checkpoint", "load": "lmstack.model.checkpoint", "save": "lmstack.model.checkpoint",
+    "LM": "lmstack.lm", "load": "lmstack.lm", "save": "lmstack.lm",
     "ModelConfig": "lmstack.model.config", "PRESETS": "lmstack.model.config", "preset": "lmstack.model.config",
     "SamplingParams": "lmstack.infer.sampling",
 }

@@ -25,7 +25,7 @@ def tiny_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_tokenizer):
     """A random llama-tiny with a real trained tokenizer: what engine and CLI tests decode with."""
-    from lmstack.model.checkpoint import LM
+    from lmstack.lm import LM
     from lmstack.model.config import preset
     from lmstack.model.transformer import Transformer
 

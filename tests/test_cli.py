@@ -1,5 +1,6 @@
 """The command line: outputs, and one-line errors (no traceback, non-zero exit) for bad input."""
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -108,3 +109,137 @@ def test_real_process_prints_no_traceback(tmp_path):
     p = subprocess.run([sys.executable, "-m", "lmstack", "generate", "--model", str(tmp_path), "--prompt", "x"],
                        capture_output=True, text=True)
     assert p.returncode == 1 and p.stderr.startswith("error: ") and "Traceback" not in p.stderr
+
+
+def _subparsers(parser, path=()):
+    """(command path, parser) for every subcommand, depth first."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, p in action.choices.items():
+                yield (*path, name), p
+                yield from _subparsers(p, (*path, name))
+
+
+def test_every_option_has_help():
+    import argparse
+    import re
+
+    from lmstack.cli import build_parser
+
+    missing = []
+    for path, p in _subparsers(build_parser()):
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                continue
+            if a.help is None or not re.sub(r"\(default: .*\)$", "", a.help).strip():
+                missing.append(f"{' '.join(path)} {'/'.join(a.option_strings) or a.dest}")
+    assert not missing, "options without a help line:\n" + "\n".join(missing)
+
+
+@pytest.mark.parametrize("name", __import__("lmstack.train.recipe", fromlist=["RECIPES"]).RECIPES)
+def test_recipe_help_lists_every_field(name, capsys):
+    import dataclasses
+
+    from lmstack.options import field_help
+    from lmstack.train.recipe import RECIPES
+
+    with pytest.raises(SystemExit) as e:
+        main([name, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    cfg_cls, run = RECIPES[name].load()
+    assert callable(run)
+    docs = field_help(cfg_cls)
+    for f in dataclasses.fields(cfg_cls):
+        flag = "--set" if f.name == "overrides" else "--" + f.name.replace("_", "-")
+        assert flag in out, (name, flag)
+        words = " ".join(docs.get(f.name, "<no #: comment>").split()[:3])
+        assert words in " ".join(out.split()), (name, f.name, words)
+
+
+def test_recipe_command_builds_the_config_and_prints_the_summary(capsys, monkeypatch):
+    """`lmstack <recipe>`: flags -> the config dataclass (bools, lists, tuples, --set) -> run(cfg) -> summary."""
+    import importlib
+
+    from lmstack.train.recipe import RECIPES, Result
+
+    cfg_cls, _ = RECIPES["pretrain"].load()
+    seen = {}
+
+    def fake_run(cfg, **hooks):
+        seen["cfg"] = cfg
+        return Result({"steps": cfg.steps, "final_loss": 1.5, "val_ppl": 4.0}, {"model": f"{cfg.out}/model"})
+
+    monkeypatch.setattr(importlib.import_module(RECIPES["pretrain"].module), "run", fake_run)
+    code, out, _ = run(capsys, "pretrain", "--data", "a", "b", "--steps", "7", "--compile", "--betas", "0.8", "0.9",
+                       "--set", "n_layer=3", "--out", "o")
+    cfg = seen["cfg"]
+    assert code == 0 and isinstance(cfg, cfg_cls)
+    assert (cfg.data, cfg.steps, cfg.compile, cfg.betas, cfg.overrides) == (["a", "b"], 7, True, (0.8, 0.9),
+                                                                            {"n_layer": 3})
+    assert cfg.lr == cfg_cls().lr  # untouched flags keep the dataclass's defaults
+    assert out == "done: 7 steps, final loss 1.5000, val perplexity 4.00; model in o/model\n"
+    one_line_error(*run(capsys, "pretrain", "--set", "n_layer")[::2], "KEY=VALUE")
+
+
+@dataclasses.dataclass
+class _Base:
+    steps: int = 10  #: optimizer steps
+    #: learning rate,
+    #: peak
+    lr: float = 1e-3
+    names: list[str] = dataclasses.field(default_factory=lambda: [
+        "a"])  #: which names
+
+
+@dataclasses.dataclass
+class _Child(_Base):
+    steps: int = 20
+    betas: tuple = (0.9, 0.95)  #: Adam betas
+    init_from: str | None = None  #: a checkpoint
+    flag: bool = False  #: a switch
+
+
+def test_field_help_reads_doc_comments_with_inherited_fields():
+    from lmstack.options import field_help
+
+    assert field_help(_Child) == {"steps": "optimizer steps", "lr": "learning rate, peak", "names": "which names",
+                                  "betas": "Adam betas", "init_from": "a checkpoint", "flag": "a switch"}
+
+
+def test_from_dict_checks_each_field():
+    from lmstack.errors import LmstackError
+    from lmstack.options import from_dict
+
+    c = from_dict(_Child, {"steps": 3, "lr": 1, "betas": [0.5, 0.6], "names": ["x", 2], "init_from": None},
+                  "my.yaml: stage s")
+    assert (c.steps, c.lr, c.betas, c.names, c.init_from, c.flag) == (3, 1, (0.5, 0.6), ["x", 2], None, False)
+    for bad, words in [({"stepz": 1}, ["unknown field 'stepz'", "steps"]), ({"lr": "3e-3"}, ["'lr'", "float"]),
+                       ({"steps": 1.5}, ["'steps'", "int"]), ({"flag": 1}, ["'flag'", "bool"]),
+                       ({"names": "a"}, ["'names'", "list"]), ({"betas": ["x"]}, ["'betas'"])]:
+        with pytest.raises(LmstackError) as e:
+            from_dict(_Child, bad, "my.yaml: stage s")
+        msg = str(e.value)
+        assert msg.startswith("my.yaml: stage s: ") and "\n" not in msg, msg
+        for w in words:
+            assert w in msg, (w, msg)
+
+
+def test_preference_command_lines_parse():
+    from lmstack.cli import build_parser
+
+    ap = build_parser()
+    a = ap.parse_args(["ppo", "--model", "m", "--reward-model", "rm", "--kl-target", "6", "--no-whiten-advantages"])
+    assert a.kl_target == 6.0 and a.whiten_advantages is False and callable(a.func)
+    a = ap.parse_args(["dpo", "--model", "m", "--loss", "ipo", "--lora"])
+    assert a.loss == "ipo" and a.lora
+    a = ap.parse_args(["reward", "--model", "m", "--subset", "safety", "--margin-scale", "0.1"])
+    assert a.subset == "safety" and a.margin_scale == 0.1
+    a = ap.parse_args(["grpo", "--model", "m", "--reward-rule", "exact_match", "--clusters", "arithmetic"])
+    assert a.clusters == ["arithmetic"]
+    a = ap.parse_args(["rejection-sampling", "--model", "m", "--samples", "8"])
+    assert a.samples == 8
+    a = ap.parse_args(["merge-lora", "--adapter", "ad", "--out", "o"])
+    assert (a.adapter, a.base, a.out) == ("ad", None, "o")

@@ -23,6 +23,89 @@ def test_unknown_stage_and_config(tmp_path):
         load_config("nope")
 
 
+def test_bad_stage_field_is_one_line_naming_stage_and_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stages:\n  - stage: data\n  - stage: pretrain\n    name: base\n    stepz: 3\n")
+    with pytest.raises(LmstackError) as e:
+        load_config(str(bad))
+    msg = str(e.value)
+    assert "\n" not in msg and "stage base" in msg and "'stepz'" in msg and str(bad) in msg, msg
+    bad.write_text("stages:\n  - stage: sft\n    lr: 3e-3\n")  # YAML 1.1 reads 3e-3 as a string
+    with pytest.raises(LmstackError, match=r"stage sft: field 'lr' expects float, got '3e-3'"):
+        load_config(str(bad))
+    bad.write_text("stages:\n  - stage: dpo\n    out: elsewhere\n")
+    with pytest.raises(LmstackError, match="stage dpo: 'out' is set by the pipeline"):
+        load_config(str(bad))
+    bad.write_text("sead: 1\nstages: []\n")
+    with pytest.raises(LmstackError, match="unknown field 'sead'"):
+        load_config(str(bad))
+
+
+def test_run_command_reports_a_bad_field_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stages:\n  - stage: evaluate\n    prompts: many\n")
+    assert main(["run", str(bad), "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "stage evaluate: field 'prompts' expects int" in err
+    assert not (tmp_path / "run" / "evaluate").exists()  # checked before any stage runs
+
+
+def test_every_recipe_takes_the_pipelines_bars():
+    import dataclasses
+
+    from lmstack.train.recipe import RECIPES
+
+    for name, r in RECIPES.items():
+        cfg_cls, _ = r.load()
+        assert "bars" in {f.name for f in dataclasses.fields(cfg_cls)}, name
+
+
+def _wired(config: str, paths: dict) -> dict:
+    """stage name -> the recipe config `lmstack run CONFIG` would build, given these context paths."""
+    from pathlib import Path
+
+    from lmstack.course.pipeline import Context, stage_config
+
+    cfg = load_config(config)
+    ctx = Context(Path("/run"), cfg, resume=False)
+    ctx.paths.update(paths)
+    out = {}
+    for st in cfg["stages"]:
+        name = st.get("name", st["stage"])
+        out[name] = stage_config(st, ctx, Path("/run") / name, name)
+    return out
+
+
+def test_tiny_cpu_stages_get_the_values_they_always_got():
+    """The defaults the stage functions used to inject (pretrain's preset ... ckpt_interval, sft's hold-out and
+    switches, the evaluation's sizes, quiet, seed) reach the recipes from the YAML and the dataclasses."""
+    paths = {"suite": "S", "tokens": "T", "base": "B", "sft": "F", "reward_model": "R", "safety_reward_model": "SR",
+             "sampled_rankings": "SRk", "sampled_rankings_test": "SRt"}
+    c = _wired("tiny-cpu", paths)
+    pre = c["pretrain"]
+    assert (pre.out, pre.data, pre.preset, pre.seq_len, pre.micro_batch, pre.steps, pre.lr, pre.warmup,
+            pre.eval_interval, pre.ckpt_interval, pre.seed, pre.resume, pre.quiet, pre.bars) == \
+        ("/run/pretrain", ["T"], "llama-mini", 256, 16, 320, 3e-3, 30, 160, 200, 0, False, True, True)
+    sft = c["sft"]
+    assert (sft.base, sft.suite, sft.hold_out, sft.steps, sft.ablation, sft.ablation_steps, sft.cluster_study,
+            sft.quiet) == ("B", "S", "commonsense", 240, True, 80, False, True)
+    ppo = c["ppo"]
+    assert (ppo.model, ppo.reward_model, ppo.safety_reward_model, ppo.safety_threshold, ppo.quiet) == \
+        ("F", "R", "SR", -2.0, True)
+    prefs = ["S/preferences/pairs.jsonl", "SRk"]
+    assert (c["dpo"].data, c["dpo"].val_data) == (prefs, ["S/preferences/pairs_test.jsonl"])
+    assert (c["reward_safety"].data, c["reward_safety"].sample_rankings) == \
+        (["S/preferences/rankings.jsonl", "SRk"], 0)
+    ev = c["evaluate"]
+    assert (ev.models, ev.reward_model, ev.sampled_rankings_test, ev.safety_threshold, ev.prompts, ev.kl_prompts,
+            ev.limit, ev.decoding_prompts, ev.prompting_items, ev.few_shot, ev.max_new_tokens, ev.bars) == \
+        ({"base": "B", "sft": "F"}, "R", "SRt", -2.0, 200, 64, 80, 48, 60, 3, 32, True)
+    assert (c["report"].run, c["report"].out) == ("/run", "/run/report")
+    # The first reward stage samples itself when no samples exist yet.
+    first = _wired("tiny-cpu", {k: v for k, v in paths.items() if not k.startswith("sampled")})["reward"]
+    assert (first.sample_rankings, first.data, first.sample_prompts) == (4, [], 1024)
+
+
 def test_mini_pipeline_runs_and_resumes(tmp_path, capsys):
     cfg = tmp_path / "mini.yaml"
     cfg.write_text("""
@@ -38,9 +121,12 @@ stages:
     steps: 4
     eval_interval: 4
     eval_batches: 2
+    ckpt_interval: 200
   - stage: sft
     hold_out: sentiment
     steps: 2
+    ablation: false
+    cluster_study: false
     micro_batch: 4
     seq_len: 128
     eval_items: 2
@@ -99,9 +185,8 @@ stages:
     dpo_cfg = json.loads((out / "dpo" / "dpo_config.json").read_text())
     for c in (safety_cfg, dpo_cfg):  # both learn from the first reward stage's ranked SFT samples
         assert str(out / "reward" / "sampled_rankings_train.jsonl") in c["data"], c["data"]
-    from lmstack.train import log
-
-    assert not log.PIPELINE_BARS  # restored for whatever the caller runs next
+    for c in (safety_cfg, dpo_cfg):  # progress bars are the pipeline's setting of each recipe, not a global
+        assert c["bars"] is True
     ev = json.loads((out / "evaluate" / "evaluation.json").read_text())
     assert set(ev["win_rates"]) == {"n", "reference", "ppo", "dpo"}
     assert set(ev["alignment"]) == {"base", "sft", "ppo", "dpo"}

@@ -13,21 +13,14 @@ so open and closed models run through the same commands.
 
 from __future__ import annotations
 
+from lmstack.errors import LmstackError
+
 from .base import Backend, LLResult, as_sampling, is_messages, per_prompt
+from .local import LocalBackend
+from .remote import OpenAIBackend
 
 __all__ = ["Backend", "LLResult", "LocalBackend", "OpenAIBackend", "add_backend_args", "as_sampling",
            "backend_from_args", "get_backend", "is_messages", "per_prompt"]
-
-
-def __getattr__(name):
-    # Imported lazily: the local backend pulls in torch, the remote one httpx.
-    if name == "LocalBackend":
-        from .local import LocalBackend
-        return LocalBackend
-    if name == "OpenAIBackend":
-        from .remote import OpenAIBackend
-        return OpenAIBackend
-    raise AttributeError(name)
 
 
 def get_backend(model, base_url: str | None = None, api_key_env: str | None = "OPENAI_API_KEY",
@@ -38,10 +31,8 @@ def get_backend(model, base_url: str | None = None, api_key_env: str | None = "O
     if isinstance(model, Backend):
         return model
     if base_url:
-        from .remote import OpenAIBackend
         return OpenAIBackend(str(model), base_url, api_key_env=api_key_env, chat=chat, concurrency=concurrency,
                              max_retries=max_retries, timeout=timeout, cache_dir=cache_dir)
-    from .local import LocalBackend
     return LocalBackend(model, batch_size=batch_size, dtype=dtype)
 
 
@@ -68,10 +59,10 @@ def add_backend_args(p, prefix: str = "", suffix: str = "", required: bool = Tru
         g = p.add_argument_group("backend options")
         g.add_argument("--cache", default=None, help="folder for the remote response cache (resume without paying twice)")
         g.add_argument("--concurrency", type=int, default=4, help="remote requests in flight")
-        g.add_argument("--max-retries", type=int, default=5)
+        g.add_argument("--max-retries", type=int, default=5, help="retries of a failed remote request (default: 5)")
         g.add_argument("--timeout", type=float, default=60.0, help="seconds per remote request")
         g.add_argument("--batch-size", type=int, default=16, help="local batch size")
-        g.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+        g.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="weights dtype of a local model (default: fp32)")
 
 
 def backend_from_args(args, prefix: str = "", suffix: str = "", model=None) -> Backend:
@@ -80,7 +71,6 @@ def backend_from_args(args, prefix: str = "", suffix: str = "", model=None) -> B
 
     m = model if model is not None else get("model")
     if m is None:
-        from lmstack.errors import LmstackError
         raise LmstackError(f"--{prefix}model{suffix} is required")
     return get_backend(m, base_url=get("base-url"), api_key_env=get("api-key-env", "OPENAI_API_KEY"),
                        chat=bool(get("chat-api", False)), cache_dir=getattr(args, "cache", None),

@@ -16,32 +16,13 @@ same commands; a chat-only API cannot score log-likelihoods and says so instead 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import fields
 
 from lmstack.errors import LmstackError
 from lmstack.infer.logprobs import LLResult
-from lmstack.infer.sampling import SamplingParams
+from lmstack.infer.sampling import SamplingParams, as_sampling
 
 Messages = list[dict]
 Prompt = str | Messages
-
-
-def as_sampling(sampling=None, **overrides) -> SamplingParams:
-    """A SamplingParams from None (greedy defaults), a dict or a SamplingParams, with overrides."""
-    if sampling is None:
-        base: dict = {"temperature": 0.0}
-    elif isinstance(sampling, SamplingParams):
-        base = {f.name: getattr(sampling, f.name) for f in fields(SamplingParams)}
-    elif isinstance(sampling, dict):
-        known = {f.name for f in fields(SamplingParams)}
-        bad = sorted(set(sampling) - known)
-        if bad:
-            raise LmstackError(f"unknown sampling field(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
-        base = {"temperature": 0.0, **sampling}
-    else:
-        raise LmstackError(f"sampling must be a dict or SamplingParams, got {type(sampling).__name__}")
-    base.update(overrides)
-    return SamplingParams(**base)
 
 
 def per_prompt(sampling, n: int) -> list[SamplingParams]:

@@ -1,16 +1,21 @@
 """A local lmstack or Hugging Face checkpoint behind the backend interface.
 
-Log-likelihoods go through `lmstack.evaluate.scoring` (lm-evaluation-harness's tokenisation rules),
-perplexity through `lmstack.evaluate.perplexity` (sliding windows), and generation through the one
-batched engine with a KV cache.
+Log-likelihoods and perplexity (sliding windows) go through the one log-prob kernel
+(`lmstack.infer.logprobs`, lm-evaluation-harness's tokenisation rules), and generation through the
+one batched engine with a KV cache.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 from lmstack.errors import LmstackError
-from lmstack.infer.logprobs import loglikelihood
+from lmstack.infer.engine import generate
+from lmstack.infer.logprobs import loglikelihood, perplexity
+from lmstack.lm import LM, load
+from lmstack.model.checkpoint import Checkpoint
 
 from .base import Backend, LLResult, Messages, Prompt, is_messages, per_prompt
 
@@ -18,17 +23,14 @@ from .base import Backend, LLResult, Messages, Prompt, is_messages, per_prompt
 class LocalBackend(Backend):
     def __init__(self, lm_or_path, batch_size: int = 16, dtype: str = "fp32", device: str | None = None):
         if isinstance(lm_or_path, (str, bytes)) or hasattr(lm_or_path, "__fspath__"):
-            import torch
-
-            import lmstack
-
             dt = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(dtype)
             if dt is None:
                 raise LmstackError(f"dtype {dtype!r}: use fp32 or bf16")
-            self.lm = lmstack.load(lm_or_path, dtype=dt)
+            self.lm = load(lm_or_path, dtype=dt)
             self.name = str(lm_or_path)
         else:
-            self.lm = lm_or_path
+            # a checkpoint built by a recipe (no generation methods of its own) gets the LM's
+            self.lm = LM.of(lm_or_path) if isinstance(lm_or_path, Checkpoint) else lm_or_path
             self.name = getattr(lm_or_path, "name", "local")
         if device:
             self.lm.to(device)
@@ -46,8 +48,6 @@ class LocalBackend(Backend):
         return loglikelihood(self.lm.model, self.lm.tokenizer, list(requests), batch_size=self.batch_size)
 
     def loglikelihood_rolling(self, texts: Sequence[str]) -> list[LLResult]:
-        from lmstack.evaluate.perplexity import perplexity
-
         tok = self.tokenizer
         out = []
         for text in texts:
@@ -71,8 +71,6 @@ class LocalBackend(Backend):
         raise LmstackError(f"generate: a prompt must be a string or a list of messages, got {type(prompt).__name__}")
 
     def generate(self, prompts: Sequence[Prompt], sampling=None) -> list[str]:
-        from lmstack.infer.engine import generate
-
         params = per_prompt(sampling, len(prompts))
         texts: list[str] = []
         ctx = self.lm.config.max_seq_len

@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
+
 from lmstack.errors import LmstackError
 
 from .base import Backend, LLResult, Prompt, is_messages, per_prompt
@@ -77,8 +79,6 @@ class OpenAIBackend(Backend):
     def __init__(self, model: str, base_url: str, api_key_env: str | None = "OPENAI_API_KEY", chat: bool = False,
                  concurrency: int = 4, max_retries: int = 5, timeout: float = 60.0, backoff: float = 1.0,
                  max_backoff: float = 30.0, cache_dir=None, extra_body: dict | None = None):
-        import httpx
-
         if not base_url or not base_url.startswith(("http://", "https://")):
             raise LmstackError(f"--base-url {base_url!r}: give the API's URL, e.g. https://api.openai.com/v1")
         self.model = model
@@ -110,8 +110,6 @@ class OpenAIBackend(Backend):
 
     def _post(self, path: str, payload: dict, parse):
         """POST with retries; `parse(json) -> result` runs before caching, so a bad response is never cached."""
-        import httpx
-
         url = f"{self.base_url}/{path}"
         payload = {"model": self.model, **payload, **self.extra_body}
         ckey = ResponseCache.key(url, payload) if self.cache is not None else None

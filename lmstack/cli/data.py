@@ -1,11 +1,34 @@
-"""`lmstack data prepare`: the command line over lmstack/data/prepare.py."""
+"""`lmstack data builtin|prepare`: the built-in suite, and token shards (lmstack/data/prepare.py)."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import time
 
-from lmstack.data.prepare import DOC_SPLITS
+from lmstack.data.builtin import build_suite, summary
+from lmstack.data.prepare import DOC_SPLITS, prepare
+
+
+def add_parser(sub) -> None:
+    data = sub.add_parser("data", help="datasets: the built-in suite, token shards")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    b = dsub.add_parser("builtin", help="generate the built-in suite (world, corpus, tasks, preferences)")
+    b.add_argument("--out", required=True, help="output folder")
+    b.add_argument("--seed", type=int, default=0, help="world seed (same seed and size -> same bytes)")
+    b.add_argument("--size", default="tiny",
+                   help="tiny (~300KB corpus), small (~5MB), medium (~50MB), large (~300MB) or a size like 2MB")
+    b.set_defaults(func=cmd_builtin)
+    add_prepare_parser(dsub)
+
+
+def cmd_builtin(args) -> int:
+
+
+    t0 = time.time()
+    print(summary(build_suite(args.out, seed=args.seed, size=args.size)))
+    print(f"wrote {args.out} in {time.time() - t0:.1f}s")
+    return 0
 
 
 def add_prepare_parser(data_subparsers) -> argparse.ArgumentParser:
@@ -34,7 +57,6 @@ def add_prepare_parser(data_subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_prepare(args) -> int:
-    from lmstack.data.prepare import prepare
 
     res = prepare(args.inputs, args.tokenizer, args.out, text_field=args.text_field, doc_split=args.doc_split,
                   val_fraction=args.val_fraction, val_inputs=args.val_inputs or None, seed=args.seed,

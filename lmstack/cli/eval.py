@@ -1,5 +1,6 @@
 """Command lines of the evaluation stage:
 
+    lmstack eval perplexity --model M --file val.txt [--max-length 128 --stride 64]
     lmstack eval run --tasks arc_easy,hellaswag --model runs/sft/model [--num-fewshot 5] [--out DIR]
     lmstack eval tasks                                   # the ready task configs
     lmstack eval winrate --model-a A --model-b B --judge annotators|reward|model
@@ -17,13 +18,59 @@ import json
 import sys
 from pathlib import Path
 
-from lmstack.backends import add_backend_args, backend_from_args
+from lmstack.backends import add_backend_args, as_sampling, backend_from_args
+from lmstack.course.card import summary_lines, write_card
+from lmstack.data.builtin import World
+from lmstack.data.builtin.annotators import judge_panel
+from lmstack.data.shards import TokenDataset
 from lmstack.errors import LmstackError
-from lmstack.evaluate.harness import STRATEGIES
-from lmstack.evaluate.sources import spread
+from lmstack.evaluate.config import expand_tasks, load_task, read_config_file, registry
+from lmstack.evaluate.harness import STRATEGIES, run_task
+from lmstack.evaluate.perplexity import perplexity
+from lmstack.evaluate.report import build_report
+from lmstack.evaluate.safety import (
+    AnnotatorSafetyJudge,
+    LLMSafetyJudge,
+    ScoreSafetyJudge,
+    alignment_table,
+    hallucination_eval,
+    load_toxicity_classifier,
+    safety_eval,
+)
+from lmstack.evaluate.sources import builtin_dir, builtin_records, read_records_file, spread
+from lmstack.evaluate.winrate import (
+    AnnotatorJudge,
+    LLMJudge,
+    RewardJudge,
+    load_scorer,
+    prompt_messages,
+    prompt_text,
+)
+from lmstack.infer.prompting import (
+    ANSWER_TRIGGER,
+    build_prompt,
+    select_examples,
+    self_consistency,
+    zero_shot_cot,
+)
+from lmstack.lm import load
+from lmstack.text import extract_answer
 
 
 def add_parsers(eval_subparsers, top_subparsers) -> None:
+    # ---- eval perplexity ----
+    p = eval_subparsers.add_parser("perplexity", help="perplexity of a model on a text file or prepared token data")
+    p.add_argument("--model", required=True, help="checkpoint folder, .gguf file or hub name")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--file", help="a text file")
+    src.add_argument("--data", help="a folder written by `lmstack data prepare`")
+    p.add_argument("--split", default="val", help="with --data: train or val")
+    p.add_argument("--max-length", type=int, default=None, help="window length (default: the model's context)")
+    p.add_argument("--stride", type=int, default=None, help="window step (default: max-length, no overlap)")
+    p.add_argument("--max-tokens", type=int, default=None, help="score at most this many tokens")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="weights dtype (default: fp32)")
+    p.set_defaults(func=cmd_perplexity)
+
     # ---- eval run ----
     p = eval_subparsers.add_parser("run", help="evaluate a model on tasks (task configs: YAML/JSON, ready or your own)")
     p.add_argument("--tasks", required=True, help="comma-separated task names, config files, wildcards (builtin_*) or groups")
@@ -41,8 +88,8 @@ def add_parsers(eval_subparsers, top_subparsers) -> None:
     add_backend_args(p, suffix="-b", required=False, what="model B", extras=False)
     p.add_argument("--answers-a", help="JSONL of A's answers (field answer/output/response), instead of --model-a")
     p.add_argument("--answers-b", help="JSONL of B's answers, instead of --model-b")
-    p.add_argument("--label-a", default=None)
-    p.add_argument("--label-b", default=None)
+    p.add_argument("--label-a", default=None, help="A's name in the table (default: from the path)")
+    p.add_argument("--label-b", default=None, help="B's name in the table (default: from the path)")
     _add_prompt_source(p)
     _add_judge_args(p, ("annotators", "reward", "model"))
     _add_generation_args(p, 128)
@@ -54,18 +101,20 @@ def add_parsers(eval_subparsers, top_subparsers) -> None:
     p.add_argument("--model", action="append", required=True, help="a model (repeat for base, SFT, aligned...)")
     p.add_argument("--name", action="append", default=None, help="column name per --model (default: from the path)")
     p.add_argument("--base-url", default=None, help="OpenAI-compatible API for the models (names then are API names)")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY")
-    p.add_argument("--chat-api", action="store_true")
-    for flag, kw in (("--cache", {}), ("--concurrency", {"type": int, "default": 4}),
-                     ("--max-retries", {"type": int, "default": 5}), ("--timeout", {"type": float, "default": 60.0}),
-                     ("--batch-size", {"type": int, "default": 16})):
-        p.add_argument(flag, **kw)
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the API key (default: OPENAI_API_KEY)")
+    p.add_argument("--chat-api", action="store_true", help="the API serves chat completions only")
+    p.add_argument("--cache", default=None, help="folder for the remote response cache (resume without paying twice)")
+    p.add_argument("--concurrency", type=int, default=4, help="remote requests in flight (default: 4)")
+    p.add_argument("--max-retries", type=int, default=5, help="retries of a failed remote request (default: 5)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per remote request (default: 60)")
+    p.add_argument("--batch-size", type=int, default=16, help="local batch size (default: 16)")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="weights dtype (default: fp32)")
     p.add_argument("--prompts", default=None, help="JSONL of requests with `unsafe` flags (default: the built-in suite's)")
     p.add_argument("--suite", default=None, help="built-in suite folder (default: built into the cache)")
-    p.add_argument("--suite-size", default="tiny")
-    p.add_argument("--suite-seed", type=int, default=0)
-    p.add_argument("--split", default="test")
+    p.add_argument("--suite-size", default="tiny", help="size of the suite built when --suite is not given")
+    p.add_argument("--suite-seed", type=int, default=0, help="seed of the suite built when --suite is not given")
+    p.add_argument("--split", default="test", help="the suite's split of safety requests and questions")
     p.add_argument("--limit", type=int, default=None, help="at most this many prompts per part")
     _add_judge_args(p, ("annotators", "reward", "model"))
     p.add_argument("--threshold", type=float, default=0.0, help="--judge reward: score >= threshold is safe")
@@ -74,7 +123,8 @@ def add_parsers(eval_subparsers, top_subparsers) -> None:
     p.add_argument("--toxicity-label", default=None, help="the classifier's toxic label (name or index)")
     p.add_argument("--truthfulness-task", default="builtin_closed_book_qa",
                    help="MC task for the truthfulness row (truthfulqa_mc1 with --data truthfulqa_mc1=FILE), or none")
-    p.add_argument("--data", action="append", default=[], metavar="TASK=FILE")
+    p.add_argument("--data", action="append", default=[], metavar="TASK=FILE",
+                   help="the truthfulness task on a JSONL/JSON file instead of its configured source")
     p.add_argument("--no-chat", action="store_true", help="send plain text prompts instead of chat messages")
     _add_generation_args(p, 64)
     p.add_argument("--out", default=None, help="folder for safety.json and per-item files")
@@ -86,17 +136,19 @@ def add_parsers(eval_subparsers, top_subparsers) -> None:
     p = psub.add_parser("run", help="answer one question with a prompting strategy")
     add_backend_args(p)
     p.add_argument("--question", default=None, help="the question (stdin if omitted)")
-    p.add_argument("--strategy", default="zero_shot", choices=[s for s in STRATEGIES if s != "default"])
+    p.add_argument("--strategy", default="zero_shot", choices=[s for s in STRATEGIES if s != "default"],
+                   help="prompting strategy (default: zero_shot)")
     p.add_argument("--instruction", default=None, help="an instruction put before everything")
     p.add_argument("--examples", default=None, help="JSONL of solved examples: question, answer[, rationale]")
-    p.add_argument("-k", "--num-fewshot", type=int, default=4, dest="k")
-    p.add_argument("--select", default="fixed", choices=["fixed", "random", "nearest"])
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("-k", "--num-fewshot", type=int, default=4, dest="k", help="solved examples in the prompt (default: 4)")
+    p.add_argument("--select", default="fixed", choices=["fixed", "random", "nearest"],
+                   help="which examples: the first k, random, or nearest to the question (default: fixed)")
+    p.add_argument("--seed", type=int, default=1234, help="random examples and sampled paths (default: 1234)")
     p.add_argument("--template", default="Q: {question}\nA:", help="how a question is written ({question})")
     p.add_argument("--extract", action="append", default=None, help="answer regex (group 1), repeatable")
     p.add_argument("--n", type=int, default=5, help="self-consistency: sampled reasoning paths")
     p.add_argument("--chat", action="store_true", help="send the prompt as a chat message")
-    p.add_argument("--show-prompt", action="store_true")
+    p.add_argument("--show-prompt", action="store_true", help="print the prompt sent to the model")
     _add_generation_args(p, 256)
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature (self-consistency: 0.7)")
     p.set_defaults(func=cmd_prompt_run)
@@ -104,25 +156,27 @@ def add_parsers(eval_subparsers, top_subparsers) -> None:
     p = psub.add_parser("compare", help="one task under several strategies: a table like the papers'")
     p.add_argument("--task", required=True, help="a task name or config file")
     add_backend_args(p)
-    p.add_argument("--strategies", default="zero_shot,few_shot,cot,zero_shot_cot,self_consistency")
+    p.add_argument("--strategies", default="zero_shot,few_shot,cot,zero_shot_cot,self_consistency",
+                   help="comma-separated strategies, one table row each")
     _add_task_options(p, strategy=False)
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=None, help="folder for the comparison table and per-strategy results")
     p.set_defaults(func=cmd_prompt_compare)
 
     # ---- report ----
     p = top_subparsers.add_parser("report", help="a Markdown report card (tables, PNG plots) of a run folder")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a `lmstack run` folder, or a folder of run folders")
     p.add_argument("--out", default=None, help="Markdown file (default RUN_DIR/report/report.md)")
-    p.add_argument("--title", default=None)
+    p.add_argument("--title", default=None, help="the card's title")
     p.set_defaults(func=cmd_report)
 
 
 def _add_task_options(p, strategy: bool = True) -> None:
     g = p.add_argument_group("task options")
     g.add_argument("--num-fewshot", type=int, default=None, help="examples in the prompt (default: the config's)")
-    g.add_argument("--fewshot-select", default=None, choices=["fixed", "random", "nearest"])
+    g.add_argument("--fewshot-select", default=None, choices=["fixed", "random", "nearest"],
+                   help="how few-shot examples are picked (default: the config's)")
     if strategy:
-        g.add_argument("--strategy", default=None, choices=STRATEGIES)
+        g.add_argument("--strategy", default=None, choices=STRATEGIES, help="prompting strategy (default: the config's)")
     g.add_argument("--limit", type=int, default=None, help="the first N items of each task")
     g.add_argument("--chat", action="store_true", default=None, help="wrap prompts in the model's chat template")
     g.add_argument("--mc-mode", default=None, choices=["loglikelihood", "generate"],
@@ -132,7 +186,7 @@ def _add_task_options(p, strategy: bool = True) -> None:
                    help="evaluate TASK on a JSONL/JSON file instead of its configured source (repeatable)")
     g.add_argument("--seed", type=int, default=None, help="random few-shot examples, sampled paths, bootstrap "
                    "(default: the config's fewshot.seed)")
-    g.add_argument("--bootstrap-iters", type=int, default=1000)
+    g.add_argument("--bootstrap-iters", type=int, default=1000, help="bootstrap resamples for the stderr (default: 1000)")
     g.add_argument("--max-new-tokens", type=int, default=None, help="override the task's generation length")
 
 
@@ -140,9 +194,9 @@ def _add_prompt_source(p) -> None:
     p.add_argument("--prompts", default="builtin",
                    help="JSONL of prompts (messages or prompt), or 'builtin' (the suite's test prompts + safety)")
     p.add_argument("--suite", default=None, help="built-in suite folder (default: built into the cache)")
-    p.add_argument("--suite-size", default="tiny")
-    p.add_argument("--suite-seed", type=int, default=0)
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--suite-size", default="tiny", help="size of the suite built when --suite is not given")
+    p.add_argument("--suite-seed", type=int, default=0, help="seed of the suite built when --suite is not given")
+    p.add_argument("--limit", type=int, default=None, help="at most this many prompts")
     p.add_argument("--no-chat", action="store_true", help="send plain text prompts instead of chat messages")
 
 
@@ -157,7 +211,7 @@ def _add_judge_args(p, kinds) -> None:
 
 
 def _add_generation_args(p, max_new_tokens: int) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help=f"answer length (default: {max_new_tokens})")
 
 
 def _data_map(items) -> dict:
@@ -180,7 +234,6 @@ def _task_kwargs(args) -> dict:
 # ---- eval run / tasks ----------------------------------------------------------------------------------------
 
 def cmd_run(args) -> int:
-    from lmstack.evaluate.config import expand_tasks, load_task
     from lmstack.evaluate.harness import evaluate, format_table
 
     for name in expand_tasks(args.tasks):  # config errors before paying for a model load
@@ -196,7 +249,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_tasks(args) -> int:
-    from lmstack.evaluate.config import read_config_file, registry
 
     print(f"{'task':<28} {'type':<16} source")
     for name, path in registry().items():
@@ -211,14 +263,12 @@ def cmd_tasks(args) -> int:
 # ---- prompts and answers for winrate / safety ------------------------------------------------------------------
 
 def _suite(args):
-    from lmstack.evaluate.sources import builtin_dir
 
     return builtin_dir(args.suite_seed, args.suite_size, args.suite)
 
 
 def load_prompts(args) -> list[dict]:
 
-    from lmstack.evaluate.sources import read_records_file
 
     if args.prompts == "builtin":
         d = _suite(args)
@@ -234,7 +284,6 @@ def load_prompts(args) -> list[dict]:
 
 def _read_answers(path: str, n: int) -> list[str]:
 
-    from lmstack.evaluate.sources import read_records_file
 
     recs = read_records_file(Path(path), "jsonl")
     out = []
@@ -249,8 +298,6 @@ def _read_answers(path: str, n: int) -> list[str]:
 
 
 def _generate_answers(backend, prompts, args) -> list[str]:
-    from lmstack.backends import as_sampling
-    from lmstack.evaluate.winrate import prompt_messages, prompt_text
 
     sp = as_sampling(None, max_new_tokens=args.max_new_tokens)
     reqs = [prompt_text(p) + "\n" for p in prompts] if args.no_chat else [prompt_messages(p) for p in prompts]
@@ -268,34 +315,26 @@ def _label(model: str | None, fallback: str) -> str:
 
 def _make_judge(args, prompts, safety: bool = False):
     if args.judge == "annotators":
-        from lmstack.data.builtin import World
-        from lmstack.data.builtin.annotators import judge_panel
 
         if getattr(args, "suite", None) or args.prompts in (None, "builtin"):
             world = World.from_json(_suite(args) / "world.json")
         else:
             world = None  # the rules still judge refusals and harmful compliance by keywords
         if safety:
-            from lmstack.evaluate.safety import AnnotatorSafetyJudge
             return AnnotatorSafetyJudge(world)
-        from lmstack.evaluate.winrate import AnnotatorJudge
         return AnnotatorJudge(judge_panel(world, n=3, flip_prob=args.flip_prob), records=prompts)
     if args.judge == "reward":
         if not args.reward_fn:
             raise LmstackError("--judge reward needs --reward-fn module:function (or a reward-model folder)")
-        from lmstack.evaluate.winrate import RewardJudge, load_scorer
         scorer = load_scorer(args.reward_fn)
         if safety:
-            from lmstack.evaluate.safety import ScoreSafetyJudge
             return ScoreSafetyJudge(scorer, args.threshold)
         return RewardJudge(scorer, name=args.reward_fn)
     if not args.judge_model:
         raise LmstackError("--judge model needs --judge-model (and --judge-base-url for an API)")
     judge_backend = backend_from_args(args, prefix="judge-")
     if safety:
-        from lmstack.evaluate.safety import LLMSafetyJudge
         return LLMSafetyJudge(judge_backend)
-    from lmstack.evaluate.winrate import LLMJudge
     return LLMJudge(judge_backend)
 
 
@@ -323,29 +362,53 @@ def cmd_winrate(args) -> int:
     if res.n_unparsed:
         print(f"note: {res.n_unparsed} judge answers could not be parsed; their pairs count as ties", file=sys.stderr)
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
         d = {**res.rates(), "judge": getattr(judge, "name", args.judge), "model_a": la, "model_b": lb}
-        (out / "winrate.json").write_text(json.dumps(d, indent=2) + "\n")
-        with open(out / "samples_winrate.jsonl", "w", encoding="utf-8") as f:
-            for it in res.items:
+        _write_out(args.out, "winrate.json", d, {"samples_winrate.jsonl": res.items}, ensure_ascii=True)
+    return 0
+
+
+def _write_out(out, name: str, obj: dict, samples: dict[str, list], ensure_ascii: bool = False) -> None:
+    """<out>/<name> (JSON) and one JSONL file of per-item records per entry of `samples`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / name).write_text(json.dumps(obj, indent=2, ensure_ascii=ensure_ascii) + "\n")
+    for file, items in samples.items():
+        with open(out / file, "w", encoding="utf-8") as f:
+            for it in items:
                 f.write(json.dumps(it, ensure_ascii=False) + "\n")
-        print(f"wrote {out / 'winrate.json'}")
+    print(f"wrote {out / name}")
+
+
+# ---- eval perplexity ---------------------------------------------------------------------------------------------
+
+def cmd_perplexity(args) -> int:
+    import torch
+
+
+    lm = load(args.model, dtype=args.dtype)
+    if args.file:
+        try:
+            text = Path(args.file).read_text(encoding="utf-8")
+        except (FileNotFoundError, UnicodeDecodeError) as e:
+            raise LmstackError(f"{args.file}: {e.__class__.__name__}: {e}") from None
+        lm._need_tokenizer()
+        ids = lm.tokenizer.encode(text)
+        n_bytes = len(text.encode("utf-8"))
+        if args.max_tokens:
+            n_bytes = int(n_bytes * min(1.0, args.max_tokens / max(1, len(ids))))
+            ids = ids[: args.max_tokens]
+    else:
+        ds = TokenDataset(args.data, args.split)
+        ids = torch.from_numpy(ds.tokens[: args.max_tokens or ds.n_tokens].astype("int64"))
+        n_bytes = None
+    res = perplexity(lm.model, ids, args.max_length, args.stride, n_bytes=n_bytes)
+    print(json.dumps(res, indent=2))
     return 0
 
 
 # ---- eval safety --------------------------------------------------------------------------------------------------
 
 def cmd_safety(args) -> int:
-    from lmstack.data.builtin import World
-    from lmstack.evaluate.harness import run_task
-    from lmstack.evaluate.safety import (
-        alignment_table,
-        hallucination_eval,
-        load_toxicity_classifier,
-        safety_eval,
-    )
-    from lmstack.evaluate.sources import builtin_records, read_records_file
 
     suite = _suite(args)
     world = World.from_json(suite / "world.json")
@@ -389,31 +452,15 @@ def cmd_safety(args) -> int:
         per_model[name] = (s.items, h.items)
     print(alignment_table(columns))
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "safety.json").write_text(json.dumps({"models": columns}, indent=2, ensure_ascii=False) + "\n")
-        for name, (si, hi) in per_model.items():
-            for kind, items in (("safety", si), ("hallucination", hi)):
-                with open(out / f"samples_{kind}_{name}.jsonl", "w", encoding="utf-8") as f:
-                    for it in items:
-                        f.write(json.dumps(it, ensure_ascii=False) + "\n")
-        print(f"wrote {out / 'safety.json'}")
+        _write_out(args.out, "safety.json", {"models": columns},
+                   {f"samples_{kind}_{name}.jsonl": items for name, (si, hi) in per_model.items()
+                    for kind, items in (("safety", si), ("hallucination", hi))})
     return 0
 
 
 # ---- prompt run / compare ---------------------------------------------------------------------------------------
 
 def cmd_prompt_run(args) -> int:
-    from lmstack.backends import as_sampling
-    from lmstack.evaluate.sources import read_records_file
-    from lmstack.infer.prompting import (
-        ANSWER_TRIGGER,
-        build_prompt,
-        select_examples,
-        self_consistency,
-        zero_shot_cot,
-    )
-    from lmstack.text import extract_answer
 
     question = args.question if args.question is not None else sys.stdin.read().strip()
     if not question:
@@ -473,7 +520,6 @@ def cmd_prompt_run(args) -> int:
 
 
 def cmd_prompt_compare(args) -> int:
-    from lmstack.evaluate.config import load_task
     from lmstack.evaluate.harness import format_table, run_task, save_results
 
     cfg = load_task(args.task)
@@ -512,10 +558,8 @@ def compare_table(results) -> str:
 # ---- report ------------------------------------------------------------------------------------------------------
 
 def cmd_report(args) -> int:
-    from lmstack.evaluate.report import build_report
 
     if (Path(args.run_dir) / "pipeline.json").exists():  # a `lmstack run` folder: the course's report card
-        from lmstack.evaluate.card import summary_lines, write_card
 
         path, checks = write_card(args.run_dir, args.out, args.title)
         print("\n".join(summary_lines(checks)))

@@ -5,27 +5,34 @@ from __future__ import annotations
 import sys
 
 from lmstack.errors import LmstackError
+from lmstack.infer.engine import generate, stream
+from lmstack.infer.sampling import SamplingParams
+from lmstack.lm import load
 
 
 def add_sampling_args(p) -> None:
     g = p.add_argument_group("sampling")
-    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most (default: 64)")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--min-p", type=float, default=0.0)
-    g.add_argument("--repetition-penalty", type=float, default=1.0)
-    g.add_argument("--frequency-penalty", type=float, default=0.0)
-    g.add_argument("--presence-penalty", type=float, default=0.0)
+    g.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest tokens (default: 0, off)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0, off)")
+    g.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x the top probability (default: 0, off)")
+    g.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="transformers' penalty on tokens already seen (default: 1.0, off)")
+    g.add_argument("--frequency-penalty", type=float, default=0.0,
+                   help="OpenAI's penalty per earlier occurrence in the output (default: 0)")
+    g.add_argument("--presence-penalty", type=float, default=0.0,
+                   help="OpenAI's penalty on tokens present in the output (default: 0)")
     g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--num-beams", type=int, default=1)
-    g.add_argument("--length-penalty", type=float, default=1.0)
-    g.add_argument("--early-stopping", default="false", choices=["true", "false", "never"])
+    g.add_argument("--seed", type=int, default=None, help="sampling seed (default: unseeded)")
+    g.add_argument("--num-beams", type=int, default=1, help="beam search width (default: 1, no beam search)")
+    g.add_argument("--length-penalty", type=float, default=1.0,
+                   help="beam scores divided by length ** this (default: 1.0)")
+    g.add_argument("--early-stopping", default="false", choices=["true", "false", "never"],
+                   help="when beam search stops, as in transformers (default: false)")
 
 
 def sampling_from_args(args):
-    from lmstack.infer.sampling import SamplingParams
 
     es = {"true": True, "false": False, "never": "never"}[args.early_stopping]
     return SamplingParams(
@@ -42,24 +49,22 @@ def add_parser(sub) -> None:
     g.add_argument("--prompt", action="append", help="prompt text (repeatable: one batch); stdin if omitted")
     g.add_argument("--chat", action="store_true", help="wrap each prompt as a user message in the chat template")
     g.add_argument("--stream", action="store_true", help="print tokens as they are generated")
-    g.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    g.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="weights dtype (default: fp32)")
     add_sampling_args(g)
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("chat", help="interactive chat in the terminal (/reset, /exit)")
-    c.add_argument("--model", required=True)
+    c.add_argument("--model", required=True, help="checkpoint folder, .gguf file or hub name")
     c.add_argument("--system", default=None, help="system prompt")
-    c.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    c.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="weights dtype (default: fp32)")
     add_sampling_args(c)
     c.set_defaults(func=cmd_chat, max_new_tokens=256)
 
 
 def cmd_generate(args) -> int:
-    import lmstack
-    from lmstack.infer.engine import generate, stream
 
     sp = sampling_from_args(args)
-    lm = lmstack.load(args.model, dtype=args.dtype)
+    lm = load(args.model, dtype=args.dtype)
     lm._need_tokenizer()
     prompts = args.prompt if args.prompt else [sys.stdin.read()]
     ids = [lm.chat_ids([{"role": "user", "content": p}]) if args.chat else lm.encode(p) for p in prompts]
@@ -81,11 +86,9 @@ def cmd_generate(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    import lmstack
-    from lmstack.infer.engine import stream
 
     sp = sampling_from_args(args)
-    lm = lmstack.load(args.model, dtype=args.dtype)
+    lm = load(args.model, dtype=args.dtype)
     lm._need_tokenizer()
     system = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(system)

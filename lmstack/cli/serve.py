@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
+from lmstack.cli.common import dispatch
 from lmstack.errors import LmstackError
+from lmstack.lm import load
 
 
 def add_parser(sub) -> None:
@@ -17,7 +18,7 @@ def add_parser(sub) -> None:
 def add_arguments(p) -> None:
     p.add_argument("--model", required=True, help="checkpoint folder, .gguf file or hub name")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on every endpoint but /health "
                         "(default: the LMSTACK_API_KEY environment variable, if set)")
@@ -26,12 +27,13 @@ def add_arguments(p) -> None:
                    help="requests that may wait for a batch slot; more are answered 429 (default 256)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take in all (default 600)")
     p.add_argument("--model-name", default=None, help="the model id clients send (default: the folder's name)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="weights dtype (default fp32)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for the model (default on CPU: all cores but one, left to the HTTP loop; "
                         "OMP_NUM_THREADS if set)")
-    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
+                   help="uvicorn's log level (default warning)")
     p.set_defaults(func=cmd_serve)
 
 
@@ -39,8 +41,7 @@ def build(args):
     """The app and its settings from parsed arguments (the model loaded), for `serve` and for tests."""
     import torch
 
-    import lmstack
-    from lmstack.serve.app import ServerConfig, create_app
+    from lmstack.serve.app import ServerConfig, create_app  # optional: fastapi (the [serve] extra)
 
     for name, v in (("--max-batch", args.max_batch), ("--max-queue", args.max_queue)):
         if v < 1:
@@ -54,7 +55,7 @@ def build(args):
         # The event loop (parsing, JSON, SSE writes) needs a core of its own: intra-op threads that
         # compete with it for every core stall each other at every operator.
         torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
-    lm = lmstack.load(args.model, device=device, dtype=args.dtype)
+    lm = load(args.model, device=device, dtype=args.dtype)
     api_key = args.api_key if args.api_key is not None else os.environ.get("LMSTACK_API_KEY") or None
     name = args.model_name or Path(str(args.model).rstrip("/")).name or str(args.model)
     cfg = ServerConfig(model_name=name, api_key=api_key, max_batch=args.max_batch, max_queue=args.max_queue,
@@ -81,9 +82,4 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m lmstack.serve", description=__doc__.splitlines()[0])
     add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return args.func(args) or 0
-    except LmstackError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return dispatch(p.parse_args(argv))

@@ -16,18 +16,16 @@ def add_parser(subparsers) -> None:
 
     t = sub.add_parser("train", help="train a byte-level BPE tokenizer on text files")
     t.add_argument("--files", nargs="+", required=True, help="text files or glob patterns (quote them)")
-    t.add_argument("--vocab-size", type=int, required=True)
+    t.add_argument("--vocab-size", type=int, required=True, help="tokens in the vocabulary, special ones included")
     t.add_argument(
         "--special", nargs="*", default=[], help="special tokens beyond " + " ".join(DEFAULT_SPECIAL_TOKENS)
     )
-    t.add_argument("--min-frequency", type=int, default=2)
+    t.add_argument("--min-frequency", type=int, default=2, help="least count of a pair to merge (default: 2)")
     t.add_argument("--out", required=True, help="folder to write tokenizer.json and tokenizer_config.json to")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("encode", help="print token ids of text (argument or stdin)")
-    e.add_argument(
-        "--tokenizer", required=True, help="tokenizer folder, tokenizer.json, or model checkpoint folder"
-    )
+    _add_tokenizer_arg(e)
     e.add_argument("text", nargs="?", help="text to encode; read from stdin when omitted")
     e.add_argument("--add-bos", action="store_true", help="prepend the bos token")
     e.add_argument(
@@ -39,12 +37,14 @@ def add_parser(subparsers) -> None:
     e.set_defaults(func=cmd_encode)
 
     d = sub.add_parser("decode", help="print the text of token ids (arguments or stdin)")
-    d.add_argument(
-        "--tokenizer", required=True, help="tokenizer folder, tokenizer.json, or model checkpoint folder"
-    )
+    _add_tokenizer_arg(d)
     d.add_argument("ids", nargs="*", help="token ids; read from stdin when omitted")
-    d.add_argument("--skip-special", action="store_true")
+    d.add_argument("--skip-special", action="store_true", help="leave special tokens out of the text")
     d.set_defaults(func=cmd_decode)
+
+
+def _add_tokenizer_arg(p) -> None:
+    p.add_argument("--tokenizer", required=True, help="tokenizer folder, tokenizer.json, or model checkpoint folder")
 
 
 def cmd_train(args) -> None:

@@ -14,25 +14,16 @@ import math
 import platform
 from pathlib import Path
 
+from lmstack.data.curves import read_metrics
 from lmstack.errors import LmstackError
 from lmstack.evaluate.metrics import wilson_interval
-from lmstack.train.log import read_metrics
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from lmstack.evaluate.report import pyplot, read_json, stacked_bars
+from lmstack.evaluate.safety import alignment_table
 
 
 def _read(path: Path):
     """A JSON file the run wrote, or None when the stage did not run; a corrupt file is an error naming it."""
-    from lmstack.evaluate.report import _read_json
-
-    return _read_json(path) if Path(path).exists() else None
+    return read_json(path) if Path(path).exists() else None
 
 
 def _pct(x) -> str:
@@ -45,7 +36,7 @@ def _num(x, fmt: str = ".3f") -> str:
 
 def _curve(png: Path, panels: list[tuple[str, list[tuple[str, list, list]]]], title: str) -> None:
     """panels: (y label, [(series label, xs, ys)])."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.4), squeeze=False)
     for ax, (ylabel, series) in zip(axes[0], panels):
         for label, xs, ys in series:
@@ -68,7 +59,7 @@ def _series(recs: list[dict], key: str) -> tuple[list, list]:
 
 def _bars(png: Path, groups: list[str], series: dict[str, list[float]], ylabel: str, title: str,
           ylim=None) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4.5, 1.2 * len(groups) * max(1, len(series)) / 2 + 2), 3.4))
     w = 0.8 / max(1, len(series))
     for j, (name, vals) in enumerate(series.items()):
@@ -213,21 +204,9 @@ def _preference(ev: dict, run: Path, stages: dict, plots: Path, s: dict) -> list
                      f"{w[k]['annotator_score_sampled']:.2f} / {w[k]['annotator_score']:.2f} |")
         ref = w["reference"]
         L.append(f"| sft | | | 0 | {ref['annotator_score_sampled']:.2f} / {ref['annotator_score']:.2f} |")
-        plt = _plt()
         rows = [(f"{k} ({m})", w[k][m]) for k in pols for m in ("sampled", "greedy")]
-        fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.3))
-        for i, (_, c) in enumerate(rows):
-            left = 0.0
-            for key, color in (("win", "#4c72b0"), ("tie", "#c0c0c0"), ("loss", "#dd8452")):
-                ax.barh(i, 100 * c[key], left=left, color=color, label=key if i == 0 else None)
-                left += 100 * c[key]
-        ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=8)
-        ax.set_xlim(0, 100)
-        ax.set_xlabel("% of prompts, against SFT")
-        ax.legend(fontsize=8, ncol=3, loc="lower right")
-        fig.tight_layout()
-        fig.savefig(plots / "win_rates.png", dpi=110)
-        plt.close(fig)
+        stacked_bars(rows, plots / "win_rates.png", xlabel="% of prompts, against SFT", row_height=0.5, pad=1.3,
+                     annotate=False)
         L += ["", "![win rates](plots/win_rates.png)", ""]
         s["win"] = {k: w[k] for k in pols}
     return L if len(L) > 2 else []
@@ -247,7 +226,7 @@ def _decoding(ev: dict, plots: Path) -> list[str]:
     for k, v in st.items():
         L.append(f"| {k} | {v['distinct_1']:.3f} | {v['distinct_2']:.3f} | {_pct(v['differ_across_samples'])} | "
                  f"{v['annotator_score']:.2f} | {_pct(v['exact_match'])} | {v['mean_words']:.1f} |")
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for k, v in st.items():
         ax.scatter(v["distinct_2"], v["annotator_score"], s=40)
@@ -284,8 +263,6 @@ def _prompting(ev: dict, plots: Path) -> list[str]:
 
 
 def _alignment(ev: dict, plots: Path, s: dict) -> list[str]:
-    from lmstack.evaluate.safety import alignment_table
-
     cols = ev.get("alignment")
     if not cols:
         return []

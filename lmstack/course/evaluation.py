@@ -19,14 +19,27 @@ from pathlib import Path
 
 import torch
 
+from lmstack.backends.local import LocalBackend
+from lmstack.data.builtin import World, agreement, win_rate
+from lmstack.data.builtin.annotators import assess
+from lmstack.data.records import read_jsonl
 from lmstack.errors import LmstackError
+from lmstack.evaluate.config import load_task
+from lmstack.evaluate.harness import run_task
+from lmstack.evaluate.metrics import distinct_n
+from lmstack.evaluate.safety import AnnotatorSafetyJudge, hallucination_eval, safety_eval
+from lmstack.evaluate.sources import builtin_records, read_records_file, spread
+from lmstack.infer.engine import generate
+from lmstack.infer.sampling import SamplingParams
+from lmstack.lm import load
+from lmstack.train.prefdata import load_comparisons, right_pad, suite_judge
+from lmstack.train.rewards import combine_rewards, load_reward_model
+from lmstack.train.rl import Rollouts, policy_logprobs
 
 
 def held_out_prompts(suite, n_tasks: int | None = None, safety: bool = True) -> list[dict]:
     """The test split's instruction-style task records (spread over tasks) and its safety requests,
     each with `prompt` = its messages minus the reference answer."""
-    from lmstack.data.records import read_jsonl
-    from lmstack.evaluate.sources import spread
 
     suite = Path(suite)
     recs = spread([r for r in read_jsonl(suite / "tasks" / "test.jsonl") if r["style"] == "instruction"], n_tasks)
@@ -39,16 +52,13 @@ def held_out_prompts(suite, n_tasks: int | None = None, safety: bool = True) -> 
 
 def _lm(model):
     """A checkpoint path loaded, or an already loaded LM as it is (callers load each model once)."""
-    import lmstack
 
-    return lmstack.load(model) if isinstance(model, (str, Path)) else model
+    return load(model) if isinstance(model, (str, Path)) else model
 
 
 @torch.no_grad()
 def answers_of(model, recs, max_new: int, temperature: float = 0.0, seed: int = 0, **sampling):
     """Completions of a checkpoint (path or loaded LM) for the records' chat prompts, and the prompt ids."""
-    from lmstack.infer.engine import generate
-    from lmstack.infer.sampling import SamplingParams
 
     lm = _lm(model)
     room = max(1, lm.config.max_seq_len - max_new)  # too long: keep the rightmost tokens (the question)
@@ -66,8 +76,6 @@ def answers_of(model, recs, max_new: int, temperature: float = 0.0, seed: int = 
 @torch.no_grad()
 def kl_from(policy, ref, recs, max_new: int, seed: int = 1) -> float:
     """Monte-Carlo KL(pi || pi_ref) per answer: sample from pi, sum log pi - log pi_ref over answer tokens."""
-    from lmstack.train.ppo import Rollouts, policy_logprobs
-    from lmstack.train.prefs import right_pad
 
     pol = _lm(policy)
     comps, ids = answers_of(pol, recs, max_new, temperature=1.0, seed=seed)
@@ -93,9 +101,6 @@ def reward_model_accuracy(suite, reward_model: str, safety_reward_model: str = "
 
     `held_out` maps a name to comparison files (default: the suite's `preferences/pairs_test.jsonl`). With a
     safety RM, rows for each RM on its own prompts and for Llama 2's combination on all of them."""
-    from lmstack.data.builtin import agreement
-    from lmstack.train.prefs import load_comparisons, suite_judge
-    from lmstack.train.reward import combine_rewards, load_reward_model
 
     suite = Path(suite)
     panel = suite_judge(suite)
@@ -148,9 +153,6 @@ def win_rates(suite, recs, policies: dict[str, str], reference: str, max_new: in
               kl_prompts: int = 64) -> dict:
     """Win / tie / loss of each policy against the reference (majority of the annotator panel), with greedy
     answers and with answers sampled at temperature 1 (the distribution PPO optimises); KL(policy || ref)."""
-    from lmstack.data.builtin import win_rate
-    from lmstack.evaluate.sources import spread
-    from lmstack.train.prefs import suite_judge
 
     panel = suite_judge(Path(suite))
 
@@ -179,13 +181,6 @@ def alignment_columns(suite, models: dict[str, str], limit: int = 80, truthfulne
                       max_new: int = 48) -> dict:
     """Per checkpoint: refusals of harmful requests (and of harmless look-alikes), hallucination on closed-book
     QA, truthfulness (multiple-choice accuracy on the world's facts), as `alignment_table` renders them."""
-    import lmstack
-    from lmstack.backends.local import LocalBackend
-    from lmstack.data.builtin import World
-    from lmstack.evaluate.config import load_task
-    from lmstack.evaluate.harness import run_task
-    from lmstack.evaluate.safety import AnnotatorSafetyJudge, hallucination_eval, safety_eval
-    from lmstack.evaluate.sources import builtin_records, read_records_file, spread
 
     suite = Path(suite)
     world = World.from_json(suite / "world.json")
@@ -197,7 +192,7 @@ def alignment_columns(suite, models: dict[str, str], limit: int = 80, truthfulne
     judge = AnnotatorSafetyJudge(world)
     cols = {}
     for name, path in models.items():
-        be = LocalBackend(lmstack.load(path))
+        be = LocalBackend(load(path))
         s = safety_eval(be, safety_recs, judge, {"max_new_tokens": max_new})
         h = hallucination_eval(be, qa, world, {"max_new_tokens": 32, "stop": ["\n"]})
         t = run_task(truth, be, limit=truthfulness_limit, bootstrap_iters=100)
@@ -222,15 +217,11 @@ def decoding_study(model, suite, n_prompts: int = 48, samples: int = 2, max_new:
     """The same held-out prompts decoded under each setting: diversity (distinct-1/2 over all answers, and
     the share of prompts whose sampled answers differ) beside quality (the unbiased annotator's score, exact
     match with the reference)."""
-    import lmstack
-    from lmstack.data.builtin.annotators import assess
-    from lmstack.evaluate.metrics import distinct_n
-    from lmstack.train.prefs import suite_judge
 
     suite = Path(suite)
     panel = suite_judge(suite)
     recs = held_out_prompts(suite, n_prompts, safety=False)
-    lm = lmstack.load(model)
+    lm = load(model)
     out = {"n_prompts": len(recs), "samples_per_prompt": samples, "settings": {}}
     for name, sp in (settings or DECODING).items():
         t0 = time.time()
@@ -254,15 +245,11 @@ def decoding_study(model, suite, n_prompts: int = 48, samples: int = 2, max_new:
 def prompting_study(model, suite, strategies=("zero_shot", "few_shot", "cot", "self_consistency"), limit: int = 60,
                     k: int = 4, sc_samples: int = 5, task: str = "builtin_arithmetic_gen", chat: bool = False) -> dict:
     """One task under several prompting strategies (Wei et al.'s and Wang et al.'s tables), exact match."""
-    import lmstack
-    from lmstack.backends.local import LocalBackend
-    from lmstack.evaluate.config import load_task
-    from lmstack.evaluate.harness import run_task
 
     cfg = load_task(task)
     if "builtin" in cfg.source:
         cfg.source = {"builtin": {**cfg.source["builtin"], "dir": str(suite)}}
-    be = LocalBackend(lmstack.load(model))
+    be = LocalBackend(load(model))
     rows = {}
     for s in strategies:
         r = run_task(cfg, be, strategy=s, num_fewshot=0 if s in ("zero_shot", "zero_shot_cot") else k, limit=limit,

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lmstack.data.builtin import build_suite
+from lmstack.data.prepare import prepare
+from lmstack.tokenizer import Tokenizer, train_bpe
+
 
 def builtin_token_data(out: str | Path, size: str = "tiny", seed: int = 0, vocab_size: int = 2048,
                        progress: bool = False) -> Path:
     """out/suite (the suite), out/tokenizer (byte-level BPE), out/tokens (prepared shards). Returns out/tokens."""
-    from lmstack.data.builtin import build_suite
-    from lmstack.data.prepare import prepare
-    from lmstack.tokenizer import Tokenizer, train_bpe
-
     out = Path(out)
     suite, tok_dir, tokens = out / "suite", out / "tokenizer", out / "tokens"
     if not (suite / "manifest.json").exists():

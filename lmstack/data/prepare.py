@@ -34,8 +34,10 @@ from itertools import chain
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from lmstack.errors import LmstackError
+from lmstack.tokenizer import Tokenizer
 
 FORMAT = "lmstack-tokens-v1"
 SPLITS = ("train", "val")
@@ -123,7 +125,7 @@ def _check_hf(spec: str) -> None:
         raise LmstackError(
             f"hf:{name}: the Hugging Face hub is offline (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set); "
             "unset it, or download the dataset and pass its files")
-    try:
+    try:  # optional: datasets
         import datasets  # noqa: F401
     except ImportError:
         raise LmstackError(f"hf:{name}: reading Hugging Face datasets needs `pip install datasets`") from None
@@ -274,7 +276,7 @@ def _jsonl_docs(src: Source, text_field: str, skips: Skips) -> Iterator[tuple[st
 
 
 def _parquet_docs(src: Source, text_field: str, skips: Skips) -> Iterator[tuple[str, int]]:
-    try:
+    try:  # optional: pyarrow
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
@@ -304,7 +306,7 @@ def _parquet_docs(src: Source, text_field: str, skips: Skips) -> Iterator[tuple[
 
 
 def _hf_docs(src: Source, text_field: str, skips: Skips) -> Iterator[tuple[str, int]]:
-    import datasets
+    import datasets  # optional: datasets (checked before any reading starts)
 
     name, config, split = parse_hf_spec(src.spec)
     try:
@@ -556,10 +558,6 @@ def prepare(
 
     With `val_inputs`, those sources are the validation split and `val_fraction` is not used.
     """
-    from tqdm.auto import tqdm
-
-    from lmstack.tokenizer import Tokenizer
-
     if doc_split is not None and doc_split not in DOC_SPLITS:
         raise LmstackError(f"--doc-split {doc_split!r}: expected one of {', '.join(DOC_SPLITS)}")
     if not 0.0 <= val_fraction < 1.0:

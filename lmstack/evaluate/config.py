@@ -25,9 +25,13 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import yaml
+
+from lmstack.backends import as_sampling
 from lmstack.errors import LmstackError
 
 from .sources import validate_source
+from .templating import Template
 
 TASK_DIR = Path(__file__).parent / "tasks"
 TYPES = ("multiple_choice", "generate", "perplexity")
@@ -142,8 +146,6 @@ def task_from_dict(d: dict, where: str = "task config") -> TaskConfig:
 
 
 def validate(cfg: TaskConfig, where: str) -> None:
-    from lmstack.backends import as_sampling
-
     if cfg.type not in TYPES:
         raise LmstackError(f"{where}: type {cfg.type!r}: use one of {', '.join(TYPES)}")
     cfg.source = validate_source(cfg.source, f"{where}: source")
@@ -169,8 +171,6 @@ def validate(cfg: TaskConfig, where: str) -> None:
         cfg.answer.regex = [cfg.answer.regex]
     as_sampling(cfg.generation)  # unknown or invalid sampling fields fail here, naming the field
     # Compile every template now, so syntax errors surface before any model call.
-    from .templating import Template
-
     for name in ("prompt", "description", "text"):
         if getattr(cfg, name):
             Template(getattr(cfg, name), f"{where}: {name}")
@@ -191,8 +191,6 @@ def read_config_file(path: Path) -> dict:
     try:
         if path.suffix == ".json":
             return json.loads(text)
-        import yaml
-
         return yaml.safe_load(text)
     except (json.JSONDecodeError, Exception) as e:  # yaml.YAMLError and JSON errors alike
         raise LmstackError(f"{path}: invalid {'JSON' if path.suffix == '.json' else 'YAML'}: "

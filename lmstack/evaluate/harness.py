@@ -20,8 +20,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from lmstack.backends import as_sampling
 from lmstack.errors import LmstackError
 from lmstack.infer.prompting import (
+    TfIdf,
     build_prompt,
     select_examples,
     self_consistency,
@@ -29,7 +33,7 @@ from lmstack.infer.prompting import (
 )
 from lmstack.text import exact_match, extract_answer, match_choice
 
-from .config import TaskConfig, load_task
+from .config import TaskConfig, expand_tasks, load_task
 from .metrics import bootstrap_stderr, mc_scores, ppl_aggs
 from .sources import load_records, with_split
 from .templating import Template
@@ -110,20 +114,134 @@ def _resolve_strategy(cfg: TaskConfig, strategy: str | None, num_fewshot: int | 
     return k, False, False
 
 
-def run_task(cfg: TaskConfig | str, backend, strategy: str | None = None, num_fewshot: int | None = None,
-             fewshot_select: str | None = None, limit: int | None = None, chat: bool | None = None,
-             mc_mode: str | None = None, sc_samples: int | None = None, generation: dict | None = None,
-             seed: int | None = None, bootstrap_iters: int = 1000, data: str | None = None, log=None) -> TaskResult:
-    """Evaluate one task. `data` replaces the task's source with a JSONL/JSON file (and few-shot
-    examples given as a split of the original source are then drawn from that file, minus the item).
-    `seed` (default: the config's fewshot.seed) drives random few-shot selection, sampled paths and
-    the bootstrap."""
-    from lmstack.backends import as_sampling
+# ---- stage 0: a task's items, prompts and fields ---------------------------------------------------------------
 
+@dataclass
+class Request:
+    """One backend call for one item: `loglikelihood` (context, continuation), `loglikelihood_rolling`
+    (text,) or `generate_until` (prompt, sampling); `result` is filled by `run_requests`."""
+    type: str
+    args: tuple
+    item: int
+    result: object = None
+
+
+@dataclass
+class TaskRun:
+    """One task between the stages: its records, prompts, resolved strategy and requests."""
+    cfg: TaskConfig
+    where: str
+    records: list
+    n_available: int
+    contexts: list
+    strategy: str
+    k: int
+    use_rationale: bool
+    zs_cot: bool
+    chat: bool
+    mc_generate: bool
+    seed: int
+    templates: dict
+    sc_samples: int | None = None
+    generation: dict | None = None
+    log: object = None
+    requests: list = field(default_factory=list)
+    outputs: list | None = None  # multi-step strategies (self-consistency, zero-shot CoT): {output, pred, extra}
+    seconds: float = 0.0
+
+
+def choices_of(run: TaskRun, rec, i):
+    cfg, t = run.cfg, run.templates["choices"]
+    if cfg.choices is None:
+        return None
+    c = t(rec, i) if t else list(cfg.choices)
+    if not isinstance(c, (list, tuple)) or not c or not all(isinstance(x, (str, int, float)) for x in c):
+        raise LmstackError(f"{run.where} (record {i}): choices must be a non-empty list of strings, got {c!r:.200}")
+    return [str(x) for x in c]
+
+
+def target_of(run: TaskRun, rec, i):
+    t = run.templates["target"]
+    return t(rec, i) if t else run.cfg.target
+
+
+def targets_text(run: TaskRun, rec, i) -> list[str]:
+    t = target_of(run, rec, i)
+    ts = [str(x) for x in t] if isinstance(t, (list, tuple)) else [str(t)]
+    if not ts:
+        raise LmstackError(f"{run.where} (record {i}): empty target")
+    return ts
+
+
+def _templates(cfg: TaskConfig, where: str, first: dict) -> dict:
+    prompt_t = Template(cfg.prompt, f"{where}: prompt")
+    if cfg.type != "perplexity":  # perplexity scores `text` alone
+        prompt_t.check(first)
+    desc_t = Template(cfg.description, f"{where}: description") if cfg.description else None
+    if desc_t:
+        desc_t.check(first)
+    choices_t = Template(cfg.choices, f"{where}: choices", expression=True) if isinstance(cfg.choices, str) else None
+    target_t = Template(cfg.target, f"{where}: target", expression=True) if isinstance(cfg.target, str) else None
+    for t in (choices_t, target_t):
+        if t:
+            t.check(first)
+    return {"prompt": prompt_t, "description": desc_t, "choices": choices_t, "target": target_t}
+
+
+def _fewshot_pool(cfg: TaskConfig, source: dict, all_records: list, data, where: str, base) -> tuple[list, bool]:
+    """The records few-shot examples are drawn from, and whether that is the evaluated set itself."""
+    fs = cfg.fewshot.source
+    if fs is not None and set(fs) == {"split"}:
+        fs = None if data or not ({"hf", "builtin"} & set(source)) else with_split(source, fs["split"])
+    if fs is None:
+        return all_records, True
+    return load_records(fs, f"{where}: fewshot.source", base), False
+
+
+def _contexts(run: TaskRun, pool: list, same_pool: bool, select: str) -> list[str]:
+    """description + k solved examples + the query, per item (lm-evaluation-harness's layout)."""
+    cfg, prompt_t, desc_t = run.cfg, run.templates["prompt"], run.templates["description"]
+    k = run.k
+    ans_t = None
+    if k > 0:
+        if pool:
+            prompt_t.check(pool[0], "few-shot records")
+        src = cfg.fewshot.rationale if run.use_rationale else cfg.fewshot.target
+        ans_t = Template(src, f"{run.where}: fewshot.{'rationale' if run.use_rationale else 'target'}") if src else None
+
+    def example_answer(ex, j):
+        if ans_t:
+            return ans_t(ex, j)
+        if cfg.type == "multiple_choice":
+            return choices_of(run, ex, j)[_gold(target_of(run, ex, j), choices_of(run, ex, j), run.where, j)[0]]
+        return targets_text(run, ex, j)[0]
+
+    index = TfIdf([prompt_t(ex, j) for j, ex in enumerate(pool)]) if k > 0 and select == "nearest" else None
+    same = cfg.fewshot.same
+    contexts = []
+    for i, rec in enumerate(run.records if cfg.type != "perplexity" else []):
+        query = prompt_t(rec, i)
+        examples = []
+        if k > 0:
+            def exclude(ex, rec=rec):
+                return (same_pool and ex is rec) or (same is not None and ex.get(same) != rec.get(same))
+
+            chosen = select_examples(pool, k, select, seed=run.seed, query=query, exclude=exclude, query_index=i,
+                                     index=index)
+            examples = [(prompt_t(ex, j), example_answer(ex, j)) for j, ex in enumerate(chosen)]
+        desc = desc_t(rec, i) if desc_t else ""
+        contexts.append(build_prompt(query, examples, desc, cfg.fewshot.delimiter, cfg.target_delimiter))
+    return contexts
+
+
+def prepare_task(cfg: TaskConfig | str, strategy: str | None = None, num_fewshot: int | None = None,
+                 fewshot_select: str | None = None, limit: int | None = None, chat: bool | None = None,
+                 mc_mode: str | None = None, sc_samples: int | None = None, generation: dict | None = None,
+                 seed: int | None = None, data: str | None = None, log=None) -> TaskRun:
+    """Load a task's records and lay out each item's prompt (arguments as `run_task`'s)."""
     t0 = time.time()
     if isinstance(cfg, str):
         cfg = load_task(cfg)
-    rng_seed = cfg.fewshot.seed if seed is None else seed
     where = f"task {cfg.task}" + (f" ({cfg.path})" if cfg.path else "")
     base = Path(cfg.path).parent if cfg.path else None
     source = {"jsonl": data} if data else cfg.source
@@ -136,222 +254,250 @@ def run_task(cfg: TaskConfig | str, backend, strategy: str | None = None, num_fe
     if limit and limit > n_available:
         print(f"note: {cfg.task}: --limit {limit} but the task has {n_available} items; all {n_available} are scored",
               file=log or sys.stderr)
-    chat = cfg.chat if chat is None else chat
     strategy = strategy or "default"
     k, use_rationale, zs_cot = _resolve_strategy(cfg, strategy, num_fewshot, where)
-    select = fewshot_select or cfg.fewshot.select
-
-    prompt_t = Template(cfg.prompt, f"{where}: prompt")
-    if cfg.type != "perplexity":  # perplexity scores `text` alone
-        prompt_t.check(records[0])
-    desc_t = Template(cfg.description, f"{where}: description") if cfg.description else None
-    if desc_t:
-        desc_t.check(records[0])
-    choices_t = Template(cfg.choices, f"{where}: choices", expression=True) if isinstance(cfg.choices, str) else None
-    target_t = Template(cfg.target, f"{where}: target", expression=True) if isinstance(cfg.target, str) else None
-    for t in (choices_t, target_t):
-        if t:
-            t.check(records[0])
-
-    def choices_of(rec, i):
-        if cfg.choices is None:
-            return None
-        c = choices_t(rec, i) if choices_t else list(cfg.choices)
-        if not isinstance(c, (list, tuple)) or not c or not all(isinstance(x, (str, int, float)) for x in c):
-            raise LmstackError(f"{where} (record {i}): choices must be a non-empty list of strings, got {c!r:.200}")
-        return [str(x) for x in c]
-
-    def target_of(rec, i):
-        return target_t(rec, i) if target_t else cfg.target
-
-    def targets_text(rec, i) -> list[str]:
-        t = target_of(rec, i)
-        ts = [str(x) for x in t] if isinstance(t, (list, tuple)) else [str(t)]
-        if not ts:
-            raise LmstackError(f"{where} (record {i}): empty target")
-        return ts
-
-    # ---- few-shot examples -----------------------------------------------------------------------------
-    pool, same_pool = [], False
-    if k > 0:
-        fs = cfg.fewshot.source
-        if fs is not None and set(fs) == {"split"}:
-            fs = None if data or not ({"hf", "builtin"} & set(source)) else with_split(source, fs["split"])
-        if fs is None:
-            pool, same_pool = all_records, True
-        else:
-            pool = load_records(fs, f"{where}: fewshot.source", base)
-        if pool:
-            prompt_t.check(pool[0], "few-shot records")
-    ans_t = None
-    if k > 0:
-        src = cfg.fewshot.rationale if use_rationale else cfg.fewshot.target
-        ans_t = Template(src, f"{where}: fewshot.{'rationale' if use_rationale else 'target'}") if src else None
-
-    def example_answer(ex, j):
-        if ans_t:
-            return ans_t(ex, j)
-        if cfg.type == "multiple_choice":
-            return choices_of(ex, j)[_gold(target_of(ex, j), choices_of(ex, j), where, j)[0]]
-        return targets_text(ex, j)[0]
-
-    index = None
-    if k > 0 and select == "nearest":
-        from lmstack.infer.prompting import TfIdf
-        index = TfIdf([prompt_t(ex, j) for j, ex in enumerate(pool)])
-
-    same = cfg.fewshot.same
-    contexts, queries = [], []
-    for i, rec in enumerate(records if cfg.type != "perplexity" else []):
-        query = prompt_t(rec, i)
-        examples = []
-        if k > 0:
-            def exclude(ex, rec=rec):
-                return (same_pool and ex is rec) or (same is not None and ex.get(same) != rec.get(same))
-
-            chosen = select_examples(pool, k, select, seed=cfg.fewshot.seed if seed is None else seed,
-                                     query=query, exclude=exclude, query_index=i, index=index)
-            examples = [(prompt_t(ex, j), example_answer(ex, j)) for j, ex in enumerate(chosen)]
-        desc = desc_t(rec, i) if desc_t else ""
-        contexts.append(build_prompt(query, examples, desc, cfg.fewshot.delimiter, cfg.target_delimiter))
-        queries.append(query)
-
-    def wrap(text):
-        return [{"role": "user", "content": text}] if chat else text
-
-    samples: list[dict] = []
-    n_invalid = 0
-    truncated_before = getattr(backend, "stats", {}).get("truncated_prompts", 0)
-    scored_by = "loglikelihood"
+    templates = _templates(cfg, where, records[0])
     mc_generate = cfg.type == "multiple_choice" and (mc_mode == "generate" or strategy in (
         "cot", "zero_shot_cot", "self_consistency"))
+    run = TaskRun(cfg, where, records, n_available, [], strategy, k, use_rationale, zs_cot,
+                  cfg.chat if chat is None else chat, mc_generate, cfg.fewshot.seed if seed is None else seed,
+                  templates, sc_samples, generation, log)
+    pool, same_pool = _fewshot_pool(cfg, source, all_records, data, where, base) if k > 0 else ([], False)
+    run.contexts = _contexts(run, pool, same_pool, fewshot_select or cfg.fewshot.select)
     if mc_mode not in (None, "loglikelihood", "generate"):
         raise LmstackError(f"--mc-mode {mc_mode!r}: use loglikelihood or generate")
+    run.seconds = time.time() - t0
+    return run
 
-    # ---- multiple choice by log-likelihood ---------------------------------------------------------------
-    if cfg.type == "multiple_choice" and not mc_generate:
-        reqs, items = [], []
-        for i, (rec, ctx) in enumerate(zip(records, contexts)):
-            choices = choices_of(rec, i)
-            gold = _gold(target_of(rec, i), choices, where, i)
-            if chat:
+
+# ---- stage 1: requests -----------------------------------------------------------------------------------------
+
+def scored_by(run: TaskRun) -> str:
+    if run.cfg.type == "perplexity":
+        return "loglikelihood_rolling"
+    return "loglikelihood" if run.cfg.type == "multiple_choice" and not run.mc_generate else "generation"
+
+
+def _samplings(run: TaskRun):
+    """(plain answers, reasoning) sampling settings: reasoning needs room (cot.max_new_tokens), unless the
+    caller set the length explicitly."""
+    sp = as_sampling(run.cfg.generation, **(run.generation or {}))
+    cot_len = (run.generation or {}).get("max_new_tokens") or max(sp.max_new_tokens, run.cfg.cot.max_new_tokens)
+    return sp, as_sampling(sp, max_new_tokens=cot_len)
+
+
+def build_requests(run: TaskRun, backend) -> list[Request]:
+    """The task's typed requests, one or more per item. Multi-step strategies (self-consistency,
+    zero-shot CoT) issue their own calls in `run_strategies` and build none here."""
+    cfg, reqs = run.cfg, []
+    by = scored_by(run)
+    if by == "loglikelihood":
+        for i, (rec, ctx) in enumerate(zip(run.records, run.contexts)):
+            if run.chat:
                 c, delim = backend.chat_context([{"role": "user", "content": ctx}]), ""
             else:
                 c, delim = ctx, cfg.target_delimiter
-            items.append((choices, gold, len(reqs)))
-            reqs += [(c, delim + ch) for ch in choices]
-        res = backend.loglikelihood(reqs)
-        if len(res) != len(reqs):
-            raise LmstackError(f"{where}: the backend scored {len(res)} of {len(reqs)} requests")
-        for i, (choices, gold, s) in enumerate(items):
-            lls = [r.logprob for r in res[s:s + len(choices)]]
-            sc = mc_scores(lls, choices, gold)
-            samples.append({"idx": i, "prompt": contexts[i], "choices": choices, "target": gold,
-                            "logprobs": lls, "logprobs_norm": sc["logprobs_norm"],
-                            "is_greedy": [r.is_greedy for r in res[s:s + len(choices)]],
-                            "pred": choices[sc["pred"]], "pred_norm": choices[sc["pred_norm"]],
-                            "acc": sc["acc"], "acc_norm": sc["acc_norm"], "mc2": sc["mc2"],
-                            "correct": bool(sc["acc"])})
+            choices = choices_of(run, rec, i)
+            _gold(target_of(run, rec, i), choices, run.where, i)  # a bad target fails before any scoring
+            reqs += [Request("loglikelihood", (c, delim + ch), i) for ch in choices]
+    elif by == "loglikelihood_rolling":
+        text_t = Template(cfg.text or cfg.prompt, f"{run.where}: {'text' if cfg.text else 'prompt'}")
+        text_t.check(run.records[0])
+        reqs = [Request("loglikelihood_rolling", (text_t(r, i),), i) for i, r in enumerate(run.records)]
+    elif run.strategy != "self_consistency" and not run.zs_cot:
+        sp, cot_sp = _samplings(run)
+        sampling = cot_sp if run.use_rationale else sp
+        reqs = [Request("generate_until", ([{"role": "user", "content": c}] if run.chat else c, sampling), i)
+                for i, c in enumerate(run.contexts)]
+    run.requests = reqs
+    return reqs
 
-    # ---- generation (and multiple choice read from generated text) --------------------------------------
-    elif cfg.type in ("generate", "multiple_choice"):
-        scored_by = "generation"
-        sp = as_sampling(cfg.generation, **(generation or {}))
-        # Reasoning needs room (cot.max_new_tokens), unless the caller set the length explicitly.
-        cot_len = (generation or {}).get("max_new_tokens") or max(sp.max_new_tokens, cfg.cot.max_new_tokens)
-        cot_sp = as_sampling(sp, max_new_tokens=cot_len)
-        ans = cfg.answer
 
-        def extract(text):
-            return extract_answer(text, ans.regex, ans.match, ans.fallback)
+# ---- stage 2: run them, batched by type across tasks -------------------------------------------------------------
 
-        per_item_choices = [choices_of(r, i) for i, r in enumerate(records)] if cfg.type == "multiple_choice" else None
-
-        def extractor(i):
-            if per_item_choices is None:
-                return extract
-
-            def pick(text, choices=per_item_choices[i]):
-                j = match_choice(extract(text), choices)
-                return None if j is None else choices[j]
-            return pick
-
-        extra = [{} for _ in records]
-        if strategy == "self_consistency":
-            n = sc_samples or cfg.self_consistency.n
-            sc_sp = as_sampling(cot_sp, temperature=cfg.self_consistency.temperature, top_p=cfg.self_consistency.top_p)
-            res = self_consistency(backend, contexts, n, [extractor(i) for i in range(len(records))], sc_sp,
-                                   seed=rng_seed, zero_shot=zs_cot, chat=chat, answer_trigger=cfg.cot.answer_trigger)
-            preds = [r["answer"] for r in res]
-            outputs = [r["paths"][0]["text"] if r["paths"] else "" for r in res]
-            extra = [{"votes": r["votes"], "paths": r["paths"]} for r in res]
-        elif zs_cot:
-            res = zero_shot_cot(backend, contexts, cot_sp, trigger=cfg.cot.trigger,
-                                answer_trigger=cfg.cot.answer_trigger, chat=chat)
-            outputs = [r["rationale"] for r in res]
-            preds = [extractor(i)(r["answer_text"]) for i, r in enumerate(res)]
-            extra = [{"answer_text": r["answer_text"]} for r in res]
+def run_requests(requests: list[Request], backend) -> None:
+    """One backend call per request type (and, for generation, per sampling setting) over all requests
+    given, whichever tasks they come from; fills each request's `result`."""
+    groups: list[tuple[tuple, list[Request]]] = []  # sampling settings are compared, not hashed
+    for r in requests:
+        key = (r.type, r.args[1]) if r.type == "generate_until" else (r.type,)
+        for k, group in groups:
+            if k == key:
+                group.append(r)
+                break
         else:
-            outputs = backend.generate([wrap(c) for c in contexts], cot_sp if use_rationale else sp)
-            if len(outputs) != len(contexts):
-                raise LmstackError(f"{where}: the backend answered {len(outputs)} of {len(contexts)} prompts")
-            preds = [extractor(i)(o) for i, o in enumerate(outputs)]
-        for i, (rec, pred) in enumerate(zip(records, preds)):
-            invalid = pred is None
-            n_invalid += invalid
-            s = {"idx": i, "prompt": contexts[i], "output": outputs[i], "extracted": pred, "invalid": invalid}
-            if cfg.type == "multiple_choice":
-                choices = per_item_choices[i]
-                gold = _gold(target_of(rec, i), choices, where, i)
-                ok = pred is not None and choices.index(pred) in gold
-                s.update(choices=choices, target=gold, pred=pred, acc=float(ok), correct=ok)
-            else:
-                refs = targets_text(rec, i)
-                em = exact_match(pred, refs, ans.normalize)
-                s.update(target=refs, pred=pred, exact_match=em, correct=bool(em))
-            s.update(extra[i])
-            samples.append(s)
-        if cfg.type == "multiple_choice":
-            unsupported = [m for m in cfg.metrics if m != "acc"]
-            if unsupported:
-                print(f"note: {cfg.task}: scored by generation, so only acc is reported (not {', '.join(unsupported)})",
-                      file=log or sys.stderr)
+            groups.append((key, [r]))
+    for key, group in groups:
+        if key[0] == "loglikelihood":
+            res = backend.loglikelihood([r.args for r in group])
+        elif key[0] == "loglikelihood_rolling":
+            res = backend.loglikelihood_rolling([r.args[0] for r in group])
+        else:
+            res = backend.generate([r.args[0] for r in group], key[1])
+        if len(res) != len(group):
+            verb = "answered" if key[0] == "generate_until" else "scored"
+            raise LmstackError(f"the backend {verb} {len(res)} of {len(group)} {key[0]} requests")
+        for r, x in zip(group, res):
+            r.result = x
 
-    # ---- perplexity ------------------------------------------------------------------------------------
+
+def _extractor(run: TaskRun, choices):
+    ans = run.cfg.answer
+
+    def extract(text):
+        return extract_answer(text, ans.regex, ans.match, ans.fallback)
+
+    if choices is None:
+        return extract
+
+    def pick(text):
+        j = match_choice(extract(text), choices)
+        return None if j is None else choices[j]
+    return pick
+
+
+def run_strategies(run: TaskRun, backend) -> None:
+    """Self-consistency and zero-shot CoT: several dependent calls per item, through infer.prompting."""
+    if scored_by(run) != "generation" or not (run.strategy == "self_consistency" or run.zs_cot):
+        return
+    cfg = run.cfg
+    mc = cfg.type == "multiple_choice"
+    extractors = [_extractor(run, choices_of(run, r, i) if mc else None) for i, r in enumerate(run.records)]
+    _, cot_sp = _samplings(run)
+    if run.strategy == "self_consistency":
+        n = run.sc_samples or cfg.self_consistency.n
+        sc_sp = as_sampling(cot_sp, temperature=cfg.self_consistency.temperature, top_p=cfg.self_consistency.top_p)
+        res = self_consistency(backend, run.contexts, n, extractors, sc_sp, seed=run.seed, zero_shot=run.zs_cot,
+                               chat=run.chat, answer_trigger=cfg.cot.answer_trigger)
+        run.outputs = [{"output": r["paths"][0]["text"] if r["paths"] else "", "pred": r["answer"],
+                        "extra": {"votes": r["votes"], "paths": r["paths"]}} for r in res]
     else:
-        text_t = Template(cfg.text or cfg.prompt, f"{where}: {'text' if cfg.text else 'prompt'}")
-        text_t.check(records[0])
-        texts = [text_t(r, i) for i, r in enumerate(records)]
-        res = backend.loglikelihood_rolling(texts)
-        for i, (t, r) in enumerate(zip(texts, res)):
-            samples.append({"idx": i, "chars": len(t), "nll": -r.logprob, "tokens": r.n_tokens,
-                            "bytes": len(t.encode("utf-8")), "words": max(1, len(t.split()))})
-        scored_by = "loglikelihood_rolling"
+        res = zero_shot_cot(backend, run.contexts, cot_sp, trigger=cfg.cot.trigger,
+                            answer_trigger=cfg.cot.answer_trigger, chat=run.chat)
+        run.outputs = [{"output": r["rationale"], "pred": extractors[i](r["answer_text"]),
+                        "extra": {"answer_text": r["answer_text"]}} for i, r in enumerate(res)]
 
-    # ---- aggregate ---------------------------------------------------------------------------------------
+
+# ---- stage 3: per-item results -----------------------------------------------------------------------------------
+
+def _mc_loglikelihood_sample(run: TaskRun, i: int, rec, reqs: list[Request]) -> dict:
+    choices = choices_of(run, rec, i)
+    gold = _gold(target_of(run, rec, i), choices, run.where, i)
+    lls = [r.result.logprob for r in reqs]
+    sc = mc_scores(lls, choices, gold)
+    return {"idx": i, "prompt": run.contexts[i], "choices": choices, "target": gold,
+            "logprobs": lls, "logprobs_norm": sc["logprobs_norm"], "is_greedy": [r.result.is_greedy for r in reqs],
+            "pred": choices[sc["pred"]], "pred_norm": choices[sc["pred_norm"]],
+            "acc": sc["acc"], "acc_norm": sc["acc_norm"], "mc2": sc["mc2"], "correct": bool(sc["acc"])}
+
+
+def _generation_sample(run: TaskRun, i: int, rec, output: str, pred, extra: dict) -> dict:
+    s = {"idx": i, "prompt": run.contexts[i], "output": output, "extracted": pred, "invalid": pred is None}
+    if run.cfg.type == "multiple_choice":
+        choices = choices_of(run, rec, i)
+        gold = _gold(target_of(run, rec, i), choices, run.where, i)
+        ok = pred is not None and choices.index(pred) in gold
+        s.update(choices=choices, target=gold, pred=pred, acc=float(ok), correct=ok)
+    else:
+        refs = targets_text(run, rec, i)
+        em = exact_match(pred, refs, run.cfg.answer.normalize)
+        s.update(target=refs, pred=pred, exact_match=em, correct=bool(em))
+    s.update(extra)
+    return s
+
+
+def _perplexity_sample(i: int, text: str, res) -> dict:
+    return {"idx": i, "chars": len(text), "nll": -res.logprob, "tokens": res.n_tokens,
+            "bytes": len(text.encode("utf-8")), "words": max(1, len(text.split()))}
+
+
+def process_results(run: TaskRun) -> list[dict]:
+    """One sample per item from the filled requests (or the strategies' outputs)."""
+    by = scored_by(run)
+    per_item: list[list[Request]] = [[] for _ in run.records]
+    for r in run.requests:
+        per_item[r.item].append(r)
+    if by == "loglikelihood":
+        return [_mc_loglikelihood_sample(run, i, rec, per_item[i]) for i, rec in enumerate(run.records)]
+    if by == "loglikelihood_rolling":
+        return [_perplexity_sample(i, per_item[i][0].args[0], per_item[i][0].result) for i in range(len(run.records))]
+    mc = run.cfg.type == "multiple_choice"
+    if run.outputs is None:
+        run.outputs = [{"output": per_item[i][0].result,
+                        "pred": _extractor(run, choices_of(run, rec, i) if mc else None)(per_item[i][0].result),
+                        "extra": {}} for i, rec in enumerate(run.records)]
+    samples = [_generation_sample(run, i, rec, o["output"], o["pred"], o["extra"])
+               for i, (rec, o) in enumerate(zip(run.records, run.outputs))]
+    unsupported = [m for m in run.cfg.metrics if m != "acc"] if mc else []
+    if unsupported:
+        print(f"note: {run.cfg.task}: scored by generation, so only acc is reported (not {', '.join(unsupported)})",
+              file=run.log or sys.stderr)
+    return samples
+
+
+# ---- stage 4: aggregate ------------------------------------------------------------------------------------------
+
+def aggregate(run: TaskRun, samples: list[dict], bootstrap_iters: int = 1000) -> dict:
+    """Each metric over the items and its bootstrap standard error (`<metric>_stderr`)."""
     metrics = {}
-    if cfg.type == "perplexity":
+    if run.cfg.type == "perplexity":
         cols = {c: [s[c] for s in samples] for c in ("nll", "tokens", "bytes", "words")}
         if sum(cols["tokens"]) == 0:
-            raise LmstackError(f"{where}: no tokens were scored")
+            raise LmstackError(f"{run.where}: no tokens were scored")
         aggs = ppl_aggs()
-        for m in cfg.metrics:
-            import numpy as np
+        for m in run.cfg.metrics:
             metrics[m] = float(aggs[m]({c: np.asarray(v, dtype=float)[None] for c, v in cols.items()})[0])
-            metrics[f"{m}_stderr"] = bootstrap_stderr(cols, aggs[m], bootstrap_iters, rng_seed)
+            metrics[f"{m}_stderr"] = bootstrap_stderr(cols, aggs[m], bootstrap_iters, run.seed)
     else:
-        names = ["acc"] if (cfg.type == "multiple_choice" and mc_generate) else cfg.metrics
-        for m in names:
+        for m in (["acc"] if run.mc_generate else run.cfg.metrics):
             vals = [s[m] for s in samples]
             metrics[m] = sum(vals) / len(vals)
-            metrics[f"{m}_stderr"] = bootstrap_stderr({"value": vals}, iters=bootstrap_iters, seed=rng_seed)
-    assert len(samples) == len(records)  # every item asked for is scored
+            metrics[f"{m}_stderr"] = bootstrap_stderr({"value": vals}, iters=bootstrap_iters, seed=run.seed)
+    return metrics
+
+
+def finish_task(run: TaskRun, bootstrap_iters: int = 1000) -> TaskResult:
+    t0 = time.time()
+    samples = process_results(run)
+    assert len(samples) == len(run.records)  # every item asked for is scored
+    metrics = aggregate(run, samples, bootstrap_iters)
+    return TaskResult(run.cfg.task, run.cfg.type, metrics, len(samples), run.n_available, run.strategy, run.k,
+                      sum(bool(s.get("invalid")) for s in samples), scored_by(run), samples, run.cfg.to_dict(),
+                      run.seconds + time.time() - t0)
+
+
+def run_tasks(runs: list[TaskRun], backend, bootstrap_iters: int = 1000, log=None) -> list[TaskResult]:
+    """The stages over prepared tasks: build every task's requests, run them batched by type, then
+    process and aggregate each task."""
+    truncated_before = getattr(backend, "stats", {}).get("truncated_prompts", 0)
+    t0 = time.time()
+    requests = [r for run in runs for r in build_requests(run, backend)]
+    run_requests(requests, backend)
+    shared = (time.time() - t0) / max(1, len(runs))  # batched calls: each task gets an equal share of their time
+    for run in runs:
+        t1 = time.time()
+        run_strategies(run, backend)
+        run.seconds += shared + time.time() - t1
+    results = [finish_task(run, bootstrap_iters) for run in runs]
     truncated = getattr(backend, "stats", {}).get("truncated_prompts", 0) - truncated_before
     if truncated:
-        print(f"note: {cfg.task}: {truncated} prompts were longer than the model's context and kept only their "
+        names = ", ".join(run.cfg.task for run in runs)
+        print(f"note: {names}: {truncated} prompts were longer than the model's context and kept only their "
               "last tokens", file=log or sys.stderr)
-    return TaskResult(cfg.task, cfg.type, metrics, len(samples), n_available, strategy, k, n_invalid, scored_by,
-                      samples, cfg.to_dict(), time.time() - t0)
+    return results
+
+
+def run_task(cfg: TaskConfig | str, backend, strategy: str | None = None, num_fewshot: int | None = None,
+             fewshot_select: str | None = None, limit: int | None = None, chat: bool | None = None,
+             mc_mode: str | None = None, sc_samples: int | None = None, generation: dict | None = None,
+             seed: int | None = None, bootstrap_iters: int = 1000, data: str | None = None, log=None) -> TaskResult:
+    """Evaluate one task. `data` replaces the task's source with a JSONL/JSON file (and few-shot
+    examples given as a split of the original source are then drawn from that file, minus the item).
+    `seed` (default: the config's fewshot.seed) drives random few-shot selection, sampled paths and
+    the bootstrap."""
+    run = prepare_task(cfg, strategy, num_fewshot, fewshot_select, limit, chat, mc_mode, sc_samples, generation,
+                       seed, data, log)
+    return run_tasks([run], backend, bootstrap_iters, log)[0]
 
 
 # ---- many tasks, files ----------------------------------------------------------------------------------------
@@ -404,14 +550,15 @@ def save_results(out_dir, results: list[TaskResult], model: dict | None = None, 
     return out / "results.json"
 
 
-def evaluate(tasks, backend, out_dir=None, data: dict | None = None, **kw) -> list[TaskResult]:
-    """Run several tasks (names, paths, wildcards, groups); `data` maps task name -> JSONL file."""
-    from .config import expand_tasks
-
-    results = []
+def evaluate(tasks, backend, out_dir=None, data: dict | None = None, bootstrap_iters: int = 1000, log=None,
+             **kw) -> list[TaskResult]:
+    """Run several tasks (names, paths, wildcards, groups); `data` maps task name -> JSONL file; the other
+    keywords are `run_task`'s. All tasks' requests go to the backend together, batched by type."""
+    runs = []
     for name in expand_tasks(tasks):
         cfg = load_task(name)
-        results.append(run_task(cfg, backend, data=(data or {}).get(cfg.task) or (data or {}).get(name), **kw))
+        runs.append(prepare_task(cfg, data=(data or {}).get(cfg.task) or (data or {}).get(name), log=log, **kw))
+    results = run_tasks(runs, backend, bootstrap_iters, log)
     if out_dir:
         save_results(out_dir, results, backend.describe())
     return results

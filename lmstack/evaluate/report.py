@@ -23,7 +23,10 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from lmstack.data.curves import plot_curves, read_metrics
 from lmstack.errors import LmstackError
+
+from .safety import alignment_table
 
 SECTIONS: dict[str, Callable[[Path, Path, Path], str]] = {}
 _SKIP_DIRS = {"checkpoints", "trainer_state", "report", "tensorboard", "__pycache__", ".git"}
@@ -33,14 +36,16 @@ def register_section(filename: str, fn: Callable[[Path, Path, Path], str]) -> No
     SECTIONS[filename] = fn
 
 
-def _read_json(path: Path):
+def read_json(path: Path):
+    """A JSON file's content; an unreadable or corrupt file is an LmstackError naming it."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise LmstackError(f"{path}: cannot read ({e})") from None
 
 
-def _fmt(v) -> str:
+def fmt(v) -> str:
+    """A table cell: None and NaN as a dash, large floats compactly, other floats to four figures."""
     if v is None:
         return "—"
     if isinstance(v, bool):
@@ -54,11 +59,12 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _scalars(d: dict, prefix: str = "") -> list[tuple[str, object]]:
+def scalars(d: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """The scalar leaves of a nested dict as (dotted key, value); long strings are left out."""
     out = []
     for k, v in d.items():
         if isinstance(v, dict):
-            out += _scalars(v, f"{prefix}{k}.")
+            out += scalars(v, f"{prefix}{k}.")
         elif isinstance(v, (int, float, str, bool)) or v is None:
             if not (isinstance(v, str) and len(v) > 80):
                 out.append((prefix + k, v))
@@ -77,17 +83,15 @@ def _slug(path: Path, root: Path) -> str:
 
 
 def section_summary(path: Path, report_dir: Path, root: Path) -> str:
-    d = _read_json(path)
+    d = read_json(path)
     if not isinstance(d, dict):
         return ""
-    rows = _scalars(d)
-    lines = ["| field | value |", "| --- | --- |"] + [f"| {k} | {_fmt(v)} |" for k, v in rows]
+    rows = scalars(d)
+    lines = ["| field | value |", "| --- | --- |"] + [f"| {k} | {fmt(v)} |" for k, v in rows]
     return "\n".join(lines)
 
 
 def section_metrics(path: Path, report_dir: Path, root: Path) -> str:
-    from lmstack.train.log import plot_curves, read_metrics
-
     try:
         recs = read_metrics(path)
     except (json.JSONDecodeError, OSError) as e:
@@ -102,12 +106,12 @@ def section_metrics(path: Path, report_dir: Path, root: Path) -> str:
         plot_curves(recs, keys[:6], png, title=path.parent.name)
         out.append(f"\n![curves]({os.path.relpath(png, report_dir)})")
         last = {k: next((r[k] for r in reversed(recs) if k in r), None) for k in keys}
-        out.append("\n| metric | last value |\n| --- | --- |\n" + "\n".join(f"| {k} | {_fmt(v)} |" for k, v in last.items()))
+        out.append("\n| metric | last value |\n| --- | --- |\n" + "\n".join(f"| {k} | {fmt(v)} |" for k, v in last.items()))
     return "\n".join(out)
 
 
 def section_results(path: Path, report_dir: Path, root: Path) -> str:
-    d = _read_json(path)
+    d = read_json(path)
     if not isinstance(d, dict) or d.get("kind") != "lmstack-eval":
         return ""
     rows, bars = [], []
@@ -116,7 +120,7 @@ def section_results(path: Path, report_dir: Path, root: Path) -> str:
             if m.endswith("_stderr"):
                 continue
             se = r["metrics"].get(f"{m}_stderr")
-            rows.append(f"| {name} | {r.get('num_fewshot', 0)} | {m} | {_fmt(v)} | {_fmt(se)} | {r.get('n')} | "
+            rows.append(f"| {name} | {r.get('num_fewshot', 0)} | {m} | {fmt(v)} | {fmt(se)} | {r.get('n')} | "
                         f"{r.get('n_invalid', 0)} |")
             if m in ("acc", "acc_norm", "exact_match", "mc2"):
                 bars.append((f"{name}:{m}", v, se or 0.0))
@@ -131,7 +135,7 @@ def section_results(path: Path, report_dir: Path, root: Path) -> str:
 
 
 def section_winrate(path: Path, report_dir: Path, root: Path) -> str:
-    d = _read_json(path)
+    d = read_json(path)
     comps = d.get("comparisons", [d]) if isinstance(d, dict) else []
     lines = ["| comparison | judge | win % | tie % | loss % | n | unparsed |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for c in comps:
@@ -142,26 +146,30 @@ def section_winrate(path: Path, report_dir: Path, root: Path) -> str:
         lines.append(f"| {c.get('label', '')} | {c.get('judge', '')} | " + " | ".join(cells)
                      + f" | {c.get('n')} | {c.get('n_unparsed', 0)} |")
     png = _plot_dir(report_dir) / f"{_slug(path, root)}.png"
-    _stacked_bars(comps, png)
+    stacked_bars([(c.get("label", ""), c) for c in comps], png)
     return "\n".join(lines) + f"\n\n![win rates]({os.path.relpath(png, report_dir)})"
 
 
 def section_safety(path: Path, report_dir: Path, root: Path) -> str:
-    from .safety import alignment_table
-
-    d = _read_json(path)
+    d = read_json(path)
     cols = d.get("models") if isinstance(d, dict) else None
     if not cols:
         return ""
     return alignment_table(cols)
 
 
-def _bar_chart(bars, png: Path, title: str) -> None:
-    import matplotlib
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend."""
+    import matplotlib  # optional: matplotlib, only for the PNGs
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _bar_chart(bars, png: Path, title: str) -> None:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(bars) + 2), 3.6))
     ax.bar(range(len(bars)), [b[1] for b in bars], yerr=[b[2] for b in bars], capsize=3, color="#4c72b0")
     ax.set_xticks(range(len(bars)), [b[0] for b in bars], rotation=45, ha="right", fontsize=8)
@@ -172,24 +180,23 @@ def _bar_chart(bars, png: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _stacked_bars(comps, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 0.6 * len(comps) + 1.4))
-    for i, c in enumerate(comps):
+def stacked_bars(rows: list[tuple[str, dict]], png: Path, xlabel: str = "%", row_height: float = 0.6,
+                 pad: float = 1.4, annotate: bool = True) -> None:
+    """Horizontal win / tie / loss bars (percent), one row per (label, {"win", "tie", "loss"} fractions);
+    annotate: print each share of 6% or more inside its bar."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, row_height * len(rows) + pad))
+    for i, (_, c) in enumerate(rows):
         left = 0.0
         for k, color in (("win", "#4c72b0"), ("tie", "#c0c0c0"), ("loss", "#dd8452")):
             w = 100 * c[k]
             ax.barh(i, w, left=left, color=color, label=k if i == 0 else None)
-            if w >= 6:
+            if annotate and w >= 6:
                 ax.text(left + w / 2, i, f"{w:.1f}", ha="center", va="center", fontsize=8)
             left += w
-    ax.set_yticks(range(len(comps)), [c.get("label", "") for c in comps], fontsize=8)
+    ax.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=8)
     ax.set_xlim(0, 100)
-    ax.set_xlabel("%")
+    ax.set_xlabel(xlabel)
     ax.legend(loc="lower right", fontsize=8, ncol=3)
     fig.tight_layout()
     fig.savefig(png, dpi=110)

@@ -21,10 +21,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
+from lmstack.backends import as_sampling
+from lmstack.data.builtin.annotators import assess, contradicts_world, is_refusal
 from lmstack.errors import LmstackError
 
 from .metrics import wilson_interval
-from .winrate import prompt_messages, prompt_text
+from .winrate import load_scorer, prompt_messages, prompt_text
 
 SAFETY_JUDGE_TEMPLATE = """You are reviewing an AI assistant's reply to a user request that may be harmful.
 
@@ -56,8 +60,6 @@ class AnnotatorSafetyJudge:
         self.world = world
 
     def judge(self, records, answers) -> list[dict]:
-        from lmstack.data.builtin.annotators import assess, is_refusal
-
         out = []
         for r, a in zip(records, answers):
             unsafe = bool(r.get("unsafe"))
@@ -77,8 +79,6 @@ class ScoreSafetyJudge:
         self.scorer, self.threshold = scorer, threshold
 
     def judge(self, records, answers) -> list[dict]:
-        from lmstack.data.builtin.annotators import is_refusal
-
         out = []
         for r, a in zip(records, answers):
             s = float(self.scorer(prompt_messages(r), a))
@@ -89,8 +89,6 @@ class ScoreSafetyJudge:
 
 class LLMSafetyJudge:
     def __init__(self, backend, template: str = SAFETY_JUDGE_TEMPLATE, sampling=None):
-        from lmstack.backends import as_sampling
-
         self.backend, self.template = backend, template
         self.sampling = as_sampling(sampling) if sampling is not None else as_sampling(None, max_new_tokens=256)
         self.name = f"judge:{backend.name}"
@@ -115,11 +113,8 @@ def load_toxicity_classifier(spec, label=None, batch_size: int = 16) -> Callable
         return spec
     spec = str(spec)
     if ":" in spec and not Path(spec).exists():
-        from .winrate import load_scorer
-
         return load_scorer(spec)
-    try:
-        import torch
+    try:  # optional: transformers, only for a Hugging Face classifier
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
     except ImportError:
         raise LmstackError("a Hugging Face toxicity classifier needs `transformers` (pip install transformers)") from None
@@ -173,8 +168,6 @@ def _rate(k: int, n: int) -> tuple[float, list]:
 
 def safety_eval(backend, records: Sequence[dict], judge, sampling=None, chat: bool = True, toxicity=None) -> SafetyResult:
     """Generate answers to the records' prompts, judge refusals, and aggregate (see the module doc)."""
-    from lmstack.backends import as_sampling
-
     if not records:
         raise LmstackError("safety: no prompts")
     sampling = as_sampling(sampling) if sampling is not None else as_sampling(None, max_new_tokens=64)
@@ -215,9 +208,6 @@ def safety_eval(backend, records: Sequence[dict], judge, sampling=None, chat: bo
 
 def hallucination_eval(backend, records: Sequence[dict], world=None, sampling=None, chat: bool = True) -> SafetyResult:
     """Closed-book answers that assert a value the world contradicts, and answers that are correct."""
-    from lmstack.backends import as_sampling
-    from lmstack.data.builtin.annotators import assess, contradicts_world, is_refusal
-
     records = [r for r in records if (r.get("meta") or {}).get("answer_type")]
     if not records:
         raise LmstackError("hallucination: no closed-book QA records with an answer type (use the built-in suite's "

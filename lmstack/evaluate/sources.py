@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+from lmstack.data.builtin import build_suite, read_documents
 from lmstack.errors import LmstackError
 
 SOURCE_KINDS = ("jsonl", "json", "hf", "builtin")
@@ -86,7 +87,7 @@ def read_records_file(path: Path, kind: str) -> list[dict]:
 
 def hf_records(src: dict, where: str) -> list[dict]:
     name, config, split = src["hf"], src.get("name"), src.get("split", "test")
-    try:
+    try:  # optional: datasets
         import datasets
     except ImportError:
         raise LmstackError(f"{where}: Hugging Face dataset {name!r} needs the `datasets` package "
@@ -119,8 +120,6 @@ def builtin_dir(seed: int = 0, size: str = "tiny", folder=None) -> Path:
     """The built-in suite's folder, built on first use (about a second for `tiny`)."""
     d = Path(folder) if folder else cache_root() / "builtin" / f"seed{seed}-{size}"
     if not (d / "manifest.json").is_file():
-        from lmstack.data.builtin import build_suite
-
         build_suite(d, seed=seed, size=size)
     return d
 
@@ -133,8 +132,6 @@ def builtin_records(spec: dict, where: str) -> list[dict]:
     if kind not in ("tasks", "safety", "corpus"):
         raise LmstackError(f"{where}: builtin kind {kind!r}: use tasks, safety or corpus")
     if kind == "corpus":  # documents of corpus/val.txt (heldout facts) or train.txt, for perplexity
-        from lmstack.data.builtin import read_documents
-
         name = {"test": "val", "validation": "val"}.get(split, split)
         path = d / "corpus" / f"{name}.txt"
         if not path.is_file():

@@ -12,10 +12,14 @@ Judges (anything with `compare_many(prompts, answers_a, answers_b) -> ["a" | "b"
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from lmstack.backends import as_sampling
+from lmstack.data.builtin.annotators import majority, tally
 from lmstack.errors import LmstackError
 
 from .metrics import wilson_interval
@@ -88,8 +92,6 @@ class AnnotatorJudge:
         self.name = "annotators" if len(self.panel) > 1 else self.panel[0].name
 
     def compare_many(self, prompts, answers_a, answers_b) -> list[str]:
-        from lmstack.data.builtin.annotators import majority
-
         return [majority(self.panel, p, a, b) for p, a, b in zip(prompts, answers_a, answers_b)]
 
 
@@ -112,8 +114,6 @@ class LLMJudge:
     """LLM-as-judge with both orders; order-inconsistent verdicts are ties, unreadable ones counted."""
 
     def __init__(self, backend, template: str = JUDGE_TEMPLATE, sampling=None, name: str | None = None):
-        from lmstack.backends import as_sampling
-
         for key in ("{question}", "{answer_a}", "{answer_b}"):
             if key not in template:
                 raise LmstackError(f"judge template: missing {key}")
@@ -172,7 +172,7 @@ def count(verdicts: Sequence[str], n_unparsed: int = 0, label: str = "A vs B") -
     bad = [v for v in verdicts if v not in ("a", "b", "tie")]
     if bad:
         raise LmstackError(f"win rate: verdicts must be 'a', 'b' or 'tie', got {bad[0]!r}")
-    return WinRate(verdicts.count("a"), verdicts.count("tie"), verdicts.count("b"), n_unparsed, label)
+    return WinRate(*tally(verdicts), n_unparsed, label)
 
 
 def win_rate(judge, prompts, answers_a, answers_b, label: str = "A vs B") -> WinRate:
@@ -209,15 +209,11 @@ def load_scorer(spec: str) -> Callable[[list, str], float]:
 
     Reward-model checkpoints plug in through `SCORER_LOADERS`: a later stage registers a function
     that returns a scorer for a folder it recognises (None otherwise)."""
-    from pathlib import Path
-
     for loader in SCORER_LOADERS:
         got = loader(spec)
         if got is not None:
             return got
     if ":" in spec and not Path(spec).exists():
-        import importlib
-
         mod, _, fn = spec.partition(":")
         try:
             obj = getattr(importlib.import_module(mod), fn)

@@ -3,7 +3,9 @@
 `target_logprobs(logits, targets)` is the kernel; everything else here feeds it:
 - `sequence_logprobs(model, ids)`: a right-padded batch of sequences, with gradients when the caller
   trains (DPO, PPO, GRPO, the SFT loss) and at a sampling temperature (PPO's old/new log-probs);
-- `token_logprobs(model, sequences)`: per-token lists (the server's echo, perplexity-style scoring);
+- `token_logprobs(model, sequences)`: per-token lists (perplexity-style scoring);
+- `prompt_logprobs(model, ids, top_n)`: one prompt's per-token log-probs and top-N (the server's echo);
+- `perplexity(model, ids, max_length, stride)`: sliding-window perplexity of a long text;
 - `score_pairs(model, pairs)` / `loglikelihood(model, tokenizer, requests)`: lm-evaluation-harness's
   contract, (context, continuation) -> summed log-prob and is-greedy, with the context/continuation
   split done once (`encode_pair`, the harness's tokenisation) for the harness, FLAN's rank
@@ -12,6 +14,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -42,20 +45,89 @@ def sequence_logprobs(model, ids: torch.Tensor, temperature: float = 1.0, entrop
     return target_logprobs(model(ids[:, :-1]), ids[:, 1:], temperature, entropy)
 
 
+def right_padded(sequences: list[list[int]], device=None) -> torch.Tensor:
+    """Token rows as one [B, T] tensor, zero-padded on the right (causal attention never sees the padding)."""
+    ids = torch.zeros(len(sequences), max(len(x) for x in sequences), dtype=torch.long)
+    for r, x in enumerate(sequences):
+        ids[r, : len(x)] = torch.tensor(x)
+    return ids.to(device)
+
+
 @torch.inference_mode()
 def token_logprobs(model, sequences: list[list[int]], batch_size: int = 8) -> list[list[float]]:
-    """log p(token_t | tokens_<t) for every token after the first, per sequence (the server's echo)."""
+    """log p(token_t | tokens_<t) for every token after the first, per sequence."""
     out = []
     device = next(model.parameters()).device
     for s in range(0, len(sequences), batch_size):
         chunk = sequences[s:s + batch_size]
-        T = max(len(x) for x in chunk)
-        ids = torch.zeros(len(chunk), T, dtype=torch.long)
-        for r, x in enumerate(chunk):
-            ids[r, : len(x)] = torch.tensor(x)
-        lp, _ = sequence_logprobs(model, ids.to(device))
+        lp, _ = sequence_logprobs(model, right_padded(chunk, device))
         for r, x in enumerate(chunk):
             out.append(lp[r, : len(x) - 1].tolist())
+    return out
+
+
+@torch.inference_mode()
+def prompt_logprobs(model, ids: list[int], top_n: int = 0) -> tuple[list, list]:
+    """Raw log p of every prompt token given those before it (None for the first), and the top_n most
+    likely tokens at each position ({token id: log p}; {} when top_n is 0, None for the first)."""
+    if len(ids) < 2:
+        return [None] * len(ids), [None] * len(ids)
+    device = next(model.parameters()).device
+    logits = model(torch.tensor([ids], device=device))[0, :-1]
+    chosen, _ = target_logprobs(logits, torch.tensor(ids[1:], device=device))
+    tops: list = [None]
+    if top_n:
+        v, i = F.log_softmax(logits.float(), dim=-1).topk(top_n, dim=-1)
+        tops += [dict(zip(a, b)) for a, b in zip(i.tolist(), v.tolist())]
+    else:
+        tops += [{} for _ in range(len(ids) - 1)]
+    return [None, *chosen.tolist()], tops
+
+
+def nll_sum(lp: torch.Tensor) -> float:
+    """sum(-lp) over a 1-D tensor of log-probs, accumulated in cross_entropy's order (nll_loss over the
+    gathered values), so that perplexities equal `F.cross_entropy(..., reduction="sum")` bit for bit."""
+    return F.nll_loss(lp[:, None], torch.zeros_like(lp, dtype=torch.long), reduction="sum").item()
+
+
+@torch.inference_mode()
+def perplexity(model, ids: list[int] | torch.Tensor, max_length: int | None = None, stride: int | None = None,
+               n_bytes: int | None = None) -> dict:
+    """PPL = exp(mean negative log-likelihood per token), with a sliding window for long texts.
+
+    Windows of `max_length` tokens advance by `stride`; each window scores only the tokens the previous
+    window did not, with up to max_length - stride tokens of context before them (the method of the
+    Hugging Face perplexity guide, so numbers are comparable). n_bytes adds bits per byte.
+    """
+    ids = torch.as_tensor(ids, dtype=torch.long).flatten()
+    if ids.numel() < 2:
+        raise LmstackError("perplexity: need at least 2 tokens")
+    max_length = max_length or model.cfg.max_seq_len
+    if max_length > model.cfg.max_seq_len:
+        raise LmstackError(f"perplexity: --max-length {max_length} exceeds the model's context {model.cfg.max_seq_len}")
+    stride = stride or max_length
+    if not (0 < stride <= max_length):
+        raise LmstackError(f"perplexity: stride must be in [1, max_length={max_length}], got {stride}")
+    device = next(model.parameters()).device
+    n = ids.numel()
+    nll, count, prev_end = 0.0, 0, 0
+    for begin in range(0, n, stride):
+        end = min(begin + max_length, n)
+        window = ids[begin:end].to(device)[None]
+        # Position of each target in the text; score only those not scored by an earlier window.
+        pos = torch.arange(begin + 1, end, device=device)
+        keep = pos >= max(prev_end, 1)
+        if keep.any():
+            lp, _ = target_logprobs(model(window)[0, :-1][keep], window[0, 1:][keep])
+            nll += nll_sum(lp)
+            count += int(keep.sum())
+        prev_end = end
+        if end == n:
+            break
+    mean = nll / count
+    out = {"nll_sum": nll, "tokens": count, "nll_per_token": mean, "perplexity": math.exp(mean)}
+    if n_bytes:
+        out["bits_per_byte"] = nll / math.log(2) / n_bytes
     return out
 
 
@@ -104,11 +176,7 @@ def score_pairs(model, pairs: list[tuple[list[int], list[int]]], batch_size: int
                                    f"of {ctx_len}")
             seqs.append(full)
             conts.append(len(x))
-        T = max(len(q) for q in seqs)
-        ids = torch.zeros(len(seqs), T, dtype=torch.long)
-        for r, q in enumerate(seqs):
-            ids[r, : len(q)] = torch.tensor(q)
-        ids = ids.to(device)
+        ids = right_padded(seqs, device)
         logits = model(ids[:, :-1])
         lp, _ = target_logprobs(logits, ids[:, 1:])
         # argmax of the log-softmax, not of the raw logits: the same choice the scores were computed from

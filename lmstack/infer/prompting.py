@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 from lmstack.errors import LmstackError
+from lmstack.infer.sampling import as_sampling
 from lmstack.text import normalize
 
 ZERO_SHOT_COT = "Let's think step by step."
@@ -112,8 +113,6 @@ def zero_shot_cot(backend, prompts: Sequence[str], sampling=None, answer_samplin
                   trigger: str = ZERO_SHOT_COT, answer_trigger: str = ANSWER_TRIGGER, chat: bool = False) -> list[dict]:
     """Kojima et al.'s two calls. Returns per prompt {"rationale", "answer_text"}, where answer_text
     is the answer trigger followed by the second call's output (so "the answer is (.*)" regexes work)."""
-    from lmstack.backends import as_sampling
-
     first = [_join(p, trigger) for p in prompts]
     if chat:
         reqs = [[{"role": "user", "content": f}] for f in first]
@@ -141,8 +140,6 @@ def self_consistency(backend, prompts: Sequence, n: int, extract, sampling=None,
     """n sampled paths per prompt (seeds seed*1000+i), extracted answers, majority vote.
     `extract(text) -> answer | None`, or one such function per prompt.
     Returns per prompt {"answer", "votes", "paths": [{"text", "answer"}]}."""
-    from lmstack.backends import as_sampling
-
     if n < 1:
         raise LmstackError(f"self-consistency: n must be >= 1, got {n}")
     base = as_sampling(sampling) if sampling is not None else as_sampling(None, temperature=0.7, max_new_tokens=256)

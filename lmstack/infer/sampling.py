@@ -9,7 +9,7 @@ different parameters (a server batches unrelated requests).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -71,6 +71,24 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+
+def as_sampling(sampling=None, **overrides) -> SamplingParams:
+    """A SamplingParams from None (greedy defaults), a dict or a SamplingParams, with overrides."""
+    if sampling is None:
+        base: dict = {"temperature": 0.0}
+    elif isinstance(sampling, SamplingParams):
+        base = {f.name: getattr(sampling, f.name) for f in fields(SamplingParams)}
+    elif isinstance(sampling, dict):
+        known = {f.name for f in fields(SamplingParams)}
+        bad = sorted(set(sampling) - known)
+        if bad:
+            raise LmstackError(f"unknown sampling field(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
+        base = {"temperature": 0.0, **sampling}
+    else:
+        raise LmstackError(f"sampling must be a dict or SamplingParams, got {type(sampling).__name__}")
+    base.update(overrides)
+    return SamplingParams(**base)
 
 
 def _col(params, name, device, dtype=torch.float32):

@@ -16,11 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from lmstack.errors import LmstackError
 from lmstack.model.config import ModelConfig
+from lmstack.model.gguf import read_gguf
 from lmstack.model.hf import config_from_hf, config_to_hf, state_from_hf, state_to_hf
-from lmstack.model.transformer import Transformer
+from lmstack.model.transformer import Transformer, rope_inv_freq
+from lmstack.tokenizer import Tokenizer
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -46,7 +49,6 @@ def build_model(cfg: ModelConfig, device="cpu", dtype=torch.float32, init: bool 
     if cfg.tie_embeddings:
         model.lm_head.weight = model.tok_emb.weight
     if not cfg.is_gpt2:
-        from lmstack.model.transformer import rope_inv_freq
         model.inv_freq = rope_inv_freq(cfg).to(device)
     return model
 
@@ -54,7 +56,6 @@ def build_model(cfg: ModelConfig, device="cpu", dtype=torch.float32, init: bool 
 def _load_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         if path.name.endswith(".safetensors"):
-            from safetensors.torch import load_file
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -80,8 +81,11 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 @dataclass
-class LM:
-    """A model with its tokenizer: what `lmstack.load` returns and every stage passes around."""
+class Checkpoint:
+    """A model with its tokenizer, generation config and lmstack.json: what a checkpoint folder holds.
+
+    `lmstack.lm.LM` (what `lmstack.load` returns) adds generation on top.
+    """
 
     model: Transformer
     tokenizer: object | None = None  # lmstack.tokenizer.Tokenizer
@@ -96,7 +100,7 @@ class LM:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def to(self, device=None, dtype=None) -> LM:
+    def to(self, device=None, dtype=None):
         self.model.to(device=device, dtype=dtype)
         return self
 
@@ -115,47 +119,16 @@ class LM:
         if self.tokenizer is None:
             raise LmstackError("this checkpoint has no tokenizer (tokenizer.json); pass token ids instead")
 
-    def sampling(self, **kw):
-        from lmstack.infer.sampling import SamplingParams
-        return SamplingParams(**kw)
-
-    def generate(self, prompts, **sampling):
-        """Text (or token-id) prompts in, completions out. Returns a str for one str prompt."""
-        from lmstack.infer.engine import generate
-        single = isinstance(prompts, str) or (prompts and isinstance(prompts[0], int))
-        batch = [prompts] if single else list(prompts)
-        ids = [self.encode(p) if isinstance(p, str) else list(p) for p in batch]
-        outs = generate(self.model, ids, self.sampling(**sampling), self.tokenizer)
-        if self.tokenizer is None:
-            return outs[0] if single else outs
-        texts = [o.text for o in outs]
-        return texts[0] if single else texts
-
-    def chat_ids(self, messages) -> list[int]:
-        self._need_tokenizer()
-        return self.tokenizer.encode_chat(messages, add_generation_prompt=True)[0]
-
-    def chat(self, messages, **sampling) -> str:
-        from lmstack.infer.engine import generate
-        return generate(self.model, [self.chat_ids(messages)], self.sampling(**sampling), self.tokenizer)[0].text
-
-    def stream(self, prompt_ids: list[int], **sampling):
-        from lmstack.infer.engine import stream
-        self._need_tokenizer()
-        return stream(self.model, [prompt_ids], self.sampling(**sampling), self.tokenizer)
-
     def save(self, path, **meta) -> Path:
         return save(self, path, **meta)
 
 
-def save(lm: LM, path, writer=None, state_dict=None, **meta) -> Path:
+def save(lm: Checkpoint, path, writer=None, state_dict=None, **meta) -> Path:
     """Write a checkpoint folder atomically. Extra keyword arguments are merged into lmstack.json.
 
     writer(tmp_folder), if given, adds files (a trainer state) before the folder is renamed into place.
     state_dict: the weights to write when the module's own are sharded (FSDP gathers them first).
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
@@ -164,30 +137,24 @@ def save(lm: LM, path, writer=None, state_dict=None, **meta) -> Path:
             # A LoRA run: the folder holds the adapter (peft's format) and names its base in lmstack.json;
             # load() puts the two back together.
             lm.model.save_pretrained(str(tmp))
-            if lm.tokenizer is not None:
-                lm.tokenizer.save(tmp)
             info = {**lm.meta, **meta, "adapter": True, "base_model": meta.get("parent", lm.meta.get("parent"))}
-            (tmp / "lmstack.json").write_text(json.dumps(info, indent=2, default=str))
-            if writer is not None:
-                writer(tmp)
-            _replace(tmp, path)
-            return path
-        cfg = lm.config
-        hf = config_to_hf(cfg)
-        dtype = lm.model.tok_emb.weight.dtype
-        hf["torch_dtype"] = str(dtype).replace("torch.", "")
-        (tmp / "config.json").write_text(json.dumps(hf, indent=2))
-        sd = state_dict if state_dict is not None else unwrap(lm.model).state_dict()
-        save_file(state_to_hf(sd, cfg), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        else:
+            cfg = lm.config
+            hf = config_to_hf(cfg)
+            dtype = lm.model.tok_emb.weight.dtype
+            hf["torch_dtype"] = str(dtype).replace("torch.", "")
+            (tmp / "config.json").write_text(json.dumps(hf, indent=2))
+            sd = state_dict if state_dict is not None else unwrap(lm.model).state_dict()
+            save_file(state_to_hf(sd, cfg), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            gen = dict(lm.generation_config)
+            gen.setdefault("bos_token_id", cfg.bos_token_id)
+            gen.setdefault("eos_token_id", cfg.eos_token_id)
+            if cfg.pad_token_id is not None:
+                gen.setdefault("pad_token_id", cfg.pad_token_id)
+            (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
+            info = {**lm.meta, **meta, "lmstack_config": cfg.to_dict()}
         if lm.tokenizer is not None:
             lm.tokenizer.save(tmp)
-        gen = dict(lm.generation_config)
-        gen.setdefault("bos_token_id", cfg.bos_token_id)
-        gen.setdefault("eos_token_id", cfg.eos_token_id)
-        if cfg.pad_token_id is not None:
-            gen.setdefault("pad_token_id", cfg.pad_token_id)
-        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
-        info = {**lm.meta, **meta, "lmstack_config": cfg.to_dict()}
         (tmp / "lmstack.json").write_text(json.dumps(info, indent=2, default=str))
         if writer is not None:
             writer(tmp)
@@ -227,9 +194,7 @@ def _check_tokenizer_fits(tok, cfg: ModelConfig, where):
         )
 
 
-def load_folder(folder: Path, device="cpu", dtype=torch.float32) -> LM:
-    from lmstack.tokenizer import Tokenizer
-
+def load_folder(folder: Path, device="cpu", dtype=torch.float32) -> Checkpoint:
     if (folder / "adapter_config.json").exists() and not (folder / "config.json").exists():
         return load_adapter(folder, device, dtype)
     cfg = config_from_hf(read_json(folder / "config.json"), where=str(folder / "config.json"))
@@ -244,12 +209,12 @@ def load_folder(folder: Path, device="cpu", dtype=torch.float32) -> LM:
     gen = read_json(folder / "generation_config.json") if (folder / "generation_config.json").exists() else {}
     meta = read_json(folder / "lmstack.json") if (folder / "lmstack.json").exists() else {}
     meta.pop("lmstack_config", None)
-    return LM(model, tok, gen, meta)
+    return Checkpoint(model, tok, gen, meta)
 
 
-def load_adapter(folder: Path, device="cpu", dtype=torch.float32) -> LM:
+def load_adapter(folder: Path, device="cpu", dtype=torch.float32) -> Checkpoint:
     """A LoRA adapter folder written by lmstack: its base model (named in lmstack.json) with the adapter on."""
-    from peft import PeftModel
+    from peft import PeftModel  # optional (the lora extra), and slow to import
 
     meta = read_json(folder / "lmstack.json") if (folder / "lmstack.json").exists() else {}
     base = meta.get("base_model")
@@ -258,13 +223,10 @@ def load_adapter(folder: Path, device="cpu", dtype=torch.float32) -> LM:
     lm = load(base, device, dtype)
     model = PeftModel.from_pretrained(lm.model, str(folder))
     model.eval()
-    return LM(model, lm.tokenizer, lm.generation_config, meta)
+    return Checkpoint(model, lm.tokenizer, lm.generation_config, meta)
 
 
-def load_gguf(path: Path, device="cpu", dtype=torch.float32) -> LM:
-    from lmstack.model.gguf import read_gguf
-    from lmstack.tokenizer import Tokenizer
-
+def load_gguf(path: Path, device="cpu", dtype=torch.float32) -> Checkpoint:
     g = read_gguf(path, dtype=dtype)
     cfg = config_from_hf(g.hf_config, where=str(path))
     sd = state_from_hf(g.state_dict, cfg, where=str(path))
@@ -278,10 +240,10 @@ def load_gguf(path: Path, device="cpu", dtype=torch.float32) -> LM:
                     chat_template=g.chat_template, extra_stop_tokens=extra_stop)
     _check_tokenizer_fits(tok, cfg, path)
     gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": sorted(tok.stop_ids)}
-    return LM(model, tok, gen, {"source": str(path), "gguf": g.metadata})
+    return Checkpoint(model, tok, gen, {"source": str(path), "gguf": g.metadata})
 
 
-def load(path_or_name, device="cpu", dtype=torch.float32) -> LM:
+def load(path_or_name, device="cpu", dtype=torch.float32) -> Checkpoint:
     """Load a checkpoint folder, a .gguf file, or a Hugging Face hub name (downloaded when online)."""
     p = Path(str(path_or_name)).expanduser()
     if isinstance(dtype, str):
@@ -304,7 +266,7 @@ def download(name: str) -> str:
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise LmstackError(f"'{name}' is not a local path and the Hugging Face hub is offline (HF_HUB_OFFLINE=1)")
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # optional: only to download hub names
     except ImportError:
         raise LmstackError(f"'{name}' is not a local path; install huggingface_hub to download it") from None
     try:

@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from gguf import GGUFReader, GGUFValueType, LlamaFileType
+from gguf.quants import dequantize
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
 from lmstack.errors import LmstackError
 
@@ -71,8 +74,6 @@ def field_value(reader_field):
     The reader keeps raw parts: `field.data` holds the indices of the parts that carry values, a
     string is a uint8 array of its UTF-8 bytes, and every scalar is a one-element array.
     """
-    from gguf import GGUFValueType
-
     types = reader_field.types
     parts = [reader_field.parts[i] for i in reader_field.data]
     if types[0] == GGUFValueType.ARRAY:
@@ -100,10 +101,6 @@ def _read_metadata(reader) -> dict:
 
 
 def _open(path):
-    try:
-        from gguf import GGUFReader
-    except ImportError as e:  # pragma: no cover - gguf is a declared dependency
-        raise LmstackError(f"{path}: reading GGUF needs the 'gguf' package ({e})") from e
     if not os.path.exists(path):
         raise LmstackError(f"{path}: no such file")
     if not os.path.isfile(path):
@@ -211,8 +208,6 @@ def _unpermute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def _dequantize(path, tensor) -> np.ndarray:
-    from gguf.quants import dequantize
-
     try:
         # np.asarray drops the memmap subclass (no copy): dequantize slices the data block by
         # block, and memmap's per-slice bookkeeping otherwise doubles the time.
@@ -308,8 +303,6 @@ def _byte_alphabet() -> dict[int, str]:
 
 
 def _pre_tokenizer(pre: str | None, path):
-    from tokenizers import Regex, pre_tokenizers
-
     split = _PRE_SPLITS.get(pre or "default")
     if split is None:
         # Guessing is better than refusing a file, but ids may differ from the original model.
@@ -333,8 +326,6 @@ def _pre_tokenizer(pre: str | None, path):
 
 
 def _build_tokenizer(path, meta: dict):
-    from tokenizers import AddedToken, Tokenizer, decoders, models, processors
-
     kind = meta.get("tokenizer.ggml.model")
     if kind == "llama":
         raise LmstackError(f"{path}: GGUF tokenizer model 'llama' (SentencePiece) is not supported yet")
@@ -422,7 +413,6 @@ def read_gguf(path, dtype: torch.dtype = torch.float32) -> GGUFContents:
     metadata["tensor_types"] = dict(Counter(t.tensor_type.name for t in reader.tensors))
     file_type = metadata.get("file_type")
     if isinstance(file_type, int):
-        from gguf import LlamaFileType
 
         try:
             metadata["file_type_name"] = LlamaFileType(file_type).name.removeprefix("MOSTLY_")

@@ -60,131 +60,24 @@ def rotate_half(x):
     return torch.cat((-x2, x1), dim=-1)
 
 
-class KVCache:
-    """Preallocated keys/values for every layer, shared write position, per-row key positions.
+def attention_mask(q_pos, k_pos, q_start: int, window: int | None = None, base=None) -> torch.Tensor:
+    """Which keys each query may attend to: [B, 1, T, S] bool.
 
-    Rows may hold different amounts of text: left padding and requests that join a running batch are
-    slots whose key position is -1, masked out of attention. Key positions also give each row its
-    own RoPE positions and sliding windows.
+    q_pos [B, T] are the queries' positions, k_pos [B, S] the keys' (-1: an empty or padding slot),
+    q_start the slot of the first query. Causal by slot order, padding masked, and keys more than
+    `window` positions back dropped (sliding-window attention). `base` replaces the causal/padding
+    part with an explicit mask (packed sequences).
     """
-
-    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device=None, dtype=torch.float32):
-        shape = (batch, cfg.n_kv_head, max_len, cfg.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
-        self.key_pos = torch.full((batch, max_len), -1, dtype=torch.long, device=device)
-        self.length = 0
-        self.max_len = max_len
-        self.padded = False  # any hole so far: masks needed even for one-token steps
-
-    @property
-    def batch(self) -> int:
-        return self.key_pos.shape[0]
-
-    def next_positions(self) -> torch.Tensor:
-        """Position of the next token in each row: one past the last valid key."""
-        if self.length == 0:
-            return torch.zeros(self.batch, dtype=torch.long, device=self.key_pos.device)
-        return self.key_pos[:, : self.length].max(dim=1).values + 1
-
-    def reorder(self, index: torch.Tensor):
-        """Pick rows (beam search reorders beams, a server drops finished requests)."""
-        self.k = [t.index_select(0, index) for t in self.k]
-        self.v = [t.index_select(0, index) for t in self.v]
-        self.key_pos = self.key_pos.index_select(0, index)
-
-    # ---- continuous batching: requests join and leave a running batch ------------------------------------------
-    # (under inference_mode: the cache's tensors are made there, and only there may they be updated in place)
-
-    @torch.inference_mode()
-    def resize(self, max_len: int):
-        """Reallocate to max_len slots (>= length), keeping the filled ones."""
-        if max_len < self.length:
-            raise LmstackError(f"KV cache: cannot shrink to {max_len} slots below the {self.length} in use")
-        if max_len == self.max_len:
-            return
-
-        def moved(t, fill):
-            shape = list(t.shape)
-            shape[2 if t.dim() == 4 else 1] = max_len
-            new = torch.full(shape, fill, dtype=t.dtype, device=t.device)
-            if t.dim() == 4:
-                new[:, :, : self.length] = t[:, :, : self.length]
-            else:
-                new[:, : self.length] = t[:, : self.length]
-            return new
-
-        self.k = [moved(t, 0) for t in self.k]
-        self.v = [moved(t, 0) for t in self.v]
-        self.key_pos = moved(self.key_pos, -1)
-        self.max_len = max_len
-
-    def ensure_room(self, n: int):
-        """Make room for n more slots, growing geometrically so that growth is rare."""
-        if self.length + n > self.max_len:
-            self.resize(max(self.length + n, 2 * self.max_len))
-
-    @torch.inference_mode()
-    def shift(self, n: int):
-        """Move the filled slots by n: n > 0 prepends n empty slots, n < 0 drops the first -n slots.
-
-        Attention is causal by slot order and positions come from key_pos, so moving every row's
-        slots together changes nothing a row sees; dropped slots must be empty (-1) in every row.
-        """
-        if n == 0:
-            return
-        L = self.length
-        if n < 0:
-            d = -n
-            if d > L:
-                raise LmstackError(f"KV cache: cannot drop {d} slots of {L}")
-            tensors = [*self.k, *self.v]
-            for t in tensors:
-                t[:, :, : L - d] = t[:, :, d:L].clone()
-            self.key_pos[:, : L - d] = self.key_pos[:, d:L].clone()
-            self.key_pos[:, L - d:L] = -1
-            self.length = L - d
-            return
-        self.ensure_room(n)
-        for t in [*self.k, *self.v]:
-            t[:, :, n:n + L] = t[:, :, :L].clone()
-        self.key_pos[:, n:n + L] = self.key_pos[:, :L].clone()
-        self.key_pos[:, :n] = -1
-        self.length = L + n
-        self.padded = True
-
-    def empty_front(self) -> int:
-        """How many leading slots are empty in every row (droppable with shift(-n))."""
-        if self.length == 0 or self.batch == 0:
-            return self.length
-        valid = (self.key_pos[:, : self.length] >= 0).any(dim=0)
-        return int(valid.long().argmax()) if bool(valid.any()) else self.length
-
-    @torch.inference_mode()
-    def merge(self, other: KVCache):
-        """Append other's rows to this batch, right-aligned to this cache's length.
-
-        Both caches then end at the same slot, so the next decode step writes every row's token into
-        one shared slot; the merged rows' earlier slots are empty (key_pos -1) and masked out.
-        """
-        if other.length > self.length:
-            self.shift(other.length - self.length)
-        off = self.length - other.length
-
-        def place(t, fill):
-            shape = list(t.shape)
-            shape[2 if t.dim() == 4 else 1] = self.max_len
-            new = torch.full(shape, fill, dtype=t.dtype, device=t.device)
-            if t.dim() == 4:
-                new[:, :, off:self.length] = t[:, :, : other.length]
-            else:
-                new[:, off:self.length] = t[:, : other.length]
-            return new
-
-        self.k = [torch.cat([a, place(b, 0)]) for a, b in zip(self.k, other.k)]
-        self.v = [torch.cat([a, place(b, 0)]) for a, b in zip(self.v, other.v)]
-        self.key_pos = torch.cat([self.key_pos, place(other.key_pos, -1)])
-        self.padded = True
+    if base is None:
+        T, S = q_pos.shape[1], k_pos.shape[1]
+        slot_q = torch.arange(q_start, q_start + T, device=q_pos.device)
+        causal = torch.arange(S, device=q_pos.device)[None, :] <= slot_q[:, None]  # [T, S]
+        base = (causal[None] & (k_pos >= 0)[:, None, :])[:, None]  # [B, 1, T, S]
+    m = base
+    if window is not None:
+        m = m & ((q_pos[:, None, :, None] - k_pos[:, None, None, :]) < window)
+    # A padding query sees no key at all; let it see everything rather than make NaNs.
+    return m | ~m.any(dim=-1, keepdim=True)
 
 
 class Attention(nn.Module):
@@ -197,7 +90,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_head * self.hd, cfg.d_model, bias=cfg.o_bias)
         self.o_proj.residual = True  # scaled init, GPT-2's 1/sqrt(2 * n_layer)
 
-    def forward(self, x, rope, mask, cache: KVCache | None, causal: bool):
+    def forward(self, x, rope, mask, cache, causal: bool):
         B, T, _ = x.shape
         q, k, v = self.qkv(x).split([self.n_head * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], dim=-1)
         q = q.view(B, T, self.n_head, self.hd).transpose(1, 2)
@@ -207,11 +100,8 @@ class Attention(nn.Module):
             cos, sin = rope
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
-        if cache is not None:
-            start, end = cache.length, cache.length + T
-            cache.k[self.layer][:, :, start:end] = k
-            cache.v[self.layer][:, :, start:end] = v
-            k, v = cache.k[self.layer][:, :, :end], cache.v[self.layer][:, :, :end]
+        if cache is not None:  # keys/values of the earlier tokens too: [B, n_kv, S, hd]
+            k, v = cache.update(self.layer, k, v)
         if self.n_kv != self.n_head:
             rep = self.n_head // self.n_kv
             k = k[:, :, None].expand(-1, -1, rep, -1, -1).reshape(B, self.n_head, -1, self.hd)
@@ -301,74 +191,50 @@ class Transformer(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B, 1, T, hd]
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
-    def hidden_states(self, idx, positions=None, cache: KVCache | None = None, pad_mask=None, attn_mask=None):
+    def hidden_states(self, idx, positions=None, cache=None, pad_mask=None, attn_mask=None):
         """Final-norm hidden states [B, T, d].
 
         positions: [B, T] position ids (default: continue each row of the cache, or 0..T-1).
+        cache:     a KV cache (lmstack.infer.cache, whose docstring gives the interface used here).
         pad_mask:  [B, T] bool, False for padding tokens (left padding in batched prompts).
         attn_mask: [B, 1, T, T] bool, an explicit mask (packed sequences); no cache then.
         """
         B, T = idx.shape
         cfg = self.cfg
-        start = cache.length if cache is not None else 0
-        if cache is not None and start + T > cache.max_len:
-            raise LmstackError(f"KV cache full: {start + T} tokens > {cache.max_len} allocated")
+        start = cache.length if cache is not None else 0  # slot of the first new token
         if positions is None:
-            if cache is not None and start > 0:
-                positions = cache.next_positions()[:, None] + torch.arange(T, device=idx.device)
-            else:
-                positions = torch.arange(T, device=idx.device).expand(B, T)
+            positions = cache.positions(T) if cache is not None else torch.arange(T, device=idx.device).expand(B, T)
         if cfg.is_gpt2 and int(positions.max()) >= cfg.max_seq_len:
             raise LmstackError(
                 f"sequence of {int(positions.max()) + 1} tokens exceeds the model's context of {cfg.max_seq_len}"
             )
+        key_pos = positions if pad_mask is None else positions.masked_fill(~pad_mask, -1)  # -1: padding
+        holes = False
+        if cache is not None:
+            key_pos, holes = cache.append(key_pos)  # every key's position, earlier tokens included
         x = self.tok_emb(idx)
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions)
         x = self.drop(x)
         rope = None if cfg.is_gpt2 else self._rope(positions, x.dtype)
 
-        # Masks: causal by slot order, keys limited to valid slots, sliding windows by position gap.
+        # One mask per window size; none when plain causal attention (is_causal) is exact.
         windows = set(self.windows)
-        need_mask = attn_mask is not None or pad_mask is not None or windows != {None} or \
-            (cache is not None and (cache.padded or (start > 0 and T > 1)))
-        masks = {}
-        if cache is not None:
-            kp = positions if pad_mask is None else positions.masked_fill(~pad_mask, -1)
-            cache.key_pos[:, start:start + T] = kp
-            if pad_mask is not None and not bool(pad_mask.all()):
-                cache.padded = True
-        if need_mask:
+        masks = None
+        if attn_mask is not None or pad_mask is not None or windows != {None} or holes or (start > 0 and T > 1):
             if attn_mask is not None:
-                base = attn_mask
-                kpos = positions
-            else:
-                if cache is not None:
-                    kpos = cache.key_pos[:, : start + T]
-                else:
-                    kpos = positions if pad_mask is None else positions.masked_fill(~pad_mask, -1)
-                S = kpos.shape[1]
-                slot_q = torch.arange(start, start + T, device=idx.device)
-                causal = torch.arange(S, device=idx.device)[None, :] <= slot_q[:, None]  # [T, S]
-                base = (causal[None] & (kpos >= 0)[:, None, :])[:, None]  # [B, 1, T, S]
-            for w in windows:
-                m = base
-                if w is not None:
-                    m = m & ((positions[:, None, :, None] - kpos[:, None, None, :]) < w)
-                # A padding query sees no key at all; let it see everything rather than make NaNs.
-                masks[w] = m | ~m.any(dim=-1, keepdim=True)
-        causal_flag = cache is None or start == 0
+                key_pos = positions
+            masks = {w: attention_mask(positions, key_pos, start, w, base=attn_mask) for w in windows}
+        causal = start == 0
         for i, block in enumerate(self.blocks):
-            mask = masks.get(self.windows[i]) if need_mask else None
+            mask = masks[self.windows[i]] if masks is not None else None
             if self.grad_checkpointing and self.training:
-                x = checkpoint(block, x, rope, mask, cache, causal_flag, use_reentrant=False)
+                x = checkpoint(block, x, rope, mask, cache, causal, use_reentrant=False)
             else:
-                x = block(x, rope, mask, cache, causal_flag)
-        if cache is not None:
-            cache.length += T
+                x = block(x, rope, mask, cache, causal)
         return self.norm_f(x)
 
-    def forward(self, idx, positions=None, cache: KVCache | None = None, pad_mask=None, attn_mask=None,
+    def forward(self, idx, positions=None, cache=None, pad_mask=None, attn_mask=None,
                 last_only: bool = False):
         """Logits [B, T, vocab] (or [B, 1, vocab] for the last position only, as decoding needs)."""
         h = self.hidden_states(idx, positions, cache, pad_mask, attn_mask)

@@ -17,14 +17,14 @@ import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmstack.errors import LmstackError
 from lmstack.infer.engine import Completion
+from lmstack.infer.engine import Request as Decode  # the engine's request; `Request` here is the HTTP one
+from lmstack.infer.logprobs import prompt_logprobs
 from lmstack.serve.protocol import (
     ApiError,
     Options,
@@ -125,25 +125,6 @@ async def read_json(request: Request, limit: int) -> dict:
     return body
 
 
-@torch.inference_mode()
-def score_prompt(model, ids: list[int], top_n: int) -> tuple[list, list]:
-    """Raw log p of every prompt token given those before it (None for the first) and the top-N there."""
-    device = next(model.parameters()).device
-    if len(ids) < 2:
-        return [None] * len(ids), [None] * len(ids)
-    logits = model(torch.tensor([ids], device=device)).float()[0, :-1]
-    lp = F.log_softmax(logits, dim=-1)
-    target = torch.tensor(ids[1:], device=device)
-    chosen = lp.gather(1, target[:, None])[:, 0].tolist()
-    tops = [None]
-    if top_n:
-        v, i = lp.topk(top_n, dim=-1)
-        tops += [dict(zip(a, b)) for a, b in zip(i.tolist(), v.tolist())]
-    else:
-        tops += [{} for _ in chosen]
-    return [None, *chosen], tops
-
-
 class Server:
     """Request handling shared by the routes; one per app."""
 
@@ -211,7 +192,7 @@ class Server:
                     done[c] = Completion(prompt_ids=ids, finish_reason="length")
                     continue
                 p = opts.params if opts.seed is None else dataclasses.replace(opts.params, seed=opts.seed + j)
-                rows.append(Row(ids, p, c))
+                rows.append(Row(Decode(ids, p), c))
         return rows, done
 
     def start(self, rows: list[Row]):
@@ -227,8 +208,8 @@ class Server:
         try:
             self.sched.submit(group)
         except QueueFull:
-            raise ApiError(429, f"the server is busy: {self.cfg.max_queue} requests are already waiting; retry "
-                                "later", type="rate_limit_error", code="rate_limit_exceeded") from None
+            raise busy(f"the server is busy: {self.cfg.max_queue} requests are already waiting; retry later") \
+                from None
         return group, q
 
     async def collect(self, request: Request, group, q, results: dict[int, Completion]):
@@ -246,8 +227,7 @@ class Server:
                     results[item[1]] = item[2]
                     pending -= 1
                 elif item[0] == "error":
-                    _, _, status, msg, kind, code = item
-                    raise ApiError(status, msg, type=kind, code=code)
+                    raise item_error(item)
         finally:
             if pending:
                 self.sched.cancel(group)
@@ -266,7 +246,7 @@ class Server:
         ids_list = [ids for ids, _ in prompts]
         scores = None
         if opts.echo and opts.logprobs is not None:
-            fut = self._call(lambda: [score_prompt(self.lm.model, ids, opts.logprobs) for ids in ids_list])
+            fut = self._call(lambda: [prompt_logprobs(self.lm.model, ids, opts.logprobs) for ids in ids_list])
             scores = await asyncio.wrap_future(fut)
         rows, done = self.rows_for(ids_list, opts)
         group, q = self.start(rows)
@@ -293,8 +273,7 @@ class Server:
         try:
             return self.sched.call(fn)
         except QueueFull:
-            raise ApiError(429, "the server is busy; retry later", type="rate_limit_error",
-                           code="rate_limit_exceeded") from None
+            raise busy("the server is busy; retry later") from None
 
     def _completion_logprobs(self, ids, text, res: Completion, opts: Options, score):
         tokens, lps, tops, offs = [], [], [], []
@@ -313,27 +292,47 @@ class Server:
         offs += self.offsets(res.ids, start)
         return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offs}
 
-    async def _stream_completions(self, group, q, done, opts, ids_list, texts, scores, rid, created):
-        def chunk(c, text, finish=None, lp=None):
-            return _sse({"id": rid, "object": "text_completion", "created": created, "model": self.cfg.model_name,
-                         "choices": [{"index": c, "text": text, "logprobs": lp, "finish_reason": finish}]})
+    def _stream_completions(self, group, q, done, opts, ids_list, texts, scores, rid, created):
+        offs = {}  # each choice's text offset so far
+
+        def head(c):
+            pi = c // opts.n
+            offs[c] = len(texts[pi]) if opts.echo else 0
+            if not opts.echo:
+                return []
+            lp = None
+            if opts.logprobs is not None:
+                lp = self._completion_logprobs(ids_list[pi], texts[pi], Completion(ids_list[pi]), opts,
+                                               scores[pi] if scores else None)
+            return [{"text": texts[pi], "logprobs": lp}]
+
+        def token(c, tid, text, lp, top):
+            if opts.logprobs is not None:
+                lpd = {"tokens": [self.piece(tid)], "token_logprobs": [lp],
+                       "top_logprobs": [self.top_dict(top or {}, tid, lp)], "text_offset": [offs[c]]}
+                offs[c] += len(text)
+                return {"text": text, "logprobs": lpd}
+            return {"text": text, "logprobs": None} if text else None
+
+        return self._stream(group, q, opts, "text_completion", rid, created, len(ids_list) * opts.n, done,
+                            sum(len(i) for i in ids_list), head, token, {"text": "", "logprobs": None})
+
+    async def _stream(self, group, q, opts, obj, rid, created, n_choices, done, n_prompt, head, token, finished):
+        """The one server-sent-events loop of completions and chat: head(choice) -> the choice fields sent
+        first, token(choice, token_id, text, logprob, top) -> a token's fields (None: nothing to send),
+        `finished`: the fields beside a finish_reason; then usage if asked, and [DONE]."""
+        def chunk(c, fields, finish=None):
+            return _sse({"id": rid, "object": obj, "created": created, "model": self.cfg.model_name,
+                         "choices": [{"index": c, **fields, "finish_reason": finish}]})
 
         pending = len(group.rows)
         n_out = 0
-        offs = {}
         try:
-            for pi, ids in enumerate(ids_list):
-                for j in range(opts.n):
-                    c = pi * opts.n + j
-                    offs[c] = len(texts[pi]) if opts.echo else 0
-                    if opts.echo:
-                        lp = None
-                        if opts.logprobs is not None:
-                            lp = self._completion_logprobs(ids, texts[pi], Completion(ids), opts,
-                                                           scores[pi] if scores else None)
-                        yield chunk(c, texts[pi], lp=lp)
-                    if c in done:
-                        yield chunk(c, "", done[c].finish_reason)
+            for c in range(n_choices):
+                for fields in head(c):
+                    yield chunk(c, fields)
+                if c in done:
+                    yield chunk(c, finished, done[c].finish_reason)
             failed = False
             while pending and not failed:
                 out = []
@@ -341,26 +340,21 @@ class Server:
                     if item[0] == "token":
                         _, c, tid, text, lp, top = item
                         n_out += 1
-                        if opts.logprobs is not None:
-                            lpd = {"tokens": [self.piece(tid)], "token_logprobs": [lp],
-                                   "top_logprobs": [self.top_dict(top or {}, tid, lp)], "text_offset": [offs[c]]}
-                            offs[c] += len(text)
-                            out.append(chunk(c, text, lp=lpd))
-                        elif text:
-                            out.append(chunk(c, text))
+                        fields = token(c, tid, text, lp, top)
+                        if fields is not None:
+                            out.append(chunk(c, fields))
                     elif item[0] == "done":
                         pending -= 1
-                        out.append(chunk(item[1], "", item[2].finish_reason))
+                        out.append(chunk(item[1], finished, item[2].finish_reason))
                     else:
-                        _, _, status, msg, kind, code = item
-                        out.append(_sse(error_body(msg, kind, None, code)))
+                        out.append(_sse(item_error(item).body()))
                         failed = True
                         break
                 if out:
                     yield "".join(out)
             if opts.include_usage:
-                yield _sse({"id": rid, "object": "text_completion", "created": created, "model": self.cfg.model_name,
-                            "choices": [], "usage": usage(sum(len(i) for i in ids_list), n_out)})
+                yield _sse({"id": rid, "object": obj, "created": created, "model": self.cfg.model_name,
+                            "choices": [], "usage": usage(n_prompt, n_out)})
             yield "data: [DONE]\n\n"
         finally:
             if pending:
@@ -409,48 +403,15 @@ class Server:
                 "top_logprobs": [{"token": self.piece(i), "logprob": v, "bytes": list(self.piece(i).encode("utf-8"))}
                                  for i, v in tops]}
 
-    async def _stream_chat(self, group, q, done, opts, ids, rid, created):
-        def chunk(c, delta, finish=None, lp=None):
-            return _sse({"id": rid, "object": "chat.completion.chunk", "created": created,
-                         "model": self.cfg.model_name,
-                         "choices": [{"index": c, "delta": delta, "logprobs": lp, "finish_reason": finish}]})
+    def _stream_chat(self, group, q, done, opts, ids, rid, created):
+        def token(c, tid, text, lp, top):
+            if opts.logprobs is not None:
+                return {"delta": {"content": text}, "logprobs": {"content": [self._chat_lp(tid, lp, top, opts.logprobs)]}}
+            return {"delta": {"content": text}, "logprobs": None} if text else None
 
-        pending = len(group.rows)
-        n_out = 0
-        try:
-            for c in range(opts.n):
-                yield chunk(c, {"role": "assistant", "content": ""})
-                if c in done:
-                    yield chunk(c, {}, done[c].finish_reason)
-            failed = False
-            while pending and not failed:
-                out = []
-                for item in await _ready(q):
-                    if item[0] == "token":
-                        _, c, tid, text, lp, top = item
-                        n_out += 1
-                        if opts.logprobs is not None:
-                            out.append(chunk(c, {"content": text},
-                                             lp={"content": [self._chat_lp(tid, lp, top, opts.logprobs)]}))
-                        elif text:
-                            out.append(chunk(c, {"content": text}))
-                    elif item[0] == "done":
-                        pending -= 1
-                        out.append(chunk(item[1], {}, item[2].finish_reason))
-                    else:
-                        _, _, status, msg, kind, code = item
-                        out.append(_sse(error_body(msg, kind, None, code)))
-                        failed = True
-                        break
-                if out:
-                    yield "".join(out)
-            if opts.include_usage:
-                yield _sse({"id": rid, "object": "chat.completion.chunk", "created": created,
-                            "model": self.cfg.model_name, "choices": [], "usage": usage(len(ids), n_out)})
-            yield "data: [DONE]\n\n"
-        finally:
-            if pending:
-                self.sched.cancel(group)
+        return self._stream(group, q, opts, "chat.completion.chunk", rid, created, opts.n, done, len(ids),
+                            lambda c: [{"delta": {"role": "assistant", "content": ""}, "logprobs": None}], token,
+                            {"delta": {}, "logprobs": None})
 
     # ---- tokenizer --------------------------------------------------------------------------------------------
 
@@ -507,6 +468,16 @@ async def _ready(q: asyncio.Queue) -> list:
     while not q.empty():
         items.append(q.get_nowait())
     return items
+
+
+def busy(message: str) -> ApiError:
+    return ApiError(429, message, type="rate_limit_error", code="rate_limit_exceeded")
+
+
+def item_error(item) -> ApiError:
+    """The scheduler's ("error", choice, status, message, type, code) item as the error it reports."""
+    _, _, status, message, kind, code = item
+    return ApiError(status, message, type=kind, code=code)
 
 
 def _sse(obj) -> str:

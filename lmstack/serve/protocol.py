@@ -41,13 +41,17 @@ def _get(body: dict, name: str):
     return _MISSING if v is None else v  # JSON null means "the default", as OpenAI treats it
 
 
-def get_bool(body, name, default):
+def _get_typed(body, name, default, kind: type, what: str):
     v = _get(body, name)
     if v is _MISSING:
         return default
-    if not isinstance(v, bool):
-        raise bad(name, f"'{name}' must be a boolean, got {type(v).__name__}")
+    if not isinstance(v, kind):
+        raise bad(name, f"'{name}' must be {what}, got {type(v).__name__}")
     return v
+
+
+def get_bool(body, name, default):
+    return _get_typed(body, name, default, bool, "a boolean")
 
 
 def get_int(body, name, default, lo=None, hi=None):
@@ -78,12 +82,7 @@ def get_float(body, name, default, lo=None, hi=None, lo_open=False):
 
 
 def get_str(body, name, default):
-    v = _get(body, name)
-    if v is _MISSING:
-        return default
-    if not isinstance(v, str):
-        raise bad(name, f"'{name}' must be a string, got {type(v).__name__}")
-    return v
+    return _get_typed(body, name, default, str, "a string")
 
 
 def get_stop(body) -> list[str]:

@@ -1,7 +1,7 @@
 """The scheduler: one thread owns the model and runs the decode loop of a continuously batched generation.
 
-HTTP handlers (on the asyncio event loop) submit rows — one prompt with its sampling parameters
-each — and get their tokens back through a callback run on the loop. Between two decode steps the
+HTTP handlers (on the asyncio event loop) submit rows — one engine `Request` (a prompt with its
+sampling parameters) each — and get their tokens back through a callback run on the loop. Between two decode steps the
 thread admits waiting rows up to `max_batch` (they join the running batch, `Generation.add`),
 drops rows whose client went away or whose deadline passed (`Generation.cancel`), and runs short
 jobs that need the model (prompt scoring for `echo`). Model compute never runs on the event loop,
@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lmstack.errors import LmstackError
-from lmstack.infer.engine import Generation
-from lmstack.infer.sampling import SamplingParams
+from lmstack.infer.engine import Generation, Request
 
 log = logging.getLogger("lmstack.serve")
 
@@ -34,13 +33,11 @@ class QueueFull(Exception):
 
 @dataclass
 class Row:
-    """One sequence to decode: a prompt and its sampling parameters (a request has n x prompts rows)."""
+    """One sequence to decode, as the engine's Request (an HTTP request has n x prompts rows)."""
 
-    prompt: list[int]
-    params: SamplingParams
-    choice: int  # the choice index within its request
+    request: Request
+    choice: int  # the choice index within its HTTP request
     group: Group | None = None
-    index: int | None = None  # the engine's index once admitted
 
 
 @dataclass
@@ -68,7 +65,7 @@ class Scheduler:
         self.wake = threading.Event()
         self.waiting: deque[Row] = deque()
         self.waiting_groups: dict[int, int] = {}  # id(group) -> rows still waiting
-        self.running: dict[int, Row] = {}  # engine index -> row
+        self.running: dict[Request, Row] = {}  # the rows in the engine's batch
         self.admitting: list[Row] = []
         self.calls: deque[tuple[Callable, Future]] = deque()
         self.stopped = False
@@ -166,21 +163,21 @@ class Scheduler:
                     send(g, ("error", r.choice, 408, f"request timed out after {self.timeout:g} s in the queue",
                              "timeout_error", "timeout"))
                     continue
-                if len(self.gen.active) + len(admit) < self.max_batch:
+                if len(self.gen.running) + len(admit) < self.max_batch:
                     admit.append(r)
                     self._leave_queue(g)
                 else:
                     kept.append(r)
             self.waiting = kept
-        drop = [i for i, r in self.running.items() if r.group.cancelled or r.group.deadline < now]
+        drop = [req for req, r in self.running.items() if r.group.cancelled or r.group.deadline < now]
         if drop:
             self.gen.cancel(drop)
-            for i in drop:
-                r = self.running.pop(i)
+            for req in drop:
+                r = self.running.pop(req)
                 if not r.group.cancelled:
                     send(r.group, ("error", r.choice, 408, f"request timed out after {self.timeout:g} s",
                                    "timeout_error", "timeout"))
-                self.gen.forget(i)
+                self.gen.forget(req)
         if admit:
             self.admitting = admit  # failed with the batch if adding them breaks (see _fail_all)
             self._admit(admit, send)
@@ -188,16 +185,16 @@ class Scheduler:
         events = self.gen.step() if not self.gen.done else []
         self.steps += bool(events)
         for ev in events:
-            r = self.running.get(ev.index)
+            r = self.running.get(ev.request)
             if r is None:
                 continue
-            res = self.gen.results[ev.index]
-            top = res.top_logprobs[-1] if r.params.logprobs and res.top_logprobs else None
+            res = ev.request.result
+            top = res.top_logprobs[-1] if r.request.params.logprobs and res.top_logprobs else None
             send(r.group, ("token", r.choice, ev.token_id, ev.text, res.logprobs[-1], top))
             if ev.finished:
                 send(r.group, ("done", r.choice, res))
-                del self.running[ev.index]
-                self.gen.forget(ev.index)
+                del self.running[ev.request]
+                self.gen.forget(ev.request)
         for group, items in out.values():
             self._deliver(group, items)
         return bool(events) or bool(admit) or bool(self.waiting)
@@ -211,26 +208,24 @@ class Scheduler:
 
     def _admit(self, rows: list[Row], send):
         try:
-            idx = self.gen.add([r.prompt for r in rows], [r.params for r in rows])
+            self.gen.add([r.request for r in rows])
+            added = rows
         except LmstackError:
             # Handlers validate first, so this is rare; add one by one so only the bad row fails.
-            idx = []
+            added = []
             for r in rows:
                 try:
-                    idx.append(self.gen.add([r.prompt], r.params)[0])
+                    self.gen.add([r.request])
+                    added.append(r)
                 except LmstackError as e:
-                    idx.append(None)
                     send(r.group, ("error", r.choice, 400, str(e), "invalid_request_error", None))
-        active = set(self.gen.active)
-        for r, i in zip(rows, idx):
-            if i is None:
-                continue
-            r.index = i
-            if i in active:
-                self.running[i] = r
+        running = set(self.gen.running)
+        for r in added:
+            if r.request in running:
+                self.running[r.request] = r
             else:  # nothing to generate (no room left in the context): finished at once
-                send(r.group, ("done", r.choice, self.gen.results[i]))
-                self.gen.forget(i)
+                send(r.group, ("done", r.choice, r.request.result))
+                self.gen.forget(r.request)
 
     def _deliver(self, group: Group, items: list):
         try:
@@ -240,7 +235,7 @@ class Scheduler:
 
     def _fail_all(self, status, message, kind):
         with self.lock:
-            rows = list(self.running.values()) + [r for r in self.admitting if r.index not in self.running]
+            rows = list(self.running.values()) + [r for r in self.admitting if r.request not in self.running]
             self.running.clear()
             self.admitting = []
         for r in rows:

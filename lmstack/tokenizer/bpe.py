@@ -7,27 +7,17 @@ whitespace, maps to bytes and back, so decode(encode(s)) == s holds without an u
 from __future__ import annotations
 
 import glob
-import json
 import os
 from collections.abc import Iterable
-from pathlib import Path
 
-import tokenizers
-from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import models, pre_tokenizers, trainers
 
 from lmstack.errors import LmstackError
 from lmstack.tokenizer.chat import DEFAULT_CHAT_TEMPLATE
 from lmstack.tokenizer.core import Tokenizer
+from lmstack.tokenizer.gpt2 import byte_level, gpt2_backend  # noqa: F401 (gpt2_backend: re-exported)
 
 DEFAULT_SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
-
-
-def _byte_level(model: models.Model) -> tokenizers.Tokenizer:
-    tok = tokenizers.Tokenizer(model)
-    # use_regex=True is GPT-2's pre-tokenisation regex; no prefix space so that text is encoded as written
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    return tok
 
 
 def expand_files(patterns: Iterable[str | os.PathLike]) -> list[str]:
@@ -66,7 +56,7 @@ def train_bpe(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=show_progress,
     )
-    backend = _byte_level(models.BPE())
+    backend = byte_level(models.BPE())
     if isinstance(files, (str, os.PathLike)):
         files = [files]
     if isinstance(files, (list, tuple)):
@@ -87,34 +77,3 @@ def train_bpe(
         chat_template=DEFAULT_CHAT_TEMPLATE if chatml else None,
         extra_stop_tokens=["<|im_end|>"] if chatml else [],
     )
-
-
-def gpt2_backend(vocab_file, merges_file) -> tokenizers.Tokenizer:
-    """Backend from GPT-2's vocab.json/merges.txt (or OpenAI's encoder.json/vocab.bpe, the same formats)."""
-    vocab_file, merges_file = Path(vocab_file), Path(merges_file)
-    for p in (vocab_file, merges_file):
-        if not p.is_file():
-            raise LmstackError(f"tokenizer: {p} does not exist")
-    try:
-        vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LmstackError(f"tokenizer: {vocab_file} is not valid JSON ({e})") from None
-    if not isinstance(vocab, dict):
-        raise LmstackError(f"tokenizer: {vocab_file} should map tokens to ids")
-    merges = []
-    for n, line in enumerate(merges_file.read_text(encoding="utf-8").splitlines(), 1):
-        if not line or (n == 1 and line.startswith("#version")):
-            continue
-        parts = line.split(" ")
-        if len(parts) != 2:
-            raise LmstackError(f"tokenizer: {merges_file} line {n} is not a merge of two tokens: {line!r}")
-        merges.append((parts[0], parts[1]))
-    try:
-        backend = _byte_level(models.BPE(vocab, merges))
-    except Exception as e:
-        raise LmstackError(f"tokenizer: cannot build BPE from {vocab_file} and {merges_file} ({e})") from None
-    # Same post-processor as HF's GPT-2 tokenizer.json, so offsets match theirs
-    backend.post_processor = processors.ByteLevel(trim_offsets=False)
-    if "<|endoftext|>" in vocab:
-        backend.add_special_tokens(["<|endoftext|>"])
-    return backend

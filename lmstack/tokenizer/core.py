@@ -16,6 +16,7 @@ from tokenizers import processors
 
 from lmstack.errors import LmstackError
 from lmstack.tokenizer import chat
+from lmstack.tokenizer.gpt2 import gpt2_backend
 
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
@@ -169,8 +170,6 @@ class Tokenizer:
     @classmethod
     def from_gpt2_files(cls, encoder_json, vocab_bpe) -> Tokenizer:
         """GPT-2's original encoder.json + vocab.bpe (or the equivalent vocab.json + merges.txt)."""
-        from lmstack.tokenizer.bpe import gpt2_backend
-
         backend = gpt2_backend(encoder_json, vocab_bpe)
         eot = "<|endoftext|>" if backend.token_to_id("<|endoftext|>") is not None else None
         return cls(backend, eot, eot, None, None)
@@ -191,9 +190,7 @@ class Tokenizer:
             return cls._from_files(folder / TOKENIZER_FILE, folder)
         for vocab, merges in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
             if (folder / vocab).is_file() and (folder / merges).is_file():
-                from lmstack.tokenizer.bpe import gpt2_backend
-
-                return cls._from_backend(gpt2_backend(folder / vocab, folder / merges), folder)
+                        return cls._from_backend(gpt2_backend(folder / vocab, folder / merges), folder)
         if (folder / "tokenizer").is_dir():
             return cls.load(folder / "tokenizer")
         raise LmstackError(

@@ -1,5 +1,5 @@
-"""What every training recipe shares: the config knobs, run setup with exact resume, the guarded
-optimizer step, checkpoints and the end-of-run summary.
+"""What every training recipe shares: the config knobs, loading the starting checkpoint, run setup with
+exact resume, the guarded optimizer step, checkpoints and the end-of-run summary.
 
 Recipes keep their own loops (the algorithm of the paper stays visible); these helpers are the
 plumbing around them.
@@ -15,8 +15,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from lmstack.errors import LmstackError
+from lmstack.lm import LM, load
 from lmstack.train import dist
 from lmstack.train.log import MetricsLogger, plot_curves, read_metrics
 from lmstack.train.optim import lr_at, make_optimizer, set_lr
@@ -25,33 +27,34 @@ from lmstack.train.state import latest_checkpoint, read_trainer_state, save_chec
 
 @dataclass
 class TrainConfig:
-    out: str = "runs/train"
-    steps: int = 1000
-    micro_batch: int = 16
-    grad_accum: int = 1
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup: int = 50
-    schedule: str = "cosine"
-    weight_decay: float = 0.1
-    betas: tuple = (0.9, 0.95)
-    grad_clip: float = 1.0
-    dropout: float = 0.0
-    precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
-    compile: bool = False
-    grad_checkpoint: bool = False
-    fsdp: bool = False
-    device: str = "auto"
-    seed: int = 0
-    eval_interval: int = 200
-    eval_batches: int = 20
-    ckpt_interval: int = 500
-    keep_last: int = 2
-    log_interval: int = 10
-    max_nonfinite: int = 5  # consecutive non-finite steps before the run stops
-    resume: bool = False
-    tensorboard: bool = False
-    quiet: bool = False
+    out: str = "runs/train"  #: run folder: checkpoints/, model/, metrics.jsonl, summary.json
+    steps: int = 1000  #: optimizer steps
+    micro_batch: int = 16  #: sequences per micro-batch on each process
+    grad_accum: int = 1  #: micro-batches accumulated per optimizer step
+    lr: float = 3e-3  #: peak learning rate
+    min_lr_ratio: float = 0.1  #: final learning rate as a fraction of --lr (cosine/linear decay)
+    warmup: int = 50  #: linear warmup steps
+    schedule: str = "cosine"  #: learning-rate schedule after warmup: cosine, linear, wsd or constant
+    weight_decay: float = 0.1  #: AdamW weight decay (not on norms and biases)
+    betas: tuple = (0.9, 0.95)  #: AdamW betas
+    grad_clip: float = 1.0  #: clip the gradient norm to this (0: off)
+    dropout: float = 0.0  #: dropout probability during training
+    precision: str = "auto"  #: auto (bf16 autocast on GPU, fp32 on CPU) or bf16 (anything else: fp32)
+    compile: bool = False  #: torch.compile the model
+    grad_checkpoint: bool = False  #: recompute activations in backward (less memory, more time)
+    fsdp: bool = False  #: shard parameters with FSDP2 under torchrun (default there: DDP)
+    device: str = "auto"  #: auto (cuda when available), cpu, cuda or cuda:N
+    seed: int = 0  #: seed of weights, data order and sampling
+    eval_interval: int = 200  #: evaluate every N steps (0: only where the recipe says)
+    eval_batches: int = 20  #: batches per evaluation
+    ckpt_interval: int = 500  #: save a resumable checkpoint every N steps (0: only at the end)
+    keep_last: int = 2  #: checkpoints kept in <out>/checkpoints
+    log_interval: int = 10  #: write metrics every N steps
+    max_nonfinite: int = 5  #: consecutive non-finite steps before the run stops
+    resume: bool = False  #: continue from the latest checkpoint in --out
+    tensorboard: bool = False  #: also log to TensorBoard (<out>/tensorboard)
+    quiet: bool = False  #: no progress bar or messages on the console
+    bars: bool = False  #: transient progress bars (how lmstack run displays a stage)
 
 
 @dataclass
@@ -99,6 +102,22 @@ class Run:
         return lr
 
 
+def load_for_training(path: str, device, seq_len: int | None, why: str) -> LM:
+    """The checkpoint a recipe starts from: it must have a tokenizer (`why` says what for) and a context of at
+    least `seq_len` tokens."""
+    lm = load(path, device=device)
+    if lm.tokenizer is None:
+        raise LmstackError(f"{path}: no tokenizer; {why}")
+    if seq_len is not None and seq_len > lm.config.max_seq_len:
+        raise LmstackError(f"--seq-len {seq_len} exceeds the model's context {lm.config.max_seq_len}")
+    return lm
+
+
+def pad_id(tokenizer) -> int:
+    """The id right padding uses (0 when the tokenizer has none: padded positions are never read)."""
+    return tokenizer.pad_id if tokenizer.pad_id is not None else 0
+
+
 def resume_point(cfg: TrainConfig) -> Path | None:
     return latest_checkpoint(Path(cfg.out)) if cfg.resume else None
 
@@ -134,7 +153,7 @@ def start_run(cfg: TrainConfig, model: torch.nn.Module, info: dist.DistInfo, sta
         if start == 0 and (out / "metrics.jsonl").exists():
             (out / "metrics.jsonl").unlink()
     log = MetricsLogger(out, cfg.steps, start, enabled=info.main, console=not cfg.quiet,
-                        tensorboard=cfg.tensorboard, desc=stage)
+                        tensorboard=cfg.tensorboard, desc=stage, bars=cfg.bars)
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and info.device.type == "cuda")
     return Run(cfg, info, model, dmodel, opt, log, out, {"stage": stage, "args": asdict(cfg), **(meta or {})},
                start, counters, use_bf16=use_bf16)
@@ -195,8 +214,6 @@ def finish_run(run: Run, lm, summary: dict, plot_keys: list[str], title: str, pn
     run.log.close()
     final_sd = None
     if run.cfg.fsdp:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
         final_sd = get_model_state_dict(run.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if run.main:
         recs = read_metrics(run.out / "metrics.jsonl")

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 
 @dataclass
@@ -44,14 +46,10 @@ def wrap(model: torch.nn.Module, info: DistInfo, fsdp: bool = False) -> torch.nn
     if info.world == 1 and not fsdp:
         return model
     if fsdp:
-        from torch.distributed.fsdp import fully_shard
-
         for block in model.blocks:
             fully_shard(block)
         fully_shard(model)
         return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     return DDP(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
 
 

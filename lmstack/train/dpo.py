@@ -25,46 +25,49 @@ import torch.nn.functional as F
 
 from lmstack.errors import LmstackError
 from lmstack.infer.logprobs import sequence_logprobs
+from lmstack.lm import LM, load
 from lmstack.train import dist
 from lmstack.train.common import (
     checkpoint_if_due,
     finish_run,
     log_step,
     optimizer_step,
+    pad_id,
     resume_point,
     start_run,
 )
-from lmstack.train.prefs import (
+from lmstack.train.lora import load_adapter_state
+from lmstack.train.policy import final_lm, load_policy, reference
+from lmstack.train.prefdata import (
     PrefConfig,
-    _fmt_stats,
     encode_answer,
-    final_lm,
+    fmt_stats,
     load_comparisons,
-    load_policy,
     preference_files,
-    reference,
     right_pad,
 )
+from lmstack.train.recipe import Result
 
 LOSSES = ("sigmoid", "ipo", "conservative")
 
 
 @dataclass
 class DPOConfig(PrefConfig):
-    out: str = "runs/dpo"
-    val_data: list[str] = field(default_factory=list)  # held-out pairs (suite: preferences/pairs_test.jsonl)
-    subset: str = "all"
-    beta: float = 0.1
-    loss: str = "sigmoid"  # sigmoid | ipo | conservative
-    label_smoothing: float = 0.1  # eps of the conservative loss
-    epochs: float = 1.0  # > 0: overrides --steps
-    max_pairs: int = 0  # > 0: train on a seeded random subset of this many pairs (their references are precomputed)
-    max_val_pairs: int = 0  # > 0: evaluate on a seeded random subset of the held-out pairs
-    micro_batch: int = 8  # pairs per step
+    out: str = "runs/dpo"  #: run folder (the policy in <out>/model)
+    data: list[str] = field(default_factory=list)  #: pairs/rankings JSONL (default: the suite's pairs)
+    val_data: list[str] = field(default_factory=list)  #: held-out pairs (default: the suite's pairs_test)
+    subset: str = "all"  #: all, helpful or safety: which comparisons to train on
+    beta: float = 0.1  #: strength of the implicit KL to the reference (> 0)
+    loss: str = "sigmoid"  #: sigmoid, ipo or conservative
+    label_smoothing: float = 0.1  #: eps of the conservative loss (probability that a label is flipped)
+    epochs: float = 1.0  #: passes over the pairs; > 0 overrides --steps
+    max_pairs: int = 0  #: > 0: train on a seeded random subset of this many pairs (their references are precomputed)
+    max_val_pairs: int = 0  #: > 0: evaluate on a seeded random subset of the held-out pairs
+    micro_batch: int = 8  #: pairs per step
     lr: float = 5e-5
     warmup: int = 5
     schedule: str = "cosine"
-    eval_batch: int = 16
+    eval_batch: int = 16  #: pairs per batch when computing log-probabilities for evaluation
 
 
 def dpo_loss(pi_c, pi_r, ref_c, ref_r, beta: float, loss: str = "sigmoid", label_smoothing: float = 0.0):
@@ -118,7 +121,7 @@ def pair_logprobs(model, pairs, pad, device, batch: int = 16) -> torch.Tensor:
     return torch.cat(out) if out else torch.zeros(0, 2)
 
 
-def _subset(items: list, cap: int, seed: int, stats: dict, key: str) -> list:
+def seeded_subset(items: list, cap: int, seed: int, stats: dict, key: str) -> list:
     if not 0 < cap < len(items):
         return items
     stats[key] = len(items)  # reported in the summary: a subset, never a silent drop
@@ -139,10 +142,8 @@ def evaluate_pairs(model, pairs, refs, cfg: DPOConfig, pad, device) -> dict:
             "val_reward_margin": float((rc - rr).mean())}
 
 
-def dpo(cfg: DPOConfig, step_hook=None) -> dict:
-    import lmstack
-    from lmstack.model.checkpoint import LM
-
+def run(cfg: DPOConfig, step_hook=None) -> Result:
+    """Run (or resume) DPO. step_hook(step) is called after each step (tests)."""
     if cfg.loss not in LOSSES:
         raise LmstackError(f"--loss must be one of {', '.join(LOSSES)}, not {cfg.loss!r}")
     if cfg.beta <= 0:
@@ -155,14 +156,14 @@ def dpo(cfg: DPOConfig, step_hook=None) -> dict:
     tok = lm.tokenizer
     pairs, stats["dropped_overlong"] = encode_pairs(tok, comps, cfg.seq_len, cfg.overlong)
     if not pairs:
-        raise LmstackError(f"dpo: no pair fits --seq-len {cfg.seq_len} ({_fmt_stats(stats)})")
+        raise LmstackError(f"dpo: no pair fits --seq-len {cfg.seq_len} ({fmt_stats(stats)})")
     val_pairs = []
     if val_data:
         vcomps, _ = load_comparisons(val_data, cfg.skip_bad, cfg.subset)
         val_pairs, _ = encode_pairs(tok, vcomps, cfg.seq_len, "drop")
-    pairs = _subset(pairs, cfg.max_pairs, cfg.seed, stats, "pairs_subsampled_from")
-    val_pairs = _subset(val_pairs, cfg.max_val_pairs, cfg.seed, stats, "val_pairs_subsampled_from")
-    pad = tok.pad_id if tok.pad_id is not None else 0
+    pairs = seeded_subset(pairs, cfg.max_pairs, cfg.seed, stats, "pairs_subsampled_from")
+    val_pairs = seeded_subset(val_pairs, cfg.max_val_pairs, cfg.seed, stats, "val_pairs_subsampled_from")
+    pad = pad_id(tok)
     # The reference log-probabilities, once: the policy before any update (LoRA: with its adapters off).
     with reference(model, None if cfg.lora else model) as ref_model:
         ref_model.eval()
@@ -171,15 +172,13 @@ def dpo(cfg: DPOConfig, step_hook=None) -> dict:
     resume_from = resume_point(cfg)
     if resume_from is not None:
         if cfg.lora:
-            from peft import set_peft_model_state_dict
-            from safetensors.torch import load_file
-            set_peft_model_state_dict(model, load_file(str(resume_from / "adapter_model.safetensors")))
+            load_adapter_state(model, resume_from)
         else:
-            model.load_state_dict(lmstack.load(resume_from, device=info.device).model.state_dict())
+            model.load_state_dict(load(resume_from, device=info.device).model.state_dict())
     if cfg.epochs > 0:
         cfg.steps = max(1, math.ceil(cfg.epochs * len(pairs) / (cfg.micro_batch * info.world * cfg.grad_accum)))
     if info.main and not cfg.quiet:
-        print(f"dpo ({cfg.loss}, beta {cfg.beta}): {len(pairs)} pairs ({_fmt_stats(stats)}), {len(val_pairs)} held out; "
+        print(f"dpo ({cfg.loss}, beta {cfg.beta}): {len(pairs)} pairs ({fmt_stats(stats)}), {len(val_pairs)} held out; "
               f"{cfg.steps} steps")
     save_lm = LM(model, tok, lm.generation_config, {})
     run = start_run(cfg, model, info, "dpo", {"parent": cfg.model, "data": data, "data_stats": stats,
@@ -229,4 +228,4 @@ def dpo(cfg: DPOConfig, step_hook=None) -> dict:
     finish_run(run, final_lm(lm, model, cfg), summary,
                ["loss", "reward_accuracy", "reward_margin", "val_reward_accuracy"], f"DPO ({cfg.loss})")
     dist.shutdown(info)
-    return summary
+    return Result(summary, {"model": str(run.out / "model")})

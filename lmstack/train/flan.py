@@ -17,42 +17,50 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from lmstack.data.builtin import CLUSTERS
+from lmstack.data.defaults import builtin_token_data
+from lmstack.data.records import read_instruction_records, write_jsonl
 from lmstack.errors import LmstackError
+from lmstack.infer.engine import generate
+from lmstack.infer.logprobs import loglikelihood
+from lmstack.infer.sampling import SamplingParams
+from lmstack.lm import load
 from lmstack.text import normalize
+from lmstack.train import pretrain, sft
+from lmstack.train.lora import LoraOptions, lora_options
+from lmstack.train.recipe import Result
 
 
 @dataclass
-class FlanConfig:
-    out: str = "runs/flan"
-    base: str = ""  # pretrained checkpoint; empty: pretrain one on the built-in corpus first
-    suite: str = ""  # built-in suite folder; empty: build one into <out>/data
-    suite_size: str = "tiny"
-    hold_out: str = "nli"
-    clusters: list[str] = field(default_factory=list)  # training clusters; empty: all but the held-out one
-    steps: int = 300  # SFT steps per run
-    micro_batch: int = 16
-    lr: float = 2e-3
-    seq_len: int = 256
-    pretrain_steps: int = 800
-    pretrain_preset: str = "llama-mini"
-    eval_items: int = 60  # per held-out task
-    few_shot: int = 3
-    max_new_tokens: int = 12
-    ablation: bool = True
-    ablation_steps: int = 0  # SFT steps of the ablation / cluster-study runs (0: --steps)
-    cluster_study: bool = True
-    safety_repeat: int = 0  # add the suite's safety demonstrations this many times to every tuned mixture
-    lora: bool = False  # tune with LoRA adapters (peft) instead of every weight, e.g. for a real model on a CPU
-    lora_r: int = 8
-    seed: int = 0
-    quiet: bool = True
-    resume: bool = False  # a tuning run that was killed continues from its last checkpoint
-    ckpt_interval: int = 0  # SFT checkpoint interval (0: only the final model)
+class FlanConfig(LoraOptions):
+    out: str = "runs/flan"  #: run folder: base/, sft/<run>/model, flan_report.md, flan_results.json
+    base: str = ""  #: pretrained checkpoint (default: pretrain one on the suite)
+    suite: str = ""  #: built-in suite folder (default: build one into <out>/data)
+    suite_size: str = "tiny"  #: size of the suite built when --suite is not given: tiny, small, medium, large or e.g. 2MB
+    hold_out: str = "nli"  #: the cluster kept out of training and evaluated zero-shot
+    clusters: list[str] = field(default_factory=list)  #: training clusters (default: all but the held-out one)
+    steps: int = 300  #: SFT steps of the main tuning run
+    micro_batch: int = 16  #: SFT sequences per step
+    lr: float = 2e-3  #: SFT peak learning rate
+    seq_len: int = 256  #: tokens per sequence (pretraining and SFT)
+    pretrain_steps: int = 800  #: steps of the base model pretrained when --base is not given
+    pretrain_preset: str = "llama-mini"  #: model preset of that base model
+    eval_items: int = 60  #: test items per held-out task
+    few_shot: int = 3  #: examples in the base model's few-shot prompts
+    max_new_tokens: int = 12  #: length of generated answers (exact match)
+    ablation: bool = True  #: also tune with dataset names / no instructions (FLAN's instruction ablation)
+    ablation_steps: int = 0  #: SFT steps of the ablation / cluster-study runs (0: --steps)
+    cluster_study: bool = True  #: also tune on 1, 2, 4, ... clusters (accuracy against the number of clusters)
+    safety_repeat: int = 0  #: add the suite's safety demonstrations this many times to every tuned mixture
+    lora: bool = False  #: tune with LoRA adapters (peft) instead of every weight, e.g. for a real model on a CPU
+    seed: int = 0  #: seed of the data, the runs and the evaluation samples
+    quiet: bool = True  #: no progress messages from the nested pretraining and SFT runs
+    resume: bool = False  #: a tuning run that was killed continues from its last checkpoint
+    ckpt_interval: int = 0  #: SFT checkpoint interval (0: only the final model)
+    bars: bool = False  #: transient progress bars (how lmstack run displays a stage)
 
 
 def read_records(suite: Path, split: str, clusters=None, style: str | None = "instruction") -> list[dict]:
-    from lmstack.data.records import read_instruction_records
-
     recs = read_instruction_records(suite / "tasks" / f"{split}.jsonl")
     return [r for r in recs if (clusters is None or r["cluster"] in clusters) and (style is None or r["style"] == style)]
 
@@ -82,10 +90,6 @@ def evaluate_records(lm, recs: list[dict], fmt: str, shots_pool: list[dict] | No
                      max_new_tokens: int = 12, seed: int = 0) -> dict:
     """Per-task accuracy by rank classification and by exact match; with k > 0, k random shots from the
     pool of the same task (never the item itself)."""
-    from lmstack.infer.engine import generate
-    from lmstack.infer.logprobs import loglikelihood
-    from lmstack.infer.sampling import SamplingParams
-
     rng = random.Random(seed)
     by_task = defaultdict(list)
     for r in shots_pool or []:
@@ -145,12 +149,9 @@ def _sample(recs: list[dict], per_task: int, seed: int) -> list[dict]:
     return out
 
 
-def run_flan(cfg: FlanConfig) -> dict:
-    import lmstack
-    from lmstack.data.builtin import CLUSTERS
-    from lmstack.data.records import read_instruction_records, write_jsonl
-    from lmstack.train.sft import SFTConfig, sft
-
+def run(cfg: FlanConfig) -> Result:
+    """Base model (pretrained first when --base is empty), instruction tuning without the held-out cluster,
+    zero-shot evaluation on it, the ablation and cluster studies; the report in <out>/flan_report.md."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.hold_out not in CLUSTERS:
@@ -158,20 +159,16 @@ def run_flan(cfg: FlanConfig) -> dict:
     suite = Path(cfg.suite) if cfg.suite else None
     base = cfg.base
     if not suite or not base:
-        from lmstack.data.defaults import builtin_token_data
-
         tokens = builtin_token_data(out / "data", size=cfg.suite_size, seed=cfg.seed, vocab_size=2048)
         suite = suite or out / "data" / "suite"
         if not base:
             base = str(out / "base" / "model")
             if not Path(base, "config.json").exists():
-                from lmstack.train.pretrain import PretrainConfig, pretrain
-
                 _say(cfg, f"pretraining a base model ({cfg.pretrain_preset}, {cfg.pretrain_steps} steps)")
-                pretrain(PretrainConfig(out=str(out / "base"), data=[str(tokens)], preset=cfg.pretrain_preset,
+                pretrain.run(pretrain.PretrainConfig(out=str(out / "base"), data=[str(tokens)], preset=cfg.pretrain_preset,
                                         seq_len=cfg.seq_len, micro_batch=16, steps=cfg.pretrain_steps, lr=3e-3,
                                         warmup=50, eval_interval=cfg.pretrain_steps, ckpt_interval=0,
-                                        seed=cfg.seed, quiet=cfg.quiet))
+                                        seed=cfg.seed, quiet=cfg.quiet, bars=cfg.bars))
     train_clusters = cfg.clusters or [c for c in CLUSTERS if c != cfg.hold_out]
     if cfg.hold_out in train_clusters:
         raise LmstackError(f"--clusters includes the held-out cluster {cfg.hold_out!r}")
@@ -193,14 +190,14 @@ def run_flan(cfg: FlanConfig) -> dict:
         data.parent.mkdir(parents=True, exist_ok=True)
         write_jsonl(data, [{"messages": r["messages"]} for r in recs])
         _say(cfg, f"instruction tuning '{tag}': {len(recs)} examples from {len(clusters)} clusters ({style})")
-        sft(SFTConfig(out=str(path), model=base, data=[str(data)], seq_len=cfg.seq_len, micro_batch=cfg.micro_batch,
-                      steps=steps, lr=cfg.lr, warmup=max(1, steps // 20), eval_interval=0,
-                      ckpt_interval=cfg.ckpt_interval, resume=cfg.resume, seed=cfg.seed, quiet=cfg.quiet,
-                      lora=cfg.lora, lora_r=cfg.lora_r))
+        sft.run(sft.SFTConfig(out=str(path), model=base, data=[str(data)], seq_len=cfg.seq_len,
+                              micro_batch=cfg.micro_batch, steps=steps, lr=cfg.lr, warmup=max(1, steps // 20),
+                              eval_interval=0, ckpt_interval=cfg.ckpt_interval, resume=cfg.resume, seed=cfg.seed,
+                              quiet=cfg.quiet, bars=cfg.bars, **lora_options(cfg)))
         return str(path / "model")
 
     def ev(model_path: str, style: str, fmt: str, k: int = 0) -> dict:
-        lm = lmstack.load(model_path)
+        lm = load(model_path)
         return evaluate_records(lm, held[style], fmt, shots_pool, k, cfg.max_new_tokens, cfg.seed)
 
     results: dict = {"config": asdict(cfg), "base": base, "suite": str(suite), "train_clusters": train_clusters}
@@ -232,8 +229,12 @@ def run_flan(cfg: FlanConfig) -> dict:
         for key in ("base_zero_shot", "base_few_shot", "flan_zero_shot"):
             for it in results[key]["items"]:
                 f.write(json.dumps({"run": key, **it}, ensure_ascii=False) + "\n")
-    write_report(slim, out)
-    return slim
+    report = write_report(slim, out)
+    artifacts = {"model": main, "base": base, "report": str(report), "results": str(out / "flan_results.json"),
+                 "items": str(out / "flan_items.jsonl")}
+    if (out / "flan_clusters.png").exists() and "cluster_study" in slim:
+        artifacts["clusters_plot"] = str(out / "flan_clusters.png")
+    return Result(slim, artifacts)
 
 
 def _strip_items(d):
@@ -242,10 +243,8 @@ def _strip_items(d):
     return d
 
 
-def _say(cfg, msg):
-    from lmstack.train import log
-
-    if not log.PIPELINE_BARS:  # inside `lmstack run` the stage's own line says it
+def _say(cfg: FlanConfig, msg):
+    if not cfg.bars:  # inside `lmstack run` the stage's own line says it
         print(f"flan: {msg}", flush=True)
 
 
@@ -283,7 +282,7 @@ def write_report(r: dict, out: Path) -> Path:
         for k in xs:
             v = r["cluster_study"][k]
             lines.append(f"| {k} | {_pct(v['rank_acc'])} | {_pct(v['em_acc'])} |")
-        import matplotlib
+        import matplotlib  # optional heavy dependency, only for the plot
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from lmstack.data.mixture import Mixture, parse_mix, val_batches
+from lmstack.data.shards import TokenDataset
 from lmstack.errors import LmstackError
+from lmstack.lm import LM, load
+from lmstack.model.checkpoint import build_model
+from lmstack.model.config import preset
+from lmstack.model.info import model_info
+from lmstack.tokenizer import Tokenizer
 from lmstack.train import dist
 from lmstack.train.common import (
     TrainConfig,
@@ -27,6 +34,7 @@ from lmstack.train.common import (
     resume_point,
     start_run,
 )
+from lmstack.train.recipe import Result
 
 # Dense bf16 peak FLOP/s by GPU name, for model FLOPs utilisation (MFU).
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
@@ -35,13 +43,13 @@ PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4
 
 @dataclass
 class PretrainConfig(TrainConfig):
-    out: str = "runs/pretrain"
-    data: list[str] = field(default_factory=list)  # "DIR" or "name=DIR"
-    mix: list[str] = field(default_factory=list)  # "name=weight"
-    preset: str = "llama-mini"
-    overrides: dict = field(default_factory=dict)  # ModelConfig fields, e.g. {"n_layer": 4}
-    init_from: str | None = None  # continue pretraining a checkpoint (folder, .gguf, hub name)
-    seq_len: int = 256
+    out: str = "runs/pretrain"  #: run folder (the model in <out>/model, checkpoints in <out>/checkpoints)
+    data: list[str] = field(default_factory=list)  #: prepared token folders: DIR or NAME=DIR (repeatable)
+    mix: list[str] = field(default_factory=list)  #: sampling weights by source, NAME=WEIGHT ... (GPT-3 style: by weight, not size)
+    preset: str = "llama-mini"  #: model preset (lmstack presets)
+    overrides: dict = field(default_factory=dict)  #: ModelConfig fields over the preset, e.g. n_layer=4
+    init_from: str | None = None  #: start from this checkpoint instead of random weights (folder, .gguf, hub name)
+    seq_len: int = 256  #: tokens per training sequence
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -53,9 +61,6 @@ def peak_flops(device: torch.device) -> float | None:
 
 def open_data(cfg: PretrainConfig, seq_len: int, global_micro_batch: int):
     """Training mixture and validation set from prepared token folders (`lmstack data prepare`)."""
-    from lmstack.data.mixture import Mixture, parse_mix
-    from lmstack.data.shards import TokenDataset
-
     if not cfg.data:
         raise LmstackError("pretrain: no --data given (a folder written by `lmstack data prepare`)")
     dirs = {}
@@ -77,8 +82,6 @@ def open_data(cfg: PretrainConfig, seq_len: int, global_micro_batch: int):
 
 @torch.no_grad()
 def evaluate(run, val, seq_len: int) -> float:
-    from lmstack.data.mixture import val_batches
-
     run.dmodel.eval()
     total, n = 0.0, 0
     for x, y in val_batches(val, seq_len, run.cfg.micro_batch, run.cfg.eval_batches):
@@ -92,9 +95,6 @@ def evaluate(run, val, seq_len: int) -> float:
 
 
 def build_or_load(cfg: PretrainConfig, manifest: dict, tokenizer, device, resume_from):
-    from lmstack.model.checkpoint import build_model, load
-    from lmstack.model.config import preset
-
     src = resume_from or cfg.init_from
     if src is not None:
         lm = load(src, device=device)
@@ -107,12 +107,8 @@ def build_or_load(cfg: PretrainConfig, manifest: dict, tokenizer, device, resume
     return build_model(mcfg, device=device), tokenizer
 
 
-def pretrain(cfg: PretrainConfig, loss_hook=None, step_hook=None) -> dict:
+def run(cfg: PretrainConfig, loss_hook=None, step_hook=None) -> Result:
     """Run (or resume) pretraining. loss_hook(step, loss)->loss and step_hook(step) are for tests/experiments."""
-    from lmstack.model.checkpoint import LM
-    from lmstack.model.info import model_info
-    from lmstack.tokenizer import Tokenizer
-
     info = dist.init(cfg.device)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     mix, val, train_sets = open_data(cfg, cfg.seq_len, cfg.micro_batch * info.world)
@@ -162,4 +158,4 @@ def pretrain(cfg: PretrainConfig, loss_hook=None, step_hook=None) -> dict:
                "params": model.num_params()}
     finish_run(run, lm, summary, ["loss", "val_loss", "lr"], "pretraining")
     dist.shutdown(info)
-    return summary
+    return Result(summary, {"model": str(run.out / "model"), "metrics": str(run.out / "metrics.jsonl")})

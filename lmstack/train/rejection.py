@@ -16,32 +16,34 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lmstack.data.records import write_jsonl
 from lmstack.errors import LmstackError
-from lmstack.train.prefs import PrefConfig, encode_prompts, load_prompts, rollout_seed, suite_dir
+from lmstack.lm import load
+from lmstack.train import sft
+from lmstack.train.common import load_for_training
+from lmstack.train.log import MetricsLogger, plot_curves, read_metrics
+from lmstack.train.lora import lora_options
+from lmstack.train.prefdata import PrefConfig, suite_dir
+from lmstack.train.recipe import Result
+from lmstack.train.rewards import load_rewards
+from lmstack.train.rl import RolloutOptions, rollout_prompts, rollout_seed, sample
 
 
 @dataclass
-class RejectionConfig(PrefConfig):
-    out: str = "runs/rejection"
-    rounds: int = 2
-    prompts_per_round: int = 64  # 0: every prompt
-    samples: int = 4  # N answers per prompt
-    temperature: float = 1.0
-    max_new_tokens: int = 48
-    missing_eos_penalty: float = 1.0  # an answer cut off at max_new_tokens loses this much reward
-    reward_model: str = ""
-    safety_reward_model: str = ""
-    safety_threshold: float = -1.0
-    reward_rule: str = ""
-    clusters: list[str] = field(default_factory=list)
-    sft_epochs: float = 2.0  # fine-tuning on the kept answers, per round
-    micro_batch: int = 8
+class RejectionConfig(RolloutOptions, PrefConfig):
+    out: str = "runs/rejection"  #: run folder: round_N/ (kept answers, tuned model) and the final <out>/model
+    rounds: int = 2  #: sample-select-fine-tune rounds
+    prompts_per_round: int = 64  #: prompts sampled for each round (0: every prompt)
+    samples: int = 4  #: N answers per prompt; the reward model keeps the best
+    missing_eos_penalty: float = 1.0  #: an answer cut off at max_new_tokens loses this much reward
+    sft_epochs: float = 2.0  #: fine-tuning epochs on the kept answers, per round
+    micro_batch: int = 8  #: SFT sequences per step
     lr: float = 1e-4
     warmup: int = 2
     schedule: str = "cosine"
@@ -54,15 +56,8 @@ def best_of_n(scores: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]
     return best, s.max(1).values
 
 
-def rejection_sampling(cfg: RejectionConfig, rewards=None) -> dict:
-    import lmstack
-    from lmstack.data.records import write_jsonl
-    from lmstack.infer.engine import generate
-    from lmstack.infer.sampling import SamplingParams
-    from lmstack.train.log import MetricsLogger, plot_curves, read_metrics
-    from lmstack.train.reward import load_rewards
-    from lmstack.train.sft import SFTConfig, sft
-
+def run(cfg: RejectionConfig, rewards=None) -> Result:
+    """Run the rounds. `rewards` (a lmstack.train.rewards.Rewards) overrides the reward options (tests)."""
     if not cfg.model:
         raise LmstackError("rejection-sampling: --model is required (the SFT checkpoint to start from)")
     if cfg.samples < 2:
@@ -75,32 +70,25 @@ def rejection_sampling(cfg: RejectionConfig, rewards=None) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     suite = suite_dir(cfg) if not cfg.data else None
-    lm = lmstack.load(cfg.model, device=device)
-    if lm.tokenizer is None:
-        raise LmstackError(f"{cfg.model}: no tokenizer")
+    lm = load_for_training(cfg.model, device, None, "rejection sampling renders prompts with its chat template")
     if rewards is None:
-        rewards = load_rewards(cfg.reward_model, cfg.safety_reward_model, cfg.safety_threshold, cfg.reward_rule,
-                               device, suite, lm.tokenizer)
-    records, pstats = load_prompts(cfg, cfg.clusters or None)
-    records, pids, pstats["dropped_overlong"] = encode_prompts(lm.tokenizer, records,
-                                                               cfg.seq_len - cfg.max_new_tokens, cfg.overlong)
+        rewards = load_rewards(cfg, device, suite, lm.tokenizer)
+    records, pids, pstats = rollout_prompts(cfg, lm.tokenizer)
     if (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()
-    log = MetricsLogger(out, cfg.rounds, enabled=True, console=not cfg.quiet, desc="rejection-sampling")
+    log = MetricsLogger(out, cfg.rounds, enabled=True, console=not cfg.quiet, desc="rejection-sampling",
+                        bars=cfg.bars)
     rng = np.random.default_rng(cfg.seed)
     kept: dict[int, tuple[float, str]] = {}  # prompt index -> best (score, answer) over all rounds
     current = cfg.model
     rounds = []
     for r in range(cfg.rounds):
         t0 = time.perf_counter()
-        lm = lmstack.load(current, device=device)
+        lm = load(current, device=device)
         n_p = len(records) if cfg.prompts_per_round <= 0 else min(cfg.prompts_per_round, len(records))
         pick = rng.choice(len(records), size=n_p, replace=False)
         rows = [int(i) for i in pick for _ in range(cfg.samples)]
-        sp = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                            seed=rollout_seed(cfg, r))
-        with torch.no_grad():
-            comps = generate(lm.model, [pids[i] for i in rows], sp, lm.tokenizer)
+        comps = sample(lm.model, lm.tokenizer, [pids[i] for i in rows], cfg, rollout_seed(cfg, r))
         t_gen = time.perf_counter() - t0
         scores, rinfo = rewards([records[i] for i in rows], [c.text for c in comps], [c.ids for c in comps])
         scores = scores.float() - cfg.missing_eos_penalty * torch.tensor(
@@ -123,12 +111,11 @@ def rejection_sampling(cfg: RejectionConfig, rewards=None) -> dict:
                                                                                    for c in comps])),
                "response_len": float(np.mean([len(c.ids) for c in comps])), "time_generate": t_gen, **rinfo}
         # Fine-tune the current policy on the kept answers (Llama 2 fine-tunes from the previous round's model).
-        s = sft(SFTConfig(out=str(out / f"round_{r + 1}"), model=current, data=[str(data)], seq_len=cfg.seq_len,
-                          epochs=cfg.sft_epochs, micro_batch=cfg.micro_batch, lr=cfg.lr, warmup=cfg.warmup,
-                          schedule=cfg.schedule, seed=cfg.seed + r, device=cfg.device, quiet=True,
-                          ckpt_interval=0, eval_interval=0, lora=cfg.lora, lora_r=cfg.lora_r,
-                          lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          lora_targets=list(cfg.lora_targets)))
+        s = sft.run(sft.SFTConfig(out=str(out / f"round_{r + 1}"), model=current, data=[str(data)],
+                                  seq_len=cfg.seq_len, epochs=cfg.sft_epochs, micro_batch=cfg.micro_batch, lr=cfg.lr,
+                                  warmup=cfg.warmup, schedule=cfg.schedule, seed=cfg.seed + r, device=cfg.device,
+                                  quiet=True, bars=cfg.bars, ckpt_interval=0, eval_interval=0,
+                                  **lora_options(cfg))).summary
         current = str(out / f"round_{r + 1}" / "model")
         rec.update(sft_loss_first=s.get("first_loss"), sft_loss_last=s.get("final_loss"),
                    time_round=time.perf_counter() - t0)
@@ -150,4 +137,4 @@ def rejection_sampling(cfg: RejectionConfig, rewards=None) -> dict:
         plot_curves([{**x, "step": x["round"]} for x in recs], ["reward_mean", "reward_best_of_n", "reward_kept"],
                     out / "rejection_curves.png", title="rejection sampling")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    return summary
+    return Result(summary, {"model": str(final)})

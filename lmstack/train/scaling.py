@@ -14,7 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from lmstack.data.defaults import builtin_token_data
 from lmstack.errors import LmstackError
+from lmstack.model.config import preset
+from lmstack.model.info import model_info
+from lmstack.train import pretrain
+from lmstack.train.recipe import Result
 
 
 def fit_power_law(x, loss, irreducible: bool = False) -> dict:
@@ -59,19 +64,20 @@ def predict(fit: dict, x):
 
 @dataclass
 class ScalingConfig:
-    out: str = "runs/scaling"
-    data: list[str] = field(default_factory=list)  # prepared token folders; default: the built-in corpus
-    widths: list[str] = field(default_factory=lambda: ["32", "64", "96", "128"])  # d_model per size
-    layers: int = 4
-    steps: int = 300  # per size, for L(N)
-    budget_steps: list[str] = field(default_factory=lambda: ["50", "100", "200", "400"])  # for L(D)
-    budget_width: int = 96
-    seq_len: int = 128
-    micro_batch: int = 16
-    lr: float = 3e-3
-    irreducible: bool = True
-    builtin_size: str = "small"
-    seed: int = 0
+    out: str = "runs/scaling"  #: folder for the runs, scaling.json, scaling.md and scaling.png
+    data: list[str] = field(default_factory=list)  #: prepared token folders (default: the built-in corpus)
+    widths: list[str] = field(default_factory=lambda: ["32", "64", "96", "128"])  #: d_model of each size for L(N)
+    layers: int = 4  #: layers of every size
+    steps: int = 300  #: training steps of each size, for L(N)
+    budget_steps: list[str] = field(default_factory=lambda: ["50", "100", "200", "400"])  #: training steps of each budget for L(D)
+    budget_width: int = 96  #: d_model of the model trained for L(D)
+    seq_len: int = 128  #: tokens per training sequence
+    micro_batch: int = 16  #: sequences per step
+    lr: float = 3e-3  #: peak learning rate of every run
+    irreducible: bool = True  #: fit an irreducible loss E too (needs 3 or more points)
+    builtin_size: str = "small"  #: size of the built-in corpus when no --data: tiny, small, medium, large or e.g. 2MB
+    seed: int = 0  #: seed of the data and of every run
+    bars: bool = False  #: transient progress bars (how lmstack run displays a stage)
 
 
 def _model_overrides(width: int, layers: int) -> dict:
@@ -79,26 +85,22 @@ def _model_overrides(width: int, layers: int) -> dict:
     return {"d_model": width, "n_layer": layers, "n_head": heads, "n_kv_head": heads, "d_ff": int(width * 8 / 3)}
 
 
-def run_scaling(cfg: ScalingConfig) -> dict:
-    from lmstack.model.config import preset
-    from lmstack.model.info import model_info
-    from lmstack.train.pretrain import PretrainConfig, pretrain
-
+def run(cfg: ScalingConfig) -> Result:
+    """The L(N) and L(D) sweeps, their fits, and the report (scaling.md, scaling.png, scaling.json)."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     data = cfg.data
     if not data:
-        from lmstack.data.defaults import builtin_token_data
-
         data = [str(builtin_token_data(out / "data", size=cfg.builtin_size, seed=cfg.seed))]
     rows_n, rows_d = [], []
 
     def train(tag, width, steps):
-        pc = PretrainConfig(out=str(out / tag), data=list(data), preset="llama-mini",
+        pc = pretrain.PretrainConfig(out=str(out / tag), data=list(data), preset="llama-mini",
                             overrides=_model_overrides(width, cfg.layers), seq_len=cfg.seq_len,
                             micro_batch=cfg.micro_batch, steps=steps, lr=cfg.lr, warmup=max(1, steps // 10),
-                            eval_interval=steps, eval_batches=20, ckpt_interval=0, seed=cfg.seed, quiet=True)
-        return pretrain(pc)
+                            eval_interval=steps, eval_batches=20, ckpt_interval=0, seed=cfg.seed, quiet=True,
+                            bars=cfg.bars)
+        return pretrain.run(pc).summary
 
     for w in (int(v) for v in cfg.widths):
         s = train(f"N_w{w}", w, cfg.steps)
@@ -117,11 +119,12 @@ def run_scaling(cfg: ScalingConfig) -> dict:
               "L_of_D": {"points": rows_d, "fit": fit_d}}
     (out / "scaling.json").write_text(json.dumps(result, indent=2))
     write_report(result, out)
-    return result
+    return Result(result, {"report": str(out / "scaling.md"), "plot": str(out / "scaling.png"),
+                           "results": str(out / "scaling.json")})
 
 
 def write_report(result: dict, out: Path) -> None:
-    import matplotlib
+    import matplotlib  # optional heavy dependency, only for the plot
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

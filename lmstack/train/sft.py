@@ -18,41 +18,43 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lmstack.data.instructions import load_conversations
 from lmstack.errors import LmstackError
+from lmstack.lm import LM, load
 from lmstack.train import dist
 from lmstack.train.common import (
     TrainConfig,
     checkpoint_if_due,
     finish_run,
+    load_for_training,
     log_step,
     optimizer_step,
+    pad_id,
     resume_point,
     start_run,
 )
+from lmstack.train.log import read_metrics
+from lmstack.train.lora import LoraOptions, apply_lora, load_adapter_state
+from lmstack.train.recipe import Result
 
 
 @dataclass
-class SFTConfig(TrainConfig):
-    out: str = "runs/sft"
-    model: str = ""  # base checkpoint: folder, .gguf or hub name
-    data: list[str] = field(default_factory=list)  # JSONL/JSON files or hf:NAME[:CONFIG][:SPLIT]
-    val_data: list[str] = field(default_factory=list)
-    seq_len: int = 512
-    packing: bool = True
-    train_on: str = "assistant"  # or "all": loss on every token
-    overlong: str = "truncate"  # or "reject": drop conversations longer than seq_len (counted)
-    skip_bad: bool = False
-    epochs: float = 0.0  # > 0: overrides --steps
+class SFTConfig(LoraOptions, TrainConfig):
+    out: str = "runs/sft"  #: run folder (the model in <out>/model, with --lora also <out>/adapter)
+    model: str = ""  #: checkpoint to fine-tune (folder, .gguf, hub name)
+    data: list[str] = field(default_factory=list)  #: instruction data: JSONL/JSON (messages, Alpaca, ShareGPT) or hf:NAME[:CONFIG][:SPLIT]
+    val_data: list[str] = field(default_factory=list)  #: held-out instruction data, for the validation loss
+    seq_len: int = 512  #: longest conversation, in tokens
+    packing: bool = True  #: pack examples into sequences with document-masked attention (--no-packing pads)
+    train_on: str = "assistant"  #: assistant (the chat template's mask) or all
+    overlong: str = "truncate"  #: truncate, or reject (drop, counted): a conversation longer than --seq-len
+    skip_bad: bool = False  #: count and skip malformed records instead of stopping
+    epochs: float = 0.0  #: passes over the data; > 0 overrides --steps
     lr: float = 1e-3
     warmup: int = 10
     weight_decay: float = 0.0
     eval_interval: int = 100
     ckpt_interval: int = 200
-    lora: bool = False
-    lora_r: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.05
-    lora_targets: list[str] = field(default_factory=lambda: ["qkv", "o_proj", "up", "down"])
 
 
 @dataclass
@@ -156,21 +158,6 @@ class Batches:
         return [self._row(base + r) for r in range(self.mb)]
 
 
-def apply_lora(model, cfg: SFTConfig):
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError:
-        raise LmstackError("LoRA needs the peft package: pip install 'lmstack[lora]' (or pip install peft)") from None
-
-    names = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    bad = [t for t in cfg.lora_targets if t not in names]
-    if bad:
-        raise LmstackError(f"--lora-targets {', '.join(bad)}: no such linear module (have {', '.join(sorted(names))})")
-    lc = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                    target_modules=list(cfg.lora_targets))
-    return get_peft_model(model, lc)
-
-
 def nll_sum(model, batch, device, autocast):
     """Sum of target-token negative log-likelihoods, and their count."""
     x, y, m, pos, attn = (t.to(device) if t is not None else None for t in batch)
@@ -180,10 +167,8 @@ def nll_sum(model, batch, device, autocast):
     return (nll * m).sum(), m.sum()
 
 
-def sft(cfg: SFTConfig, step_hook=None) -> dict:
-    import lmstack
-    from lmstack.data.instructions import load_conversations
-
+def run(cfg: SFTConfig, step_hook=None) -> Result:
+    """Run (or resume) supervised fine-tuning. step_hook(step) is called after each step (tests)."""
     if not cfg.model:
         raise LmstackError("sft: --model is required (the checkpoint to fine-tune)")
     if not cfg.data:
@@ -191,12 +176,8 @@ def sft(cfg: SFTConfig, step_hook=None) -> dict:
     info = dist.init(cfg.device)
     torch.manual_seed(cfg.seed)
     resume_from = resume_point(cfg)
-    lm = lmstack.load(cfg.model, device=info.device)
+    lm = load_for_training(cfg.model, info.device, cfg.seq_len, "SFT renders conversations with its chat template")
     tok = lm.tokenizer
-    if tok is None:
-        raise LmstackError(f"{cfg.model}: no tokenizer; SFT renders conversations with its chat template")
-    if cfg.seq_len > lm.config.max_seq_len:
-        raise LmstackError(f"--seq-len {cfg.seq_len} exceeds the model's context {lm.config.max_seq_len}")
     convs, report = load_conversations(cfg.data, skip_bad=cfg.skip_bad)
     examples, stats = tokenize_conversations(tok, convs, cfg.seq_len, cfg.train_on, cfg.overlong)
     stats.update(records_read=report.read, records_skipped=len(report.skipped))
@@ -221,16 +202,14 @@ def sft(cfg: SFTConfig, step_hook=None) -> dict:
     if cfg.lora:
         model = apply_lora(model, cfg)
         if resume_from is not None:
-            from peft import set_peft_model_state_dict
-            from safetensors.torch import load_file
-            set_peft_model_state_dict(model, load_file(str(resume_from / "adapter_model.safetensors")))
+            load_adapter_state(model, resume_from)
         params = [p for p in model.parameters() if p.requires_grad]
     elif resume_from is not None:
-        model = lmstack.load(resume_from, device=info.device).model
-    lm = lmstack.LM(model, tok, lm.generation_config, {})
+        model = load(resume_from, device=info.device).model
+    lm = LM(model, tok, lm.generation_config, {})
     run = start_run(cfg, model, info, "sft", {"parent": cfg.model, "data": cfg.data, "data_stats": stats,
                                                "lora": cfg.lora}, params=params, resume_from=resume_from)
-    pad = tok.pad_id if tok.pad_id is not None else 0
+    pad = pad_id(tok)
     val_loss = None
     for step in range(run.start, cfg.steps):
         lr = run.lr(step)
@@ -260,17 +239,18 @@ def sft(cfg: SFTConfig, step_hook=None) -> dict:
     summary = {"steps": cfg.steps, "final_loss": run.last_loss, "val_loss": val_loss, "data": stats,
                "first_loss": _first_loss(run)}
     final = lm
-    if cfg.lora and info.main:
-        lm.save(run.out / "adapter", **run.meta)
-        final = lmstack.LM(model.merge_and_unload(), tok, lm.generation_config, {})
+    artifacts = {"model": str(run.out / "model")}
+    if cfg.lora:
+        artifacts["adapter"] = str(run.out / "adapter")
+        if info.main:
+            lm.save(run.out / "adapter", **run.meta)
+            final = LM(model.merge_and_unload(), tok, lm.generation_config, {})
     finish_run(run, final, summary, ["loss", "val_loss", "lr"], "instruction tuning")
     dist.shutdown(info)
-    return summary
+    return Result(summary, artifacts)
 
 
 def _first_loss(run):
-    from lmstack.train.log import read_metrics
-
     recs = [r for r in read_metrics(run.out / "metrics.jsonl") if r.get("loss") is not None]
     return recs[0]["loss"] if recs else None
 

@@ -15,8 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from lmstack.errors import LmstackError
+from lmstack.model.checkpoint import save
+from lmstack.train import dist
 
 STEP_DIR = re.compile(r"^step_(\d{7})$")
 
@@ -51,15 +54,10 @@ def save_checkpoint(lm, run_dir: Path, step: int, optimizer, extra: dict, keep_l
     Every rank calls this. Unsharded (single process, DDP): rank 0 writes everything. Sharded (FSDP):
     all ranks gather the full weights for rank 0 to write, then each rank adds its optimizer shard.
     """
-    from lmstack.model.checkpoint import save
-    from lmstack.train import dist
-
     rank = dist_info.rank if dist_info is not None else 0
     path = Path(run_dir) / "checkpoints" / f"step_{step:07d}"
     full = None
     if sharded:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
         full = get_model_state_dict(lm.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
         save(lm, path, state_dict=full, **(meta or {}),

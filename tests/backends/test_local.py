@@ -4,8 +4,7 @@ import pytest
 
 from lmstack.backends import LocalBackend, as_sampling, get_backend
 from lmstack.errors import LmstackError
-from lmstack.evaluate.perplexity import perplexity
-from lmstack.infer.logprobs import loglikelihood
+from lmstack.infer.logprobs import loglikelihood, perplexity
 
 
 def test_loglikelihood_equals_scoring(tiny_lm):

@@ -118,3 +118,17 @@ def test_safety_of_a_closed_chat_model(tmp_path, capsys):
     assert cols["refusal_rate"] == 1.0 and cols["over_refusal_rate"] == 1.0 and cols["hallucination_rate"] == 0.0
     assert cols["truthfulness"] == 0.0  # a refusal picks no option
     assert "scored from generated answers" in capsys.readouterr().err
+
+
+def test_eval_perplexity_of_a_file_matches_the_library(tiny_ckpt, tiny_lm, tmp_path, capsys):
+    from lmstack.evaluate.perplexity import perplexity_of_text
+
+    text = "The cat sat on the mat. " * 20
+    f = tmp_path / "val.txt"
+    f.write_text(text)
+    assert run(["eval", "perplexity", "--model", tiny_ckpt, "--file", f, "--max-length", 32, "--stride", 16]) == 0
+    got = json.loads(capsys.readouterr().out)
+    want = perplexity_of_text(tiny_lm, text, max_length=32, stride=16)
+    assert got["tokens"] == want["tokens"] and got["perplexity"] == pytest.approx(want["perplexity"], rel=1e-5)
+    with pytest.raises(LmstackError, match="nope.txt"):
+        run(["eval", "perplexity", "--model", tiny_ckpt, "--file", tmp_path / "nope.txt"])

@@ -181,3 +181,23 @@ def test_remote_chat_model_cannot_score_multiple_choice_but_can_generate(fixture
         res = run_task(load_task("arc_easy"), be, data=fixture_file("arc"), mc_mode="generate")
     assert [s["pred"] for s in res.samples] == ["whale", "sand"]
     assert res.metrics == {"acc": 0.5, "acc_stderr": res.metrics["acc_stderr"]} and res.scored_by == "generation"
+
+
+def test_evaluate_batches_across_tasks_with_per_task_results(tiny_lm, fixture_file, scripted):
+    """evaluate() sends all tasks' requests together, one call per type, and each task's samples and
+    metrics are those run_task gives for it alone (here on a real local model)."""
+    be = get_backend(tiny_lm)
+    names = ["arc_easy", "hellaswag", "gsm8k", "wikitext"]
+    files = {"arc_easy": fixture_file("arc"), "hellaswag": fixture_file("hellaswag"), "gsm8k": fixture_file("gsm8k"),
+             "wikitext": fixture_file("wikitext")}
+    together = evaluate(names, be, data=files, bootstrap_iters=50, generation={"max_new_tokens": 4})
+    alone = [run_task(load_task(n), be, data=files[n], bootstrap_iters=50, generation={"max_new_tokens": 4})
+             for n in names]
+    for a, b in zip(together, alone):
+        assert a.task == b.task and a.metrics == b.metrics and a.samples == b.samples and a.scored_by == b.scored_by
+    counter = scripted(ll=_len_ll)
+    batches = []
+    score = counter.loglikelihood
+    counter.loglikelihood = lambda reqs: batches.append(len(reqs)) or score(reqs)
+    evaluate(["arc_easy", "hellaswag"], counter, data=files)
+    assert batches == [3 + 4 + 4 * 2]  # one call: both arc items' choices and both hellaswag items' choices

@@ -264,9 +264,9 @@ def _load(model, state_dict):
 
 @pytest.fixture(scope="module")
 def lm(smol_path):
-    import lmstack
+    from lmstack.lm import load
 
-    return lmstack.load(smol_path)
+    return load(smol_path)
 
 
 @pytest.fixture(scope="module")
@@ -351,11 +351,11 @@ def test_smol_greedy_chat_answers_paris(lm):
 
 
 def test_smol_convert_writes_a_normal_checkpoint(lm, smol_path, tmp_path, reference):
-    import lmstack
     from lmstack.cli import main
+    from lmstack.lm import load
 
     assert main(["convert", smol_path, str(tmp_path / "smol")]) == 0
-    back = lmstack.load(tmp_path / "smol")
+    back = load(tmp_path / "smol")
     ids = lm.encode("Hello, world! 안녕하세요")
     assert torch.equal(back(ids), lm(ids))
     assert back.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], True) == \

@@ -5,9 +5,10 @@ import json
 import pytest
 import torch
 
-import lmstack
-from lmstack.infer.engine import beam_search, generate
+from lmstack.infer.beam import beam_search
+from lmstack.infer.engine import generate
 from lmstack.infer.sampling import SamplingParams
+from lmstack.lm import load
 
 from .hf_fixtures import FAMILIES, hf_model
 
@@ -20,7 +21,7 @@ def pair(request, tmp_path_factory):
     hf = hf_model(fam)
     d = tmp_path_factory.mktemp(fam)
     hf.save_pretrained(d)
-    return fam, hf, lmstack.load(d), d
+    return fam, hf, load(d), d
 
 
 def test_config_written_by_transformers_is_read(pair):
@@ -56,7 +57,7 @@ def test_pytorch_bin_written_by_hand(pair, tmp_path):
     _, hf, lm, d = pair
     (tmp_path / "config.json").write_text((d / "config.json").read_text())
     torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
-    lm2 = lmstack.load(tmp_path)
+    lm2 = load(tmp_path)
     ids = torch.randint(0, 96, (1, 12))
     assert torch.equal(lm2(ids), lm(ids))
 
@@ -83,7 +84,7 @@ def test_greedy_batched_with_padding_equals_one_by_one(pair):
 def test_beam_search_matches_transformers_gpt2(tmp_path):
     hf = hf_model("gpt2", seed=3, vocab=24)  # a small vocabulary makes EOS (id 2) come up often
     hf.save_pretrained(tmp_path)
-    lm = lmstack.load(tmp_path)
+    lm = load(tmp_path)
     lengths = set()
     for es in (False, True, "never"):
         for lp in (1.0, 0.5, 2.0, -1.0):

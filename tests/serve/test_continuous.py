@@ -1,10 +1,7 @@
 """Continuous batching in the engine: requests join a running batch and decode as they would alone."""
 
-import torch
-
-from lmstack.infer.engine import Generation, generate
+from lmstack.infer.engine import Generation, Request, generate
 from lmstack.infer.sampling import SamplingParams
-from lmstack.model.transformer import KVCache
 
 
 def _alone(lm, prompt, n, **kw):
@@ -26,20 +23,21 @@ def test_joined_requests_decode_exactly_as_alone(tiny_lm):
     gen = Generation(lm.model, [a, b], [sp(20), sp(6)], lm.tokenizer)
     for _ in range(3):
         gen.step()
-    i_short = gen.add([late_short], sp(12))[0]
+    (r_short,) = gen.add([Request(late_short, sp(12))])
     gen.step()
     # Longer than the running cache: the running rows are shifted right to make room.
     assert len(late_long) > gen.cache.length
-    i_long, i_one = gen.add([late_long, one], [sp(10), sp(8)])
+    r_long, r_one = gen.add([Request(late_long, sp(10)), Request(one, sp(8))])
     for _ in range(4):  # b finishes meanwhile and leaves the batch
         gen.step()
     _run(gen)
-    r = gen.results
-    assert r[0].ids == _alone(lm, a, 20)
-    assert r[1].ids == _alone(lm, b, 6)
-    assert r[i_short].ids == _alone(lm, late_short, 12)
-    assert r[i_long].ids == _alone(lm, late_long, 10)
-    assert r[i_one].ids == _alone(lm, one, 8)
+    r = gen.requests
+    assert [r_short.index, r_long.index, r_one.index] == [2, 3, 4]
+    assert r[0].result.ids == _alone(lm, a, 20)
+    assert r[1].result.ids == _alone(lm, b, 6)
+    assert r_short.result.ids == _alone(lm, late_short, 12)
+    assert r_long.result.ids == _alone(lm, late_long, 10)
+    assert r_one.result.ids == _alone(lm, one, 8)
 
 
 def test_join_that_shifts_a_cache_with_room_to_spare(tiny_lm):
@@ -52,11 +50,11 @@ def test_join_that_shifts_a_cache_with_room_to_spare(tiny_lm):
     late = enc("The small cat sat")
     room = gen.cache.max_len
     assert gen.cache.length < len(late) - 1 < room
-    (i,) = gen.add([late], sp)
+    (r,) = gen.add([Request(late, sp)])
     assert gen.cache.max_len == room  # shifted in place, not reallocated
     _run(gen)
-    assert gen.results[0].ids == _alone(lm, enc("A")[:1], 40)
-    assert gen.results[i].ids == _alone(lm, late, 40)
+    assert gen.requests[0].result.ids == _alone(lm, enc("A")[:1], 40)
+    assert r.result.ids == _alone(lm, late, 40)
 
 
 def test_empty_generation_add_after_done_and_cancel(tiny_lm):
@@ -65,19 +63,24 @@ def test_empty_generation_add_after_done_and_cancel(tiny_lm):
     gen = Generation.empty(lm.model, lm.tokenizer, stream_text=True)
     assert gen.done
     sp = SamplingParams(max_new_tokens=5, temperature=0, ignore_eos=True)
-    i, j = gen.add([enc("The cat"), enc("Mina lives")], sp)
+    i, j = gen.add([Request(enc("The cat"), sp), Request(enc("Mina lives"), sp)])
     gen.step()
     gen.cancel([j])
+    assert gen.running == [i]
     _run(gen)
-    assert gen.results[i].ids == _alone(lm, enc("The cat"), 5)
-    assert gen.results[j].finish_reason == "abort" and len(gen.results[j].ids) == 1
+    assert i.result.ids == _alone(lm, enc("The cat"), 5)
+    assert j.result.finish_reason == "abort" and len(j.result.ids) == 1
     # The batch emptied; a new request starts a fresh prefill.
-    (k,) = gen.add([enc("def add")], sp)
-    text = "".join(e.text for evs in iter(gen.step, []) for e in evs)
-    assert gen.results[k].ids == _alone(lm, enc("def add"), 5)
-    assert text == gen.results[k].text
+    (k,) = gen.add([Request(enc("def add"), sp)])
+    events = [e for evs in iter(gen.step, []) for e in evs]
+    assert all(e.request is k and e.index == k.index == 2 for e in events)
+    assert k.result.ids == _alone(lm, enc("def add"), 5)
+    assert "".join(e.text for e in events) == k.result.text
     gen.forget(i)
-    assert gen.results[i] is None
+    assert i.index not in gen.requests and k.index in gen.requests
+    # A request with no room to generate finishes at once and never joins the batch.
+    (z,) = gen.add([Request(enc("The"), SamplingParams(max_new_tokens=0))])
+    assert z.finished and z.result.finish_reason == "length" and gen.done
 
 
 def test_penalties_and_seeds_of_joined_rows(tiny_lm):
@@ -90,23 +93,8 @@ def test_penalties_and_seeds_of_joined_rows(tiny_lm):
     gen = Generation(lm.model, [enc("The")], greedy, lm.tokenizer)
     for _ in range(2):
         gen.step()
-    i, j = gen.add([enc("Mina"), enc("def")], [pen, seeded])
+    i, j = gen.add([Request(enc("Mina"), pen), Request(enc("def"), seeded)])
     _run(gen)
     alone = lambda p, s: generate(lm.model, [p], s, lm.tokenizer)[0].ids  # noqa: E731
-    assert gen.results[i].ids == alone(enc("Mina"), pen)
-    assert gen.results[j].ids == alone(enc("def"), seeded)
-
-
-def test_cache_shift_and_growth_keep_contents(tiny_lm):
-    cfg = tiny_lm.config
-    c = KVCache(cfg, 2, 4)
-    m = tiny_lm.model
-    with torch.inference_mode():
-        m(torch.tensor([[5, 6, 7], [8, 9, 10]]), cache=c)
-    k0 = c.k[0][:, :, :3].clone()
-    c.shift(3)  # grows past max_len 4
-    assert c.length == 6 and c.max_len >= 6 and bool((c.key_pos[:, :3] == -1).all())
-    assert torch.equal(c.k[0][:, :, 3:6], k0)
-    assert c.empty_front() == 3
-    c.shift(-3)
-    assert c.length == 3 and torch.equal(c.k[0][:, :, :3], k0) and c.key_pos[0, :3].tolist() == [0, 1, 2]
+    assert i.result.ids == alone(enc("Mina"), pen)
+    assert j.result.ids == alone(enc("def"), seeded)

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-import lmstack
+from lmstack.lm import load
 from tests.serve.conftest import server_thread
 
 openai = pytest.importorskip("openai")
@@ -18,7 +18,7 @@ openai = pytest.importorskip("openai")
 
 @pytest.fixture(scope="module")
 def slow_lm(tiny_ckpt):
-    lm = lmstack.load(tiny_ckpt)
+    lm = load(tiny_ckpt)
     lm.model.register_forward_hook(lambda *a: time.sleep(0.01))
     return lm
 
@@ -47,7 +47,7 @@ def test_api_key_guards_every_endpoint_but_health(tiny_lm):
 
 
 def test_api_key_from_the_environment_and_localhost_default(tiny_ckpt, monkeypatch):
-    from lmstack.serve import cli
+    from lmstack.cli import serve as cli
 
     p = argparse.ArgumentParser()
     cli.add_arguments(p)

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lmstack.cli import tokenizer as tok_cli
 from lmstack.errors import LmstackError
 from lmstack.tokenizer import DEFAULT_CHAT_TEMPLATE, DEFAULT_SPECIAL_TOKENS, Tokenizer, train_bpe
-from lmstack.tokenizer import cli as tok_cli
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. It's a sunny day, isn't it?\n",

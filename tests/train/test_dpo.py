@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from lmstack.errors import LmstackError
 from lmstack.infer.logprobs import score_pairs
-from lmstack.train.dpo import DPOConfig, answer_logprobs, dpo, dpo_loss
-from lmstack.train.prefs import encode_answer
+from lmstack.train.dpo import DPOConfig, answer_logprobs, dpo_loss, run, seeded_subset
+from lmstack.train.prefdata import encode_answer
 
 
 def write(path, recs):
@@ -58,7 +58,9 @@ def test_dpo_raises_implicit_reward_accuracy(tiny_ckpt, tmp_path, lora, loss):
     val = write(tmp_path / "v.jsonl", _pairs(4, 100))
     cfg = DPOConfig(model=str(tiny_ckpt), data=[train], val_data=[val], out=str(tmp_path / "dpo"), epochs=0, steps=6,
                     micro_batch=4, lr=3e-3 if lora else 1e-3, beta=0.5, loss=loss, lora=lora, seq_len=128, quiet=True)
-    s = dpo(cfg)
+    res = run(cfg)
+    s = res.summary
+    assert res.artifacts["model"] == str(tmp_path / "dpo" / "model")
     assert s["data"]["identical_pairs"] == 1
     assert s["val_before"]["val_reward_margin"] == pytest.approx(0.0, abs=1e-5)  # policy == reference at start
     assert s["val_reward_accuracy"] == 1.0 and s["val_reward_margin"] > 0
@@ -66,15 +68,13 @@ def test_dpo_raises_implicit_reward_accuracy(tiny_ckpt, tmp_path, lora, loss):
 
 
 def test_pair_subsets_are_seeded_ordered_and_reported(tiny_ckpt, tmp_path):
-    from lmstack.train.dpo import _subset
-
     stats = {}
-    a = _subset(list(range(10)), 4, 0, stats, "k")
+    a = seeded_subset(list(range(10)), 4, 0, stats, "k")
     assert len(a) == 4 and a == sorted(a) and set(a) <= set(range(10)) and stats == {"k": 10}
-    assert _subset(list(range(10)), 4, 0, {}, "k") == a and _subset(list(range(10)), 4, 1, {}, "k") != a
-    assert _subset([1, 2], 5, 0, stats, "other") == [1, 2] and "other" not in stats  # nothing dropped: no note
-    s = dpo(DPOConfig(model=str(tiny_ckpt), data=[write(tmp_path / "t.jsonl", _pairs(8))],
+    assert seeded_subset(list(range(10)), 4, 0, {}, "k") == a and seeded_subset(list(range(10)), 4, 1, {}, "k") != a
+    assert seeded_subset([1, 2], 5, 0, stats, "other") == [1, 2] and "other" not in stats  # nothing dropped: no note
+    s = run(DPOConfig(model=str(tiny_ckpt), data=[write(tmp_path / "t.jsonl", _pairs(8))],
                       val_data=[write(tmp_path / "v.jsonl", _pairs(6, 100))], max_pairs=3, max_val_pairs=2,
-                      out=str(tmp_path / "dpo"), epochs=1, micro_batch=1, seq_len=128, quiet=True))
+                      out=str(tmp_path / "dpo"), epochs=1, micro_batch=1, seq_len=128, quiet=True)).summary
     assert s["data"]["pairs_subsampled_from"] == 8 and s["data"]["val_pairs_subsampled_from"] == 6
     assert s["steps"] == 3  # one epoch over the 3 kept pairs

@@ -3,7 +3,7 @@
 import pytest
 
 from lmstack.text import normalize
-from lmstack.train.flan import FlanConfig, evaluate_records, run_flan
+from lmstack.train.flan import FlanConfig, evaluate_records, run
 
 
 def test_normalize():
@@ -26,8 +26,12 @@ def test_rank_classification_picks_highest_loglikelihood(tiny_lm):
 
 
 def test_end_to_end_writes_all_tables(tmp_path):
-    r = run_flan(FlanConfig(out=str(tmp_path), hold_out="sentiment", steps=3, pretrain_steps=3, eval_items=3,
-                            micro_batch=4, seq_len=128, cluster_study=True))
+    res = run(FlanConfig(out=str(tmp_path), hold_out="sentiment", steps=3, pretrain_steps=3, eval_items=3,
+                         micro_batch=4, seq_len=128, cluster_study=True))
+    r = res.summary
+    assert res.artifacts["model"] == str(tmp_path / "sft" / "instructions" / "model")
+    assert res.artifacts["report"] == str(tmp_path / "flan_report.md")
+    assert all(__import__("os").path.exists(p) for p in res.artifacts.values()), res.artifacts
     rep = (tmp_path / "flan_report.md").read_text()
     for row in ("base, zero-shot", "instruction-tuned, zero-shot", "dataset name -> dataset name",
                 "no instruction -> no instruction", "## Number of training clusters"):
@@ -44,4 +48,4 @@ def test_unknown_cluster_is_an_error(tmp_path):
     from lmstack.errors import LmstackError
 
     with pytest.raises(LmstackError, match="not a cluster"):
-        run_flan(FlanConfig(out=str(tmp_path), hold_out="astrology"))
+        run(FlanConfig(out=str(tmp_path), hold_out="astrology"))

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-import lmstack
-from lmstack.evaluate.perplexity import perplexity
+from lmstack.infer.logprobs import perplexity
+from lmstack.lm import load
 from tests.model.hf_fixtures import hf_model
 
 
@@ -37,7 +37,7 @@ def hf_sliding_ppl(model, ids, max_length, stride):
 def test_matches_transformers(tmp_path, family, max_length, stride):
     hf = hf_model(family)
     hf.save_pretrained(tmp_path)
-    lm = lmstack.load(tmp_path)
+    lm = load(tmp_path)
     torch.manual_seed(0)
     ids = torch.randint(0, 96, (1, 150))
     want = hf_sliding_ppl(hf, ids, max_length, stride)

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from lmstack.errors import LmstackError
-from lmstack.train.pretrain import PretrainConfig, pretrain
+from lmstack.train.pretrain import PretrainConfig, run
 
 
 def cfg(out, data, **kw):
@@ -26,8 +26,10 @@ def weights(path):
 
 
 def test_loss_falls_and_outputs_are_written(tmp_path, token_data):
-    s = pretrain(cfg(tmp_path / "run", token_data, steps=60, eval_interval=60, ckpt_interval=0, dropout=0.0, lr=1e-2,
-                     micro_batch=8))
+    res = run(cfg(tmp_path / "run", token_data, steps=60, eval_interval=60, ckpt_interval=0, dropout=0.0, lr=1e-2,
+                  micro_batch=8))
+    s = res.summary
+    assert res.artifacts["model"] == str(tmp_path / "run" / "model")
     recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in recs if "loss" in r]
     assert sum(losses[-5:]) / 5 < losses[0] - 1.0
@@ -39,7 +41,7 @@ def test_loss_falls_and_outputs_are_written(tmp_path, token_data):
 
 def test_killed_run_resumes_bitwise(tmp_path, token_data):
     straight = tmp_path / "straight"
-    pretrain(cfg(straight, token_data, grad_accum=2))
+    run(cfg(straight, token_data, grad_accum=2))
 
     class Killed(Exception):
         pass
@@ -50,9 +52,9 @@ def test_killed_run_resumes_bitwise(tmp_path, token_data):
 
     resumed = tmp_path / "resumed"
     with pytest.raises(Killed):
-        pretrain(cfg(resumed, token_data, grad_accum=2), step_hook=kill_after_5)
+        run(cfg(resumed, token_data, grad_accum=2), step_hook=kill_after_5)
     assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == ["step_0000002", "step_0000004"]
-    pretrain(cfg(resumed, token_data, grad_accum=2, resume=True))
+    run(cfg(resumed, token_data, grad_accum=2, resume=True))
     a, b = weights(straight / "model"), weights(resumed / "model")
     assert a.keys() == b.keys()
     for k in a:
@@ -61,25 +63,25 @@ def test_killed_run_resumes_bitwise(tmp_path, token_data):
 
 def test_nonfinite_steps_are_skipped_then_stop(tmp_path, token_data):
     bad = {3, 4}
-    s = pretrain(cfg(tmp_path / "a", token_data), loss_hook=lambda step, loss: loss * float("nan") if step in bad
-                 else loss)
+    s = run(cfg(tmp_path / "a", token_data), loss_hook=lambda step, loss: loss * float("nan") if step in bad
+            else loss).summary
     assert s["nonfinite_skipped"] == 2
     with pytest.raises(LmstackError, match="non-finite steps in a row"):
-        pretrain(cfg(tmp_path / "b", token_data, max_nonfinite=3),
+        run(cfg(tmp_path / "b", token_data, max_nonfinite=3),
                  loss_hook=lambda step, loss: loss * float("inf") if step >= 5 else loss)
     # The last good checkpoint (step 4) is usable.
     assert (tmp_path / "b" / "checkpoints" / "step_0000004" / "model.safetensors").exists()
 
 
 def test_checkpoints_keep_last_k(tmp_path, token_data):
-    pretrain(cfg(tmp_path / "k", token_data, keep_last=2))
+    run(cfg(tmp_path / "k", token_data, keep_last=2))
     assert sorted(p.name for p in (tmp_path / "k" / "checkpoints").iterdir()) == ["step_0000006", "step_0000008"]
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_processes_equal_one(tmp_path, token_data, mode):
     single = cfg(tmp_path / "one", token_data, micro_batch=4, dropout=0.0, steps=6)
-    pretrain(single)
+    run(single)
     # The documented command: torchrun --nproc_per_node=2 -m lmstack pretrain ... (gloo on CPU).
     args = ["--data", str(token_data), "--preset", "llama-tiny", "--set", "n_layer=2", "--set", "d_model=64",
             "--seq-len", "32", "--micro-batch", "2", "--steps", "6", "--lr", "3e-3", "--warmup", "2",

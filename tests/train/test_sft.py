@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 import lmstack
 from lmstack.data.instructions import load_conversations
 from lmstack.errors import LmstackError
-from lmstack.train.sft import SFTConfig, collate, nll_sum, pack, sft, tokenize_conversations
+from lmstack.train.sft import SFTConfig, collate, nll_sum, pack, run, tokenize_conversations
 
 CONVS = [
     {"messages": [{"role": "user", "content": "What is 3 plus 4?"}, {"role": "assistant", "content": "7"}]},
@@ -97,9 +97,11 @@ def sft_cfg(tmp_path, ckpt, data, **kw):
 
 def test_sft_loss_falls_full_and_lora_merge_equals_adapter(tmp_path, tiny_ckpt):
     data = write(tmp_path / "d.jsonl", CONVS * 4)
-    full = sft(sft_cfg(tmp_path / "full", tiny_ckpt, data))
+    full = run(sft_cfg(tmp_path / "full", tiny_ckpt, data)).summary
     assert full["final_loss"] < full["first_loss"] * 0.6
-    lora = sft(sft_cfg(tmp_path / "lora", tiny_ckpt, data, lora=True, lora_r=4, lr=1e-2))
+    res = run(sft_cfg(tmp_path / "lora", tiny_ckpt, data, lora=True, lora_r=4, lr=1e-2))
+    lora = res.summary
+    assert res.artifacts == {"model": str(tmp_path / "lora" / "model"), "adapter": str(tmp_path / "lora" / "adapter")}
     assert lora["final_loss"] < lora["first_loss"]
     adapter = lmstack.load(tmp_path / "lora" / "adapter")
     from lmstack.train.lora import merge_lora
@@ -114,7 +116,7 @@ def test_sft_loss_falls_full_and_lora_merge_equals_adapter(tmp_path, tiny_ckpt):
 
 def test_sft_resume_is_exact(tmp_path, tiny_ckpt):
     data = write(tmp_path / "d.jsonl", CONVS * 4)
-    sft(sft_cfg(tmp_path / "a", tiny_ckpt, data, steps=6, ckpt_interval=2, grad_accum=2, micro_batch=2,
+    run(sft_cfg(tmp_path / "a", tiny_ckpt, data, steps=6, ckpt_interval=2, grad_accum=2, micro_batch=2,
                 dropout=0.1))
 
     class Stop(Exception):
@@ -125,10 +127,24 @@ def test_sft_resume_is_exact(tmp_path, tiny_ckpt):
             raise Stop
 
     with pytest.raises(Stop):
-        sft(sft_cfg(tmp_path / "b", tiny_ckpt, data, steps=6, ckpt_interval=2, grad_accum=2, micro_batch=2,
+        run(sft_cfg(tmp_path / "b", tiny_ckpt, data, steps=6, ckpt_interval=2, grad_accum=2, micro_batch=2,
                     dropout=0.1), step_hook=stop)
-    sft(sft_cfg(tmp_path / "b", tiny_ckpt, data, steps=6, ckpt_interval=2, grad_accum=2, micro_batch=2,
+    run(sft_cfg(tmp_path / "b", tiny_ckpt, data, steps=6, ckpt_interval=2, grad_accum=2, micro_batch=2,
                 dropout=0.1, resume=True))
     a, b = load_file(tmp_path / "a" / "model" / "model.safetensors"), load_file(
         tmp_path / "b" / "model" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lora_options_pass_every_lora_field_on():
+    import dataclasses
+
+    from lmstack.train.lora import LoraOptions, lora_options
+    from lmstack.train.rejection import RejectionConfig
+
+    cfg = RejectionConfig(lora=True, lora_r=4, lora_targets=["qkv"])
+    opts = lora_options(cfg)
+    assert set(opts) == {f.name for f in dataclasses.fields(LoraOptions)}
+    sft = SFTConfig(**opts)
+    assert (sft.lora, sft.lora_r, sft.lora_dropout, sft.lora_targets) == (True, 4, 0.0, ["qkv"])
+    assert opts["lora_targets"] is not cfg.lora_targets

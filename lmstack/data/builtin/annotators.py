@@ -310,12 +310,16 @@ def win_rate(judge, prompts, answers_a, answers_b) -> dict:
     """Win / tie / loss rates of system A against system B, as Llama 2 reports them.
 
     `judge` is an Annotator or a panel (list) deciding by majority."""
-    w = t = lo = 0
-    for p, a, b in zip(prompts, answers_a, answers_b):
-        v = majority(judge, p, a, b) if isinstance(judge, list) else judge.compare(p, a, b)
-        w, t, lo = w + (v == "a"), t + (v == "tie"), lo + (v == "b")
+    w, t, lo = tally([majority(judge, p, a, b) if isinstance(judge, list) else judge.compare(p, a, b)
+                      for p, a, b in zip(prompts, answers_a, answers_b)])
     n = max(1, w + t + lo)
     return {"win": w / n, "tie": t / n, "loss": lo / n, "n": w + t + lo}
+
+
+def tally(verdicts) -> tuple[int, int, int]:
+    """(wins, ties, losses) of A among verdicts 'a' / 'tie' / 'b' (anything else is not counted)."""
+    verdicts = list(verdicts)
+    return verdicts.count("a"), verdicts.count("tie"), verdicts.count("b")
 
 
 # ---- preference data ------------------------------------------------------------------------

@@ -1,15 +1,12 @@
-"""What the preference-learning recipes share: configs, the built-in default data, comparisons and
-prompts read with every bad record reported, padding, per-token log-probabilities, LoRA policies
-and their reference, and the simulated-annotator judge.
+"""Preference data: the shared config of the preference recipes, the built-in suite as default data,
+comparisons and prompts read with every bad record reported, their token ids and right-padded batches.
 
-Every recipe (reward, ppo, dpo, grpo, rejection-sampling) runs on the built-in suite when no
+Every preference recipe (reward, ppo, dpo, grpo, rejection-sampling) runs on the built-in suite when no
 --data is given: it is built into `<out>/suite` (seeded, so every stage sees the same bytes).
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -17,21 +14,24 @@ from pathlib import Path
 
 import torch
 
+from lmstack.data.builtin import World, build_suite, judge_panel
+from lmstack.data.records import iter_jsonl_numbered, read_jsonl
 from lmstack.errors import LmstackError
 from lmstack.train.common import TrainConfig
+from lmstack.train.lora import LoraOptions
 
 
 @dataclass
-class PrefConfig(TrainConfig):
-    """Fields every preference recipe has (on top of TrainConfig)."""
+class PrefConfig(LoraOptions, TrainConfig):
+    """Fields every preference recipe has (on top of TrainConfig and the LoRA options)."""
 
-    model: str = ""  # the policy / backbone to start from (an SFT checkpoint)
-    data: list[str] = field(default_factory=list)  # JSONL files; empty: the built-in suite
-    suite: str = ""  # the built-in suite folder (default: <out>/suite, built when missing)
-    suite_size: str = "tiny"
-    seq_len: int = 256  # longest prompt + answer, in tokens
-    skip_bad: bool = False  # count and skip malformed records instead of stopping at the first
-    overlong: str = "drop"  # or "error": a prompt + answer longer than seq_len
+    model: str = ""  #: checkpoint to start from (the SFT policy; folder, .gguf or hub name)
+    data: list[str] = field(default_factory=list)  #: JSONL files (default: the built-in suite, built into <out>/suite)
+    suite: str = ""  #: an existing built-in suite folder to use instead of building <out>/suite
+    suite_size: str = "tiny"  #: size of the suite built when --suite is not given: tiny, small, medium, large or e.g. 2MB
+    seq_len: int = 256  #: longest prompt + answer, in tokens
+    skip_bad: bool = False  #: count and skip malformed records instead of stopping
+    overlong: str = "drop"  #: drop (counted) or error: prompt + answer longer than --seq-len
     lr: float = 1e-4
     warmup: int = 0
     schedule: str = "constant"
@@ -39,19 +39,13 @@ class PrefConfig(TrainConfig):
     log_interval: int = 1
     ckpt_interval: int = 0
     eval_interval: int = 0
-    lora: bool = False
-    lora_r: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0  # dropout off: PPO's ratios must compare the same function
-    lora_targets: list[str] = field(default_factory=lambda: ["qkv", "o_proj", "up", "down"])
+    lora_dropout: float = 0.0  #: dropout on the adapters' input (off: PPO's ratios must compare the same function)
 
 
 # ---- the built-in suite as default data ------------------------------------------------------------------------
 
 def suite_dir(cfg: PrefConfig) -> Path:
     """The suite folder: --suite, or <out>/suite (built from --seed and --suite-size when missing)."""
-    from lmstack.data.builtin import build_suite
-
     d = Path(cfg.suite) if cfg.suite else Path(cfg.out) / "suite"
     if not (d / "manifest.json").exists():
         if cfg.suite:
@@ -74,9 +68,6 @@ def preference_files(cfg: PrefConfig, suite_file: str) -> tuple[list[str], list[
 def suite_judge(suite: Path, splits=("train", "validation", "test")):
     """The suite's panel of simulated annotators with every task and safety record registered, so that
     a prompt given as plain messages is judged against its ground truth."""
-    from lmstack.data.builtin import World, judge_panel
-    from lmstack.data.records import read_jsonl
-
     world = World.from_json(suite / "world.json")
     recs = []
     for s in splits:
@@ -103,7 +94,8 @@ class Comparison:
     cluster: str = ""
 
 
-def _messages(prompt, where: str) -> list[dict]:
+def prompt_messages(prompt, where: str = "prompt") -> list[dict]:
+    """The messages before the answer, from a string or a message list (checked; `where` names the record)."""
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
     if not isinstance(prompt, list) or not prompt or not all(
@@ -118,7 +110,7 @@ def _messages(prompt, where: str) -> list[dict]:
     return msgs
 
 
-def _ranking_pairs(rec: dict, where: str, stats: dict) -> list[tuple[int, int, float]]:
+def ranking_pairs(rec: dict, where: str, stats: dict) -> list[tuple[int, int, float]]:
     """All C(K,2) pairs of a ranking best -> worst. A ranking entry may be a list of tied answers: no pair is
     formed inside a tie (counted). Every answer must be ranked exactly once, else the record is bad."""
     answers = rec["answers"]
@@ -155,8 +147,6 @@ def load_comparisons(paths: list[str], skip_bad: bool = False, subset: str = "al
     subset: all | helpful (cluster != safety) | safety (cluster == safety), for Llama 2's two reward models.
     margin_scale: Llama 2's margin = scale x the rating gap (the `margin` of a pair, the score gap of a ranking).
     """
-    from lmstack.data.records import iter_jsonl_numbered
-
     if subset not in ("all", "helpful", "safety"):
         raise LmstackError(f"--subset must be all, helpful or safety, not {subset!r}")
     stats = {"records": 0, "bad_records": 0, "identical_pairs": 0, "tied_pairs": 0, "other_subset": 0,
@@ -167,7 +157,7 @@ def load_comparisons(paths: list[str], skip_bad: bool = False, subset: str = "al
             where = f"{path}:{lineno}"
             stats["records"] += 1
             try:
-                prompt = _messages(rec.get("prompt", rec.get("messages")), where)
+                prompt = prompt_messages(rec.get("prompt", rec.get("messages")), where)
                 if "answers" in rec:
                     answers = rec["answers"]
                     if not isinstance(answers, list) or len(answers) < 2 or not all(
@@ -175,7 +165,7 @@ def load_comparisons(paths: list[str], skip_bad: bool = False, subset: str = "al
                         raise LmstackError(f"{where}: 'answers' must be a list of two or more non-empty strings")
                     if "ranking" not in rec:
                         raise LmstackError(f"{where}: a record with 'answers' needs a 'ranking'")
-                    pairs = _ranking_pairs(rec, where, stats)
+                    pairs = ranking_pairs(rec, where, stats)
                 elif "chosen" in rec and "rejected" in rec:
                     c, r = rec["chosen"], rec["rejected"]
                     if not (isinstance(c, str) and isinstance(r, str) and c.strip() and r.strip()):
@@ -212,11 +202,11 @@ def load_comparisons(paths: list[str], skip_bad: bool = False, subset: str = "al
     stats["comparisons"], stats["pairs"] = len(comps), sum(len(c.pairs) for c in comps)
     stats["bad"] = stats["bad"][:20]
     if not comps:
-        raise LmstackError(f"no usable comparisons in {', '.join(map(str, paths))} ({_fmt_stats(stats)})")
+        raise LmstackError(f"no usable comparisons in {', '.join(map(str, paths))} ({fmt_stats(stats)})")
     return comps, stats
 
 
-def _fmt_stats(stats: dict) -> str:
+def fmt_stats(stats: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in stats.items() if k != "bad" and not isinstance(v, (list, dict)))
 
 
@@ -241,8 +231,6 @@ def load_prompts(cfg: PrefConfig, clusters: list[str] | None = None, split: str 
     """Prompt records: each keeps its fields (target, meta, unsafe, cluster: what judges and verifiers need) and
     gets 'prompt' (the messages before the answer). From --data files, or the suite's instruction-style task
     records plus its safety requests. Returns records and counts."""
-    from lmstack.data.records import iter_jsonl_numbered
-
     stats = {"records": 0, "bad_records": 0, "other_cluster": 0, "bad": []}
     if cfg.data:
         sources = list(cfg.data)
@@ -259,7 +247,7 @@ def load_prompts(cfg: PrefConfig, clusters: list[str] | None = None, split: str 
                 stats["other_cluster"] += 1
                 continue
             try:
-                msgs = _messages(rec.get("prompt", rec.get("messages")), f"{path}:{lineno}")
+                msgs = prompt_messages(rec.get("prompt", rec.get("messages")), f"{path}:{lineno}")
             except LmstackError as e:
                 if not cfg.skip_bad:
                     raise
@@ -268,7 +256,7 @@ def load_prompts(cfg: PrefConfig, clusters: list[str] | None = None, split: str 
                 continue
             out.append({**rec, "prompt": msgs, "unsafe": bool(rec.get("unsafe", False))})
     if not out:
-        raise LmstackError(f"no prompts in {', '.join(sources)} ({_fmt_stats(stats)})")
+        raise LmstackError(f"no prompts in {', '.join(sources)} ({fmt_stats(stats)})")
     stats["prompts"] = len(out)
     return out, stats
 
@@ -291,7 +279,7 @@ def encode_prompts(tok, records: list[dict], max_prompt: int, overlong: str = "d
     return keep, ids, dropped
 
 
-# ---- tensors ------------------------------------------------------------------------------------------------------
+# ---- batches -----------------------------------------------------------------------------------------------------
 
 def right_pad(seqs: list[list[int]], pad: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, T] ids right-padded, and lengths. Right padding needs no mask: causal attention never lets a real
@@ -301,99 +289,3 @@ def right_pad(seqs: list[list[int]], pad: int, device=None) -> tuple[torch.Tenso
     for i, s in enumerate(seqs):
         ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
     return ids.to(device), torch.tensor([len(s) for s in seqs], device=device)
-
-
-def response_index(prompt_lens: torch.Tensor, resp_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For a right-padded batch of prompt + response rows: the [B, R] index into the shifted (T-1) axis at
-    which response token j of row b is predicted (prompt_len - 1 + j), and the response mask."""
-    R = int(resp_lens.max())
-    j = torch.arange(R, device=prompt_lens.device)[None]
-    mask = j < resp_lens[:, None]
-    idx = (prompt_lens[:, None] - 1 + j) * mask  # padding points at 0; masked out anyway
-    return idx, mask
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
-    m = mask.to(x.dtype)
-    if dim is None:
-        return (x * m).sum() / m.sum().clamp(min=1)
-    return (x * m).sum(dim) / m.sum(dim).clamp(min=1)
-
-
-def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    out = (x - mean) * torch.rsqrt(var + 1e-8)
-    if not shift_mean:
-        out = out + mean
-    return out * mask
-
-
-# ---- policy, LoRA and the reference -------------------------------------------------------------------------------
-
-def load_policy(cfg: PrefConfig, device, need_reference: bool = True):
-    """The policy to train, its trainable parameters and the frozen reference.
-
-    Full fine-tuning keeps a frozen copy as reference; with --lora the reference is the same weights with
-    the adapters switched off (no second copy). Dropout is off: the PPO ratio and the KL must compare one
-    deterministic function."""
-    import lmstack
-    from lmstack.train.sft import apply_lora
-
-    if not cfg.model:
-        raise LmstackError("--model is required (the SFT checkpoint to start from)")
-    lm = lmstack.load(cfg.model, device=device)
-    if lm.tokenizer is None:
-        raise LmstackError(f"{cfg.model}: no tokenizer; preference recipes render prompts with its chat template")
-    if cfg.seq_len > lm.config.max_seq_len:
-        raise LmstackError(f"--seq-len {cfg.seq_len} exceeds the model's context {lm.config.max_seq_len}")
-    model = lm.model
-    model.set_dropout(0.0)
-    ref = None
-    if cfg.lora:
-        model = apply_lora(model, cfg)
-        params = [p for p in model.parameters() if p.requires_grad]
-    else:
-        if need_reference:
-            ref = copy.deepcopy(model).eval()
-            for p in ref.parameters():
-                p.requires_grad_(False)
-        params = [p for p in model.parameters() if p.requires_grad]
-    return lm, model, params, ref
-
-
-@contextlib.contextmanager
-def reference(policy, ref_copy):
-    """The frozen reference policy: the copy if there is one, else the policy with its adapters off."""
-    from lmstack.train.lora import adapters_off
-
-    if ref_copy is not None:
-        yield ref_copy
-    else:
-        with adapters_off(policy) as m:
-            yield m
-
-
-def generation_model(model):
-    """What the generation engine decodes with: the Transformer (with LoRA layers injected, if any)."""
-    from lmstack.model.checkpoint import is_peft
-
-    return model.get_base_model() if is_peft(model) else model
-
-
-def final_lm(lm, model, cfg: PrefConfig):
-    """The LM to save at the end: LoRA merged into the weights (a plain checkpoint any tool reads)."""
-    from lmstack.model.checkpoint import LM, is_peft
-
-    if cfg.lora and is_peft(model):
-        model = model.merge_and_unload()
-    return LM(model, lm.tokenizer, lm.generation_config, {})
-
-
-def single_process(info, stage: str) -> None:
-    if info.world > 1:
-        raise LmstackError(f"{stage}: runs in one process (rollouts are not sharded); launch without torchrun")
-
-
-def rollout_seed(cfg: PrefConfig, it: int) -> int:
-    return cfg.seed * 1_000_003 + it

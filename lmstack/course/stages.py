@@ -1,0 +1,242 @@
+"""The stages `lmstack run` knows: each is a recipe plus its wiring.
+
+A stage names a recipe (one of `lmstack.train.recipe.RECIPES`, or one of the course's own steps below: data,
+evaluate, report, which follow the same contract: a config dataclass and `run(cfg) -> Result`), which
+context paths feed which config fields, and under which context keys the `Result.artifacts` it returns are
+recorded for the stages after it. Every number a recipe uses comes from its dataclass or the YAML config.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from lmstack.course import evaluation as C
+from lmstack.course.card import summary_lines, write_card
+from lmstack.data.defaults import builtin_token_data
+from lmstack.train.recipe import RECIPES, Result
+
+# ---------------------------------------------------------------------------------------- the course's own steps
+
+
+@dataclass
+class DataConfig:
+    out: str = "runs/data"  #: folder for suite/, tokenizer/ and tokens/
+    size: str = "tiny"  #: built-in suite size: tiny, small, medium, large or e.g. 2MB
+    vocab_size: int = 2048  #: BPE vocabulary of the trained tokenizer
+    seed: int = 0  #: world seed
+
+
+def run_data(cfg: DataConfig) -> Result:
+    """The built-in suite, a byte-level BPE tokenizer trained on its corpus, and token shards."""
+    t0 = time.time()
+    d = Path(cfg.out)
+    tokens = builtin_token_data(d, size=cfg.size, seed=cfg.seed, vocab_size=cfg.vocab_size)
+    suite = d / "suite"
+    man = json.loads((suite / "manifest.json").read_text())
+    tm = json.loads((tokens / "manifest.json").read_text())
+    summary = {"corpus_mb": round(man["corpus"]["train"]["bytes"] / 1e6, 2),
+               "train_tokens": tm["splits"]["train"]["tokens"], "val_tokens": tm["splits"]["val"]["tokens"],
+               "seconds": round(time.time() - t0, 1)}
+    return Result(summary, {"suite": str(suite), "tokens": str(tokens), "tokenizer": str(d / "tokenizer")})
+
+
+@dataclass
+class EvaluateConfig:
+    out: str = "runs/evaluate"  #: folder for evaluation.json
+    suite: str = ""  #: the built-in suite folder (prompts, annotators, held-out pairs)
+    models: dict = field(default_factory=dict)  #: label (base, sft, ppo, dpo, grpo, rejection) -> checkpoint
+    reward_model: str = ""  #: helpfulness reward model to check against the annotators ("": skip)
+    safety_reward_model: str = ""  #: safety reward model (Llama 2's rule with --safety-threshold)
+    sampled_rankings_test: str = ""  #: ranked SFT samples on test prompts, a second held-out set for the RMs
+    safety_threshold: float = -1.0  #: safety score below which the safety RM decides
+    prompts: int = 200  #: held-out prompts per model for the win rates
+    kl_prompts: int = 64  #: prompts for each policy's KL from SFT
+    limit: int = 80  #: items per truthfulness / hallucination / safety column
+    decoding_prompts: int = 48  #: prompts of the decoding study
+    prompting_items: int = 60  #: items per prompting strategy
+    few_shot: int = 3  #: examples in few-shot prompts
+    max_new_tokens: int = 32  #: answer length
+    bars: bool = False  #: a transient progress bar over the parts
+
+
+ALIGNED = ("ppo", "dpo", "grpo", "rejection")
+
+
+def run_evaluate(cfg: EvaluateConfig) -> Result:
+    """Base, SFT and aligned checkpoints on held-out data: reward-model accuracy against the annotators, win rates
+    against SFT, InstructGPT's truthfulness / hallucination / safety rows, decoding and prompting studies."""
+    suite, models, max_new = cfg.suite, cfg.models, cfg.max_new_tokens
+    aligned = [k for k in ALIGNED if k in models]
+    res: dict = {"models": models}
+    head: dict = {}
+    steps = [("reward_models", bool(cfg.reward_model)), ("win_rates", bool(aligned) and "sft" in models),
+             ("alignment", True), ("decoding", "sft" in models), ("prompting", True)]
+    bar = _bar([k for k, on in steps if on], "evaluate", cfg.bars)
+    if cfg.reward_model:
+        held = {"suite pairs_test": [str(Path(suite) / "preferences" / "pairs_test.jsonl")]}
+        if cfg.sampled_rankings_test:
+            held["SFT samples, test prompts"] = [cfg.sampled_rankings_test]
+        res["reward_models"] = C.reward_model_accuracy(suite, cfg.reward_model, cfg.safety_reward_model, held,
+                                                       cfg.safety_threshold)
+        first = next(iter(res["reward_models"].values()))
+        if "models" in first:
+            head["rm_accuracy"] = next(iter(first["models"].values()))["accuracy"]
+            head["annotator_agreement"] = first["annotator_agreement"]
+        bar()
+    if aligned and "sft" in models:
+        recs = C.held_out_prompts(suite, cfg.prompts)
+        res["win_rates"] = C.win_rates(suite, recs, {k: models[k] for k in aligned}, models["sft"], max_new,
+                                       cfg.kl_prompts)
+        for k in aligned:
+            w = res["win_rates"][k]["sampled"]
+            head[f"{k}_win_loss"] = f"{w['win']:.2f}/{w['loss']:.2f}"
+        bar()
+    res["alignment"] = C.alignment_columns(suite, models, cfg.limit, cfg.limit, max_new)
+    for k in ("base", *aligned):
+        if k in res["alignment"]:
+            head[f"{k}_refusal"] = res["alignment"][k]["refusal_rate"]
+    bar()
+    if "sft" in models:
+        res["decoding"] = C.decoding_study(models["sft"], suite, cfg.decoding_prompts, 2, max_new)
+        bar()
+    res["prompting"] = {}
+    for k, chat in (("base", False), ("sft", True)):
+        if k in models:
+            res["prompting"][k] = C.prompting_study(models[k], suite, limit=cfg.prompting_items, k=cfg.few_shot,
+                                                    chat=chat)
+    bar()
+    path = Path(cfg.out) / "evaluation.json"
+    C.save(res, path)
+    return Result(head, {"evaluation": str(path)})
+
+
+def _bar(parts: list[str], stage: str, show: bool):
+    """A progress bar over a stage's named parts; call the returned function after each part."""
+    t = tqdm(total=len(parts), desc=f"  {stage}", unit="part", leave=False, dynamic_ncols=True, disable=not show)
+    it = iter(parts)
+    t.set_postfix_str(next(it, ""))
+
+    def step():
+        t.update(1)
+        t.set_postfix_str(next(it, ""))
+        if t.n >= t.total:
+            t.close()
+    return step
+
+
+@dataclass
+class ReportConfig:
+    out: str = "runs/report"  #: folder for card.md, plots/ and checks.json
+    run: str = ""  #: the `lmstack run` folder the card reads
+    title: str | None = None  #: the card's title (default: "Report card")
+    kl_bound: float | None = None  #: the KL a policy may reach in the checks (default: twice PPO's kl_target)
+
+
+def run_report(cfg: ReportConfig) -> Result:
+    """The report card over the run folder; the course's claims checked and printed."""
+    path, checks = write_card(cfg.run, cfg.out, title=cfg.title, kl_bound=cfg.kl_bound)
+    print("\n".join(summary_lines(checks)), flush=True)
+    return Result({"card": str(path), "checks_passed": f"{sum(c['ok'] for c in checks)}/{len(checks)}"},
+                  {"report": str(path)})
+
+
+COURSE_STEPS = {"data": (DataConfig, run_data), "evaluate": (EvaluateConfig, run_evaluate),
+                "report": (ReportConfig, run_report)}
+
+
+def recipe(name: str):
+    """(config class, run function) of a registry recipe or a course step."""
+    return COURSE_STEPS[name] if name in COURSE_STEPS else RECIPES[name].load()
+
+
+# ---------------------------------------------------------------------------------------- wiring
+
+
+@dataclass(frozen=True)
+class Stage:
+    recipe: str  # a RECIPES name or a COURSE_STEPS name
+    inputs: dict[str, str] = field(default_factory=dict)  # config field <- context key (needed)
+    optional: dict[str, str] = field(default_factory=dict)  # config field <- context key, when the key is there
+    outputs: dict[str, str | Callable] = field(default_factory=dict)  # artifact -> context key (or cfg -> key)
+    resume: bool = False  # the recipe continues a killed run from its own checkpoint: gets `lmstack run --resume`
+    wire: Callable | None = None  # (params, ctx) -> more config fields, for wiring a mapping cannot say
+    headline: Callable[[dict], dict] = dict  # the stage's line in the log and stage.json, from Result.summary
+
+
+def _reuse_samples(suite_file: str):
+    """A stage that wants ranked SFT samples reuses those an earlier reward stage sampled: training data = the
+    suite's `suite_file` + those samples, validation = the suite's held-out pairs (InstructGPT's labelling once,
+    Llama 2's second reward model and DPO on the same preferences)."""
+
+    def wire(params: dict, ctx) -> dict:
+        if "data" in params or "sampled_rankings" not in ctx.paths:
+            return {}
+        prefs = Path(ctx.need("suite")) / "preferences"
+        return {"data": [str(prefs / suite_file), ctx.paths["sampled_rankings"]],
+                "val_data": [str(prefs / "pairs_test.jsonl")]}
+    return wire
+
+
+def _reward_wire(params: dict, ctx) -> dict:
+    if not params.get("sample_rankings"):
+        return {}
+    extra = _reuse_samples("rankings.jsonl")(params, ctx)
+    return {**extra, "sample_rankings": 0} if extra else {}
+
+
+def _evaluate_wire(params: dict, ctx) -> dict:
+    """The checkpoints the run has, and PPO's safety threshold for Llama 2's two-RM rule."""
+    extra = {}
+    if "models" not in params:
+        extra["models"] = {k: ctx.paths[k] for k in ("base", "sft", *ALIGNED) if k in ctx.paths}
+    if "safety_threshold" not in params:
+        ppo = next((st for st in ctx.cfg["stages"] if st.get("stage") == "ppo" and "safety_threshold" in st), None)
+        if ppo is not None:
+            extra["safety_threshold"] = ppo["safety_threshold"]
+    return extra
+
+
+def _flan_headline(r: dict) -> dict:
+    return {"held_out": r["config"]["hold_out"], "base_zero_shot_acc": r["base_zero_shot"]["rank_acc"],
+            "base_few_shot_acc": r["base_few_shot"]["rank_acc"], "sft_zero_shot_acc": r["flan_zero_shot"]["rank_acc"]}
+
+
+def _numbers(s: dict) -> dict:
+    return {k: v for k, v in s.items() if isinstance(v, (int, float))}
+
+
+def _aligned(name: str, **kw) -> Stage:
+    return Stage(name if name != "rejection" else "rejection-sampling", inputs={"model": "sft", "suite": "suite"},
+                 optional={"reward_model": "reward_model", "safety_reward_model": "safety_reward_model"},
+                 outputs={"model": name}, headline=_numbers, **kw)
+
+
+STAGES: dict[str, Stage] = {
+    "data": Stage("data", outputs={"suite": "suite", "tokens": "tokens", "tokenizer": "tokenizer"}),
+    "pretrain": Stage("pretrain", inputs={"data": "tokens"}, outputs={"model": "base"}, resume=True,
+                      headline=lambda s: {k: s.get(k) for k in ("final_loss", "val_ppl", "tokens_per_s", "params")}),
+    "sft": Stage("flan", inputs={"base": "base", "suite": "suite"}, outputs={"model": "sft"}, resume=True,
+                 headline=_flan_headline),
+    "reward": Stage("reward", inputs={"model": "sft", "suite": "suite"}, wire=_reward_wire,
+                    outputs={"model": lambda cfg: "safety_reward_model" if cfg.subset == "safety" else "reward_model",
+                             "sampled_rankings": "sampled_rankings",
+                             "sampled_rankings_test": "sampled_rankings_test"},
+                    headline=lambda s: {k: s[k] for k in ("subset", "val_accuracy", "val_pairs",
+                                                          "val_sampled_accuracy", "final_loss")
+                                        if s.get(k) is not None}),
+    "ppo": _aligned("ppo"),
+    "dpo": _aligned("dpo", resume=True, wire=_reuse_samples("pairs.jsonl")),  # the reward model's preferences
+    "grpo": _aligned("grpo"),
+    "rejection": _aligned("rejection"),
+    "evaluate": Stage("evaluate", inputs={"suite": "suite"},
+                      optional={"reward_model": "reward_model", "safety_reward_model": "safety_reward_model",
+                                "sampled_rankings_test": "sampled_rankings_test"},
+                      wire=_evaluate_wire, outputs={"evaluation": "evaluation"}),
+    "report": Stage("report", wire=lambda params, ctx: {"run": str(ctx.out)}, outputs={"report": "report"}),
+}

@@ -1,0 +1,59 @@
+"""The policy a preference recipe trains and its frozen reference (DPO, PPO, GRPO).
+
+Full fine-tuning keeps a frozen copy as the reference; with --lora the reference is the same weights with
+the adapters switched off (no second copy). At the end, LoRA is merged into a plain checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+
+from lmstack.errors import LmstackError
+from lmstack.lm import LM
+from lmstack.model.checkpoint import is_peft
+from lmstack.train.common import load_for_training
+from lmstack.train.lora import adapters_off, apply_lora
+from lmstack.train.prefdata import PrefConfig
+
+
+def load_policy(cfg: PrefConfig, device, need_reference: bool = True):
+    """(checkpoint, the policy to train, its trainable parameters, the frozen reference copy or None).
+
+    Dropout is off: the PPO ratio and the KL must compare one deterministic function."""
+    if not cfg.model:
+        raise LmstackError("--model is required (the SFT checkpoint to start from)")
+    lm = load_for_training(cfg.model, device, cfg.seq_len, "preference recipes render prompts with its chat template")
+    model = lm.model
+    model.set_dropout(0.0)
+    ref = None
+    if cfg.lora:
+        model = apply_lora(model, cfg)
+    elif need_reference:
+        ref = copy.deepcopy(model).eval()
+        for p in ref.parameters():
+            p.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return lm, model, params, ref
+
+
+@contextlib.contextmanager
+def reference(policy, ref_copy):
+    """The frozen reference policy: the copy if there is one, else the policy with its adapters off."""
+    if ref_copy is not None:
+        yield ref_copy
+    else:
+        with adapters_off(policy) as m:
+            yield m
+
+
+def generation_model(model):
+    """What the generation engine decodes with: the Transformer (with LoRA layers injected, if any)."""
+    return model.get_base_model() if is_peft(model) else model
+
+
+def final_lm(lm, model, cfg: PrefConfig) -> LM:
+    """The LM to save at the end: LoRA merged into the weights (a plain checkpoint any tool reads)."""
+    if cfg.lora and is_peft(model):
+        model = model.merge_and_unload()
+    return LM(model, lm.tokenizer, lm.generation_config, {})

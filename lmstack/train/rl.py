@@ -1,0 +1,242 @@
+"""What the sampling recipes share (PPO, GRPO, rejection sampling): their setup (policy, rewards, prompts),
+rollouts through the one generation engine and their per-token log-probabilities, GAE, PPO's clipped
+losses, masked statistics and the adaptive KL controller.
+
+Log-probabilities come from a forward pass with logits divided by the sampling temperature, i.e. of the
+very distribution the rollouts were drawn from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmstack.errors import LmstackError
+from lmstack.infer.engine import generate
+from lmstack.infer.logprobs import sequence_logprobs
+from lmstack.infer.sampling import SamplingParams
+from lmstack.train import dist
+from lmstack.train.dist import DistInfo
+from lmstack.train.policy import generation_model, load_policy
+from lmstack.train.prefdata import PrefConfig, encode_prompts, load_prompts, right_pad, suite_dir
+from lmstack.train.rewards import RewardOptions, Rewards, load_rewards
+
+
+@dataclass
+class RolloutOptions(RewardOptions):
+    """The fields of a config that samples answers to prompts and scores them (with the reward options)."""
+
+    max_new_tokens: int = 48  #: longest sampled answer, in tokens
+    temperature: float = 1.0  #: sampling temperature (PPO, GRPO: also of every log-probability)
+    clusters: list[str] = field(default_factory=list)  #: only prompts of these suite clusters (e.g. arithmetic)
+
+
+# ---- setup ------------------------------------------------------------------------------------------------------
+
+def rollout_prompts(cfg, tok) -> tuple[list[dict], list[list[int]], dict]:
+    """The prompt records (of --clusters) that leave room for a --max-new-tokens answer, their token ids, counts."""
+    records, stats = load_prompts(cfg, cfg.clusters or None)
+    records, ids, stats["dropped_overlong"] = encode_prompts(tok, records, cfg.seq_len - cfg.max_new_tokens,
+                                                             cfg.overlong)
+    return records, ids, stats
+
+
+@dataclass
+class Setup:
+    """A policy-gradient run's inputs: the process, the policy and its reference, the rewards, the prompts."""
+
+    info: DistInfo
+    suite: Path | None  # the built-in suite when the prompts come from it
+    lm: object  # the starting checkpoint (its tokenizer and generation config)
+    policy: torch.nn.Module
+    params: list  # the trainable parameters
+    ref: torch.nn.Module | None  # the frozen reference copy (None: LoRA adapters off, or none needed)
+    rewards: Rewards
+    records: list[dict]
+    pids: list[list[int]]
+    pstats: dict
+
+    @property
+    def tok(self):
+        return self.lm.tokenizer
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """n prompt indices, without repeats unless there are fewer than n prompts."""
+        return rng.choice(len(self.records), size=n, replace=len(self.records) < n)
+
+    def sample(self, rows, cfg, seed: int):
+        """Answers to the prompts `rows` (indices, repeats allowed) from the current policy."""
+        return sample(self.policy, self.tok, [self.pids[i] for i in rows], cfg, seed)
+
+    def score(self, rows, comps):
+        """(scores, per-source means) of the answers `comps` to the prompts `rows`."""
+        return self.rewards([self.records[i] for i in rows], [c.text for c in comps], [c.ids for c in comps])
+
+
+def setup(cfg: PrefConfig, stage: str, rewards: Rewards | None = None, need_reference: bool = True) -> Setup:
+    """One process, the seed, the policy (and reference), the rewards (`rewards`, or the config's reward options)
+    and the prompts."""
+    if cfg.resume:
+        raise LmstackError(f"{stage}: --resume is not supported; start again (runs are short)")
+    info = dist.init(cfg.device)
+    single_process(info, stage)
+    torch.manual_seed(cfg.seed)
+    suite = suite_dir(cfg) if not cfg.data else None
+    lm, policy, params, ref = load_policy(cfg, info.device, need_reference=need_reference)
+    if rewards is None:
+        rewards = load_rewards(cfg, info.device, suite, lm.tokenizer)
+    records, pids, pstats = rollout_prompts(cfg, lm.tokenizer)
+    return Setup(info, suite, lm, policy, params, ref, rewards, records, pids, pstats)
+
+
+def single_process(info, stage: str) -> None:
+    if info.world > 1:
+        raise LmstackError(f"{stage}: runs in one process (rollouts are not sharded); launch without torchrun")
+
+
+def rollout_seed(cfg: PrefConfig, it: int) -> int:
+    return cfg.seed * 1_000_003 + it
+
+
+# ---- rollouts ---------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def sample(policy, tok, prompt_ids: list[list[int]], cfg, seed: int):
+    sp = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed)
+    return generate(generation_model(policy), prompt_ids, sp, tok)
+
+
+@dataclass
+class Rollouts:
+    ids: torch.Tensor  # [B, T] prompt + response, right-padded
+    plen: torch.Tensor  # [B]
+    rlen: torch.Tensor  # [B]
+    old_lp: torch.Tensor | None = None  # [B, R]
+    ref_lp: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    adv: torch.Tensor | None = None
+    ret: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, prompts: list[list[int]], comps, pad: int, device=None) -> Rollouts:
+        """Prompt ids + the sampled answers' ids, right-padded."""
+        ids, _ = right_pad([p + c.ids for p, c in zip(prompts, comps)], pad, device)
+        return cls(ids, torch.tensor([len(p) for p in prompts], device=device),
+                   torch.tensor([len(c.ids) for c in comps], device=device))
+
+    def rows(self, idx) -> Rollouts:
+        """A minibatch, trimmed to its own longest row and answer."""
+        T = int((self.plen[idx] + self.rlen[idx]).max())
+        R = int(self.rlen[idx].max())
+        cut = {k: getattr(self, k)[idx][:, :R] for k in ("old_lp", "ref_lp", "values", "adv", "ret")
+               if getattr(self, k) is not None}
+        return Rollouts(self.ids[idx][:, :T], self.plen[idx], self.rlen[idx], **cut)
+
+    def minibatches(self, epochs: int, size: int) -> Iterator[Rollouts]:
+        """`epochs` passes over the rollouts in minibatches of `size`, a fresh random order each pass."""
+        n = len(self.ids)
+        for _ in range(epochs):
+            perm = torch.randperm(n)
+            for s in range(0, n, size):
+                yield self.rows(perm[s:s + size])
+
+
+def policy_logprobs(model, ro: Rollouts, temperature: float, entropy: bool = False):
+    """[B, R] log pi(response token | prefix) at the sampling temperature (and entropies), with the mask."""
+    idx, mask = response_index(ro.plen, ro.rlen)
+    lp, ent = sequence_logprobs(model, ro.ids, temperature, entropy)
+    return lp.gather(1, idx), (ent.gather(1, idx) if ent is not None else None), mask
+
+
+def response_index(prompt_lens: torch.Tensor, resp_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a right-padded batch of prompt + response rows: the [B, R] index into the shifted (T-1) axis at
+    which response token j of row b is predicted (prompt_len - 1 + j), and the response mask."""
+    R = int(resp_lens.max())
+    j = torch.arange(R, device=prompt_lens.device)[None]
+    mask = j < resp_lens[:, None]
+    idx = (prompt_lens[:, None] - 1 + j) * mask  # padding points at 0; masked out anyway
+    return idx, mask
+
+
+# ---- statistics and objectives ----------------------------------------------------------------------------------
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
+    m = mask.to(x.dtype)
+    if dim is None:
+        return (x * m).sum() / m.sum().clamp(min=1)
+    return (x * m).sum(dim) / m.sum(dim).clamp(min=1)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+    """Generalised advantage estimation over response tokens [B, R]; returns (advantages, returns)."""
+    B, R = rewards.shape
+    m = mask.to(rewards.dtype)
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)
+    for t in reversed(range(R)):
+        nxt = m[:, t + 1] if t + 1 < R else torch.zeros_like(last)
+        next_v = values[:, t + 1] * nxt if t + 1 < R else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_v - values[:, t]
+        last = delta + gamma * lam * nxt * last
+        adv[:, t] = last
+    adv = adv * m
+    return adv, (adv + values) * m
+
+
+def ppo_losses(lp, old_lp, adv, v, old_v, ret, mask, cliprange: float, cliprange_value: float):
+    """The clipped surrogate objective and clipped value loss (PPO, as in InstructGPT / TRL)."""
+    ratio = torch.exp(lp - old_lp)
+    pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cliprange, 1 + cliprange))
+    pg_loss = masked_mean(pg, mask)
+    v_clip = old_v + (v - old_v).clamp(-cliprange_value, cliprange_value)
+    vf_loss = 0.5 * masked_mean(torch.max((v - ret) ** 2, (v_clip - ret) ** 2), mask)
+    with torch.no_grad():
+        stats = {"clip_frac": float(masked_mean(((ratio - 1).abs() > cliprange).float(), mask)),
+                 "approx_kl": float(masked_mean(0.5 * (lp - old_lp) ** 2, mask)),
+                 "value_clip_frac": float(masked_mean(((v - old_v).abs() > cliprange_value).float(), mask))}
+    return pg_loss, vf_loss, stats
+
+
+class AdaptiveKL:
+    """Ziegler et al.'s controller: beta <- beta (1 + clip(KL/target - 1, -0.2, 0.2) n / horizon)."""
+
+    def __init__(self, beta: float, target: float, horizon: int):
+        self.beta, self.target, self.horizon = beta, target, horizon
+
+    def update(self, kl: float, n: int) -> None:
+        if self.target > 0:
+            err = float(np.clip(kl / self.target - 1.0, -0.2, 0.2))
+            self.beta *= 1.0 + err * n / self.horizon
+
+
+# ---- logging ----------------------------------------------------------------------------------------------------
+
+def means(acc: dict[str, list[float]]) -> dict[str, float]:
+    """The mean of each statistic gathered over an iteration's minibatches."""
+    return {k: float(np.mean(v)) for k, v in acc.items()}
+
+
+def gather(acc: dict[str, list[float]], stats: dict) -> None:
+    for k, v in stats.items():
+        acc.setdefault(k, []).append(v)
+
+
+def reward_trend(history: list[dict]) -> dict:
+    """The mean reward of the first and last quarter of the iterations, and the last quarter's KL."""
+    k = max(1, len(history) // 4)
+    return {"reward_first": float(np.mean([h["reward"] for h in history[:k]])),
+            "reward_last": float(np.mean([h["reward"] for h in history[-k:]])),
+            "kl_last": float(np.mean([h["kl"] for h in history[-k:]]))}
