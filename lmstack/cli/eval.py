@@ -18,14 +18,17 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from lmstack.backends import add_backend_args, as_sampling, backend_from_args
 from lmstack.course.card import summary_lines, write_card
 from lmstack.data.builtin import World
 from lmstack.data.builtin.annotators import judge_panel
 from lmstack.data.shards import TokenDataset
 from lmstack.errors import LmstackError
+from lmstack.evaluate import harness, winrate
 from lmstack.evaluate.config import expand_tasks, load_task, read_config_file, registry
-from lmstack.evaluate.harness import STRATEGIES, run_task
+from lmstack.evaluate.harness import STRATEGIES, evaluate, run_task, save_results
 from lmstack.evaluate.perplexity import perplexity
 from lmstack.evaluate.report import build_report
 from lmstack.evaluate.safety import (
@@ -45,6 +48,7 @@ from lmstack.evaluate.winrate import (
     load_scorer,
     prompt_messages,
     prompt_text,
+    win_rate,
 )
 from lmstack.infer.prompting import (
     ANSWER_TRIGGER,
@@ -234,15 +238,13 @@ def _task_kwargs(args) -> dict:
 # ---- eval run / tasks ----------------------------------------------------------------------------------------
 
 def cmd_run(args) -> int:
-    from lmstack.evaluate.harness import evaluate, format_table
-
     for name in expand_tasks(args.tasks):  # config errors before paying for a model load
         load_task(name)
     backend = backend_from_args(args)
     with backend:
         results = evaluate(args.tasks, backend, out_dir=args.out, data=_data_map(args.data),
                            strategy=args.strategy, **_task_kwargs(args))
-    print(format_table(results))
+    print(harness.format_table(results))
     if args.out:
         print(f"wrote {Path(args.out) / 'results.json'} and per-item samples_<task>.jsonl")
     return 0
@@ -341,8 +343,6 @@ def _make_judge(args, prompts, safety: bool = False):
 # ---- eval winrate -----------------------------------------------------------------------------------------------
 
 def cmd_winrate(args) -> int:
-    from lmstack.evaluate.winrate import format_table, win_rate
-
     prompts = load_prompts(args)
     answers = {}
     for side in ("a", "b"):
@@ -358,7 +358,7 @@ def cmd_winrate(args) -> int:
     lb = args.label_b or _label(args.model_b or args.answers_b, "B")
     judge = _make_judge(args, prompts)
     res = win_rate(judge, prompts, answers["a"], answers["b"], label=f"{la} vs {lb}")
-    print(format_table([res]))
+    print(winrate.format_table([res]))
     if res.n_unparsed:
         print(f"note: {res.n_unparsed} judge answers could not be parsed; their pairs count as ties", file=sys.stderr)
     if args.out:
@@ -382,8 +382,6 @@ def _write_out(out, name: str, obj: dict, samples: dict[str, list], ensure_ascii
 # ---- eval perplexity ---------------------------------------------------------------------------------------------
 
 def cmd_perplexity(args) -> int:
-    import torch
-
 
     lm = load(args.model, dtype=args.dtype)
     if args.file:
@@ -520,8 +518,6 @@ def cmd_prompt_run(args) -> int:
 
 
 def cmd_prompt_compare(args) -> int:
-    from lmstack.evaluate.harness import format_table, run_task, save_results
-
     cfg = load_task(args.task)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     bad = [s for s in strategies if s not in STRATEGIES]
@@ -538,7 +534,7 @@ def cmd_prompt_compare(args) -> int:
     print(compare_table(results))
     if args.out:
         save_results(args.out, results, be.describe(), extra={"compare": [r.summary() for r in results]})
-        (Path(args.out) / "compare.md").write_text(compare_table(results) + "\n\n" + format_table(results) + "\n")
+        (Path(args.out) / "compare.md").write_text(compare_table(results) + "\n\n" + harness.format_table(results) + "\n")
         print(f"wrote {Path(args.out) / 'compare.md'}")
     return 0
 

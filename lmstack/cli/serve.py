@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
+
+import torch
 
 from lmstack.cli.common import dispatch
 from lmstack.errors import LmstackError
@@ -39,8 +42,6 @@ def add_arguments(p) -> None:
 
 def build(args):
     """The app and its settings from parsed arguments (the model loaded), for `serve` and for tests."""
-    import torch
-
     from lmstack.serve.app import ServerConfig, create_app  # optional: fastapi (the [serve] extra)
 
     for name, v in (("--max-batch", args.max_batch), ("--max-queue", args.max_queue)):
@@ -78,8 +79,6 @@ def cmd_serve(args) -> int:
 
 
 def main(argv=None) -> int:
-    import argparse
-
     p = argparse.ArgumentParser(prog="python -m lmstack.serve", description=__doc__.splitlines()[0])
     add_arguments(p)
     return dispatch(p.parse_args(argv))

@@ -14,6 +14,8 @@ import math
 import platform
 from pathlib import Path
 
+import torch
+
 from lmstack.data.curves import read_metrics
 from lmstack.errors import LmstackError
 from lmstack.evaluate.metrics import wilson_interval
@@ -349,8 +351,6 @@ def _why(failed: set[str], s: dict) -> list[str]:
 
 def write_card(run_dir, out_dir=None, title: str | None = None, kl_bound: float | None = None) -> tuple[Path, list[dict]]:
     """Render <run>/report/card.md (+ plots/) from a `lmstack run` folder; returns (path, checks)."""
-    import torch
-
     run = Path(run_dir)
     state = _read(run / "pipeline.json")
     if not state:
