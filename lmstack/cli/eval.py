@@ -29,7 +29,6 @@ from lmstack.errors import LmstackError
 from lmstack.evaluate import harness, winrate
 from lmstack.evaluate.config import expand_tasks, load_task, read_config_file, registry
 from lmstack.evaluate.harness import STRATEGIES, evaluate, run_task, save_results
-from lmstack.evaluate.perplexity import perplexity
 from lmstack.evaluate.report import build_report
 from lmstack.evaluate.safety import (
     AnnotatorSafetyJudge,
@@ -50,6 +49,7 @@ from lmstack.evaluate.winrate import (
     prompt_text,
     win_rate,
 )
+from lmstack.infer.logprobs import perplexity
 from lmstack.infer.prompting import (
     ANSWER_TRIGGER,
     build_prompt,
