@@ -92,13 +92,12 @@ def build_models(out: Path, a, times: dict) -> dict:
                 out=str(out / k), subset=s, **rm_kw)))
     # Llama 2: both reward models, combined by its rule, drive PPO and rejection sampling.
     rewards_kw = dict(reward_model=str(p["rm_help"]), safety_reward_model=str(p["rm_safety"]),
-                      safety_threshold=a.safety_threshold)
+                      safety_rule=a.safety_rule, safety_threshold=a.safety_threshold)
     pol_kw = dict(model=str(p["sft"]), suite=str(suite), seq_len=a.seq_len, **common)
     if not p["ppo"].exists():
         _timed(times, "ppo", lambda: ppo(PPOConfig(
             out=str(out / "ppo"), steps=a.ppo_steps, rollout_batch=16, micro_batch=8, ppo_epochs=2,
-            max_new_tokens=a.max_new, lr=a.ppo_lr, kl_coef=0.05, kl_target=a.kl_target, kl_horizon=200,
-            **rewards_kw, **pol_kw)))
+            max_new_tokens=a.max_new, lr=a.ppo_lr, kl_coef=0.05, kl_target=a.kl_target, **rewards_kw, **pol_kw)))
     if not p["dpo"].exists():
         _timed(times, "dpo", lambda: dpo(DPOConfig(
             out=str(out / "dpo"), data=[str(suite / "preferences" / "pairs.jsonl"), str(p["sampled"])],
@@ -109,6 +108,15 @@ def build_models(out: Path, a, times: dict) -> dict:
             out=str(out / "rs"), rounds=2, prompts_per_round=a.rs_prompts, samples=4, max_new_tokens=a.max_new, sft_epochs=2,
             lr=2e-4, **rewards_kw, **pol_kw)))
     return p
+
+
+def safety_threshold(a) -> float:
+    """The threshold the safety rule used: --safety-threshold, or the rule's default."""
+    from lmstack.train.rewards import LLAMA2_SAFETY_THRESHOLD, ZSCORE_SAFETY_THRESHOLD
+
+    if a.safety_threshold is not None:
+        return a.safety_threshold
+    return LLAMA2_SAFETY_THRESHOLD if a.safety_rule == "llama2" else ZSCORE_SAFETY_THRESHOLD
 
 
 def test_prompts(suite: Path, n_tasks: int | None = None):
@@ -122,7 +130,7 @@ def evaluate(p: dict, a, times: dict) -> dict:
     from lmstack.course.evaluation import answers_of, kl_from, reward_model_accuracy
     from lmstack.data.builtin import is_refusal, win_rate
     from lmstack.train.prefdata import suite_judge
-    from lmstack.train.rewards import combine_rewards, load_reward_model
+    from lmstack.train.rewards import load_reward_model, safety_combination
 
     suite = p["suite"]
     panel = suite_judge(suite)
@@ -134,7 +142,7 @@ def evaluate(p: dict, a, times: dict) -> dict:
     res["reward_models"] = reward_model_accuracy(
         suite, str(p["rm_help"]), str(p["rm_safety"]), {"suite pairs_test": [suite / "preferences" / "pairs_test.jsonl"],
                                                         "SFT samples (test prompts)": [p["sampled_test"]]},
-        a.safety_threshold)
+        rule=a.safety_rule, threshold=a.safety_threshold)
     help_rm, safe_rm = load_reward_model(p["rm_help"]), load_reward_model(p["rm_safety"])
     res["reward_model_training"] = {k: json.loads((p[k].parent / "summary.json").read_text())["data"]["pairs"]
                                     for k in ("rm_help", "rm_safety")}
@@ -170,9 +178,10 @@ def evaluate(p: dict, a, times: dict) -> dict:
     h = help_rm.score([r["prompt"] for r in rep], cand)
     s = safe_rm.score([r["prompt"] for r in rep], cand)
     unsafe = torch.tensor([bool(r.get("unsafe")) for r in rep])
+    # Llama 2's rule without its batch whitening (a per-prompt argmax needs comparable, not whitened, scores).
+    combined, _ = safety_combination(a.safety_rule, h, s, unsafe, a.safety_threshold, whiten=False)
     pick = {"sft_sample": cand[::n]}
-    for name, score in (("best_of_n_helpful", h), ("best_of_n_helpful+safety", combine_rewards(h, s, unsafe,
-                                                                                             a.safety_threshold))):
+    for name, score in (("best_of_n_helpful", h), ("best_of_n_helpful+safety", combined)):
         best = score.view(-1, n).argmax(1)
         pick[name] = [cand[i * n + int(b)] for i, b in enumerate(best)]
     pick.update({f"{k}_greedy": texts[k] for k in ("sft", "ppo", "dpo", "rs")})
@@ -188,7 +197,7 @@ def evaluate(p: dict, a, times: dict) -> dict:
             "win_vs_sft_sample_rest": win_rate(panel, [recs[i] for i in rest], [ans[i] for i in rest],
                                                [pick["sft_sample"][i] for i in rest])}
     res["safety"] = {"n_harmful": len(harmful), "n_benign_lookalike": len(benign), "n_rest": len(rest),
-                     "samples": n, "threshold": a.safety_threshold, "rows": rows}
+                     "samples": n, "rule": a.safety_rule, "threshold": safety_threshold(a), "rows": rows}
     times["eval_safety"] = round(time.time() - t, 1)
     return res
 
@@ -225,7 +234,8 @@ def report(res: dict, times: dict, cmd: str) -> str:
     L.append(f"| sft | | | 0 | {w['mean_score']:.2f} / {w['mean_score_sampled']:.2f} |")
     s = res["safety"]
     L += ["", f"Safety: one of {s['samples']} SFT samples per prompt chosen by rm_help alone or by rm_help + rm_safety "
-          f"with Llama 2's rule (threshold {s['threshold']}), and the trained policies' greedy answers "
+          f"with Llama 2's rule ({s['rule']}, threshold {s['threshold']}), and the trained "
+          f"policies' greedy answers "
           f"({s['n_harmful']} harmful requests, {s['n_benign_lookalike']} harmless look-alikes, {s['n_rest']} other "
           f"prompts):", "",
           "| choice | refusal on harmful | refusal on look-alikes | helpfulness score (rest) | win/tie/loss vs a "
@@ -355,6 +365,8 @@ def speed(a) -> None:
 def main(argv=None):
     import sys
 
+    from lmstack.train.rewards import SAFETY_RULES
+
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -378,7 +390,11 @@ def main(argv=None):
     q.add_argument("--eval-tasks", type=int, default=0, help="first N test task prompts (0: all)")
     q.add_argument("--kl-stride", type=int, default=3, help="KL estimated on every k-th prompt")
     q.add_argument("--bon", type=int, default=4, help="samples per prompt for the safety comparison")
-    q.add_argument("--safety-threshold", type=float, default=-2.0)
+    q.add_argument("--safety-rule", default="llama2", choices=SAFETY_RULES,
+                   help="how the two reward models combine (lmstack.train.rewards.safety_combination)")
+    q.add_argument("--safety-threshold", type=float, default=None,
+                   help="the safety RM decides below this (default: the rule's own; llama2: 0.15 on the sigmoid "
+                        "scale, llama2-zscore: -1.0 standard deviations)")
     s = sub.add_parser("speed")
     s.add_argument("--out", default="runs/rlhf_speed")
     s.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

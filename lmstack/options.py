@@ -92,6 +92,13 @@ def _default(f: dataclasses.Field):
     return dataclasses.MISSING
 
 
+def _list_member(t):
+    """list[str] of a `str | list[str]` field (one value or several), else None."""
+    if typing.get_origin(t) in (typing.Union, types.UnionType):
+        return next((a for a in typing.get_args(t) if typing.get_origin(a) is list), None)
+    return None
+
+
 def _item_type(t, default):
     """Element type of a list/tuple field: from the annotation, else from the default's elements."""
     args = [a for a in typing.get_args(t) if a is not Ellipsis]
@@ -122,8 +129,9 @@ def _fmt_default(v) -> str:
 
 
 def add_dataclass_args(p, cls) -> None:
-    """One flag per field of `cls`: `--field-name`; bools as --x/--no-x; lists and tuples take several values;
-    a dict field named `overrides` becomes the repeatable `--set KEY=VALUE`. Help: the field's `#:` text."""
+    """One flag per field of `cls`: `--field-name`; bools as --x/--no-x; lists and tuples take several values,
+    a `str | list[str]` field one or more (always a list here; a YAML mapping may give either); a dict field
+    named `overrides` becomes the repeatable `--set KEY=VALUE`. Help: the field's `#:` text."""
     hints = typing.get_type_hints(cls)
     docs = field_help(cls)
     for f in dataclasses.fields(cls):
@@ -146,6 +154,8 @@ def add_dataclass_args(p, cls) -> None:
             p.add_argument(flag, action=_BoolFlag, **kw)
         elif typing.get_origin(t) in (list, tuple) or t in (list, tuple) or isinstance(default, (list, tuple)):
             p.add_argument(flag, nargs="*", type=_item_type(t, default), **kw)
+        elif _list_member(t) is not None:
+            p.add_argument(flag, nargs="+", type=_item_type(_list_member(t), default), **kw)
         else:
             p.add_argument(flag, type=t if t in (int, float, str) else str, **kw)
 

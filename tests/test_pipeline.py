@@ -1,6 +1,7 @@
 """`lmstack run`: stages in order, headline numbers per stage, --resume skips finished stages."""
 
 import json
+import math
 
 import pytest
 
@@ -38,6 +39,9 @@ def test_bad_stage_field_is_one_line_naming_stage_and_field(tmp_path):
         load_config(str(bad))
     bad.write_text("sead: 1\nstages: []\n")
     with pytest.raises(LmstackError, match="unknown field 'sead'"):
+        load_config(str(bad))
+    bad.write_text("claims:\n  wins: [ppo]\nstages: []\n")  # a claim's name or threshold is checked up front too
+    with pytest.raises(LmstackError, match=r"bad.yaml: claims: unknown field 'wins'"):
         load_config(str(bad))
 
 
@@ -88,10 +92,10 @@ def test_tiny_cpu_stages_get_the_values_they_always_got():
         ("/run/pretrain", ["T"], "llama-mini", 256, 16, 320, 3e-3, 30, 160, 200, 0, False, True, True)
     sft = c["sft"]
     assert (sft.base, sft.suite, sft.hold_out, sft.steps, sft.ablation, sft.ablation_steps, sft.cluster_study,
-            sft.quiet) == ("B", "S", "commonsense", 240, True, 80, False, True)
+            sft.quiet) == ("B", "S", ["nli", "commonsense"], 240, True, 80, False, True)
     ppo = c["ppo"]
     assert (ppo.model, ppo.reward_model, ppo.safety_reward_model, ppo.safety_threshold, ppo.quiet) == \
-        ("F", "R", "SR", -2.0, True)
+        ("F", "R", "SR", 0.15, True)
     prefs = ["S/preferences/pairs.jsonl", "SRk"]
     assert (c["dpo"].data, c["dpo"].val_data) == (prefs, ["S/preferences/pairs_test.jsonl"])
     assert (c["reward_safety"].data, c["reward_safety"].sample_rankings) == \
@@ -99,7 +103,7 @@ def test_tiny_cpu_stages_get_the_values_they_always_got():
     ev = c["evaluate"]
     assert (ev.models, ev.reward_model, ev.sampled_rankings_test, ev.safety_threshold, ev.prompts, ev.kl_prompts,
             ev.limit, ev.decoding_prompts, ev.prompting_items, ev.few_shot, ev.max_new_tokens, ev.bars) == \
-        ({"base": "B", "sft": "F"}, "R", "SRt", -2.0, 200, 64, 80, 48, 60, 3, 32, True)
+        ({"base": "B", "sft": "F"}, "R", "SRt", 0.15, 200, 64, 80, 48, 60, 3, 32, True)
     assert (c["report"].run, c["report"].out) == ("/run", "/run/report")
     # The first reward stage samples itself when no samples exist yet.
     first = _wired("tiny-cpu", {k: v for k, v in paths.items() if not k.startswith("sampled")})["reward"]
@@ -110,10 +114,21 @@ def test_mini_pipeline_runs_and_resumes(tmp_path, capsys):
     cfg = tmp_path / "mini.yaml"
     cfg.write_text("""
 name: mini
+claims:
+  win: [ppo, dpo, rejection]
+  kl_bound: 10.0
 stages:
   - stage: data
     size: tiny
     vocab_size: 512
+  - stage: scaling
+    widths: ["16", "32"]
+    layers: 1
+    steps: 3
+    budget_steps: []
+    seq_len: 64
+    micro_batch: 2
+    irreducible: false
   - stage: pretrain
     preset: llama-tiny
     seq_len: 128
@@ -162,7 +177,15 @@ stages:
     epochs: 0
     steps: 2
     seq_len: 128
+  - stage: rejection
+    rounds: 1
+    prompts_per_round: 4
+    samples: 2
+    max_new_tokens: 8
+    seq_len: 128
   - stage: evaluate
+    best_of_n: 4
+    best_of_n_prompts: 3
     prompts: 6
     kl_prompts: 4
     limit: 6
@@ -174,7 +197,8 @@ stages:
 """)
     out = tmp_path / "run"
     res = run_pipeline(str(cfg), str(out))
-    assert list(res) == ["data", "pretrain", "sft", "reward", "reward_safety", "ppo", "dpo", "evaluate", "report"]
+    assert list(res) == ["data", "scaling", "pretrain", "sft", "reward", "reward_safety", "ppo", "dpo", "rejection",
+                         "evaluate", "report"]
     assert res["pretrain"]["val_ppl"] > 1 and 0 <= res["sft"]["sft_zero_shot_acc"] <= 1
     state = json.loads((out / "pipeline.json").read_text())
     assert state["paths"]["sft"].endswith("instructions/model")
@@ -188,22 +212,30 @@ stages:
     for c in (safety_cfg, dpo_cfg):  # progress bars are the pipeline's setting of each recipe, not a global
         assert c["bars"] is True
     ev = json.loads((out / "evaluate" / "evaluation.json").read_text())
-    assert set(ev["win_rates"]) == {"n", "reference", "ppo", "dpo"}
-    assert set(ev["alignment"]) == {"base", "sft", "ppo", "dpo"}
+    assert set(ev["win_rates"]) == {"n", "reference", "ppo", "dpo", "rejection"}
+    assert set(ev["alignment"]) == {"base", "sft", "ppo", "dpo", "rejection"}
+    assert [r["n"] for r in ev["best_of_n"]["rows"]] == [1, 2, 4]
+    rows = ev["best_of_n"]["rows"]
+    assert rows[0]["kl"] == 0 and rows[1]["kl"] == pytest.approx(math.log(2) - 0.5)  # best-of-n's closed-form KL
+    assert all(r["gold_oracle"] >= r["gold"] for r in rows)  # picking by gold itself is the ceiling
+    assert [r["proxy"] for r in rows] == sorted(r["proxy"] for r in rows)  # more samples, a higher max of the proxy
     assert set(ev["prompting"]["base"]["strategies"]) == {"zero_shot", "few_shot", "cot", "self_consistency"}
     assert len(ev["decoding"]["settings"]) == 4
     card = (out / "report" / "card.md").read_text()
-    for section in ("## Pretraining", "## Instruction tuning", "## Reward model", "## Preference learning",
+    for section in ("## Scaling", "## Over-optimisation", "## Pretraining", "## Instruction tuning", "## Reward model",
+                    "## Preference learning",
                     "## Inference: decoding", "## Inference: prompting", "## Truthfulness", "What the course should show"):
         assert section in card
-    for png in ("pretrain_loss", "flan_held_out", "reward_training", "ppo", "dpo", "win_rates", "decoding", "prompting",
+    for png in ("scaling", "overoptimisation", "pretrain_loss", "flan_held_out", "reward_training", "ppo", "dpo", "win_rates", "decoding", "prompting",
                 "alignment"):
         assert (out / "report" / "plots" / f"{png}.png").stat().st_size > 1000, png
         assert f"plots/{png}.png" in card
     checks = json.loads((out / "report" / "checks.json").read_text())
-    assert {c["claim"].split()[0] for c in checks} >= {"SFT", "the", "PPO", "DPO", "PPO's"}
+    assert {c["key"] for c in checks if c["kind"] == "claim"} >= {"scaling", "flan", "rm", "win", "kl", "refusal"}
+    assert {c["claim"].split()[0] for c in checks if c["key"] == "win"} == {"PPO", "DPO", "REJECTION"}
+    assert {c["key"] for c in checks if c["kind"] == "at scale"} == {"icl", "cot"}
     out_text = capsys.readouterr().out
-    assert "[9/9] report" in out_text and "] SFT beats base" in out_text
+    assert "[11/11] report" in out_text and "] instruction tuning beats base" in out_text
     again = run_pipeline(str(cfg), str(out), resume=True)
     assert "done earlier" in capsys.readouterr().out
     assert again["pretrain"]["val_ppl"] == res["pretrain"]["val_ppl"]
@@ -221,10 +253,27 @@ stages:
     capsys.readouterr()
     run_pipeline(str(cfg), str(out), only=["report"])
     printed = capsys.readouterr().out
-    assert "[9/9] report: card=" in printed and "[8/9]" not in printed
+    assert "[11/11] report: card=" in printed and "[10/11]" not in printed
     with pytest.raises(LmstackError, match="no such stage"):
         run_pipeline(str(cfg), str(out), only=["telepathy"])
     # `lmstack report` on a run folder renders the same card.
     (out / "report" / "card.md").unlink()
     assert main(["report", str(out)]) == 0
     assert "What the course should show" in (out / "report" / "card.md").read_text()
+    # Effects of scale side by side with another run (here the same run under another label), and a run not yet
+    # made is named, not silently dropped.
+    from lmstack.course.card import write_card
+
+    path, _ = write_card(out, compare={"the same run": str(out), "a larger run": str(tmp_path / "none")})
+    text = path.read_text()
+    assert "| where the paper saw it |" in text and "| the same run |" in text
+    assert f"Not yet run, so not shown: `{tmp_path / 'none'}` (a larger run)" in text
+
+
+def test_seed_flag_overrides_the_configs_seed_for_every_stage(tmp_path):
+    cfg = tmp_path / "one.yaml"
+    cfg.write_text("name: one\nseed: 0\nstages:\n  - stage: data\n    size: tiny\n    vocab_size: 300\n")
+    assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--seed", "5"]) == 0
+    state = json.loads((tmp_path / "run" / "pipeline.json").read_text())
+    assert state["config"]["seed"] == 5
+    assert json.loads((tmp_path / "run" / "data" / "suite" / "manifest.json").read_text())["seed"] == 5

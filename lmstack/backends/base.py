@@ -56,7 +56,8 @@ class Backend:
         raise LmstackError(f"{self.name}: this backend cannot generate")
 
     def chat_context(self, messages: Messages) -> str:
-        """The text a chat prompt becomes before the assistant's answer (to score answers in chat form)."""
+        """The text a chat prompt becomes before the assistant's answer (to score answers in chat form).
+        A template's own BOS stays at its start, and `loglikelihood` then adds no second one."""
         raise LmstackError(f"{self.name}: cannot render chat prompts as text for log-likelihood scoring")
 
     def describe(self) -> dict:

@@ -5,7 +5,8 @@ OpenAI-compatible endpoints of Claude and Gemini).
   closed models are chat-only), `/completions` for plain text.
 - `loglikelihood`: `/completions` with `echo=True, logprobs=1, max_tokens=1` on context+continuation,
   as lm-evaluation-harness's local-completions backend does; the tokens whose text starts at or
-  after the context's end are the continuation (the one generated token is dropped). Chat
+  after the context's end are the continuation (the one generated token is dropped). A server that
+  counts its BOS's text in `text_offset` (vLLM) is recognised and its offsets moved back. Chat
   endpoints return no prompt log-probabilities, so a chat backend refuses instead of guessing.
 
 Calls are paid for, slow and flaky, so: at most `concurrency` requests in flight, retries with
@@ -200,7 +201,7 @@ class OpenAIBackend(Backend):
 
             def parse(data):
                 lp = data["choices"][0]["logprobs"]
-                return _continuation_logprob(lp, boundary, len(prompt))
+                return _continuation_logprob(lp, boundary, len(prompt), prompt=prompt)
 
             return self._post("completions", {"prompt": prompt, "max_tokens": 1, "temperature": 0.0,
                                               "echo": True, "logprobs": 1}, parse)
@@ -213,7 +214,7 @@ class OpenAIBackend(Backend):
         def one(text):
             def parse(data):
                 lp = data["choices"][0]["logprobs"]
-                return _continuation_logprob(lp, 0, len(text), skip_unscored=True)
+                return _continuation_logprob(lp, 0, len(text), skip_unscored=True, prompt=text)
 
             return self._post("completions", {"prompt": text, "max_tokens": 1, "temperature": 0.0,
                                               "echo": True, "logprobs": 1}, parse)
@@ -259,9 +260,30 @@ def _chat_text(data) -> str:
     return "" if content is None else content
 
 
-def _continuation_logprob(lp: dict, boundary: int, end: int, skip_unscored: bool = False) -> LLResult:
+def _bos_shift(lp: dict, prompt: str) -> int:
+    """How many characters a server counted for a leading BOS that its echoed text lacks.
+
+    text_offset indexes the echoed text, and a BOS the server added is not in it, so its offset is 0 and
+    it takes no room (lmstack's server). vLLM instead counts the BOS's text: tokens ['<s>', 'The', ...],
+    offsets [0, 3, ...] for the text 'The...'. Seen as: the second token starts right after the first,
+    yet the prompt does not start with the two of them.
+    """
+    tokens, offsets = lp.get("tokens") or [], lp["text_offset"]
+    if len(tokens) < 2 or len(offsets) < 2 or not isinstance(tokens[0], str) or not isinstance(tokens[1], str):
+        return 0
+    first, head = tokens[0], tokens[0] + tokens[1]
+    if not first or "\ufffd" in head or offsets[0] != 0 or offsets[1] != len(first):
+        return 0
+    return 0 if prompt.startswith(head) else len(first)
+
+
+def _continuation_logprob(lp: dict, boundary: int, end: int, skip_unscored: bool = False,
+                          prompt: str | None = None) -> LLResult:
     """Sum the log-probs of the tokens whose text starts in [boundary, end) (echoed prompt tokens)."""
     offsets, token_lps = lp["text_offset"], lp["token_logprobs"]
+    shift = _bos_shift(lp, prompt) if prompt is not None else 0
+    if shift:
+        offsets = [offsets[0]] + [o - shift for o in offsets[1:]]
     tops = lp.get("top_logprobs") or [None] * len(token_lps)
     if len(offsets) != len(token_lps):
         raise ValueError("text_offset and token_logprobs differ in length")

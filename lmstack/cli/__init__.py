@@ -71,7 +71,7 @@ def _demo(args) -> int:
 
 def _run(args) -> int:
 
-    run_pipeline(args.config, args.out, resume=args.resume, only=args.only)
+    run_pipeline(args.config, args.out, resume=args.resume, only=args.only, seed=args.seed)
     return 0
 
 
@@ -98,6 +98,8 @@ def build_parser(commands: set[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run folder (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="skip finished stages; continue the current one")
     p.add_argument("--only", nargs="*", default=None, help="run only these stages, over an existing run's outputs")
+    p.add_argument("--seed", type=int, default=None,
+                   help="the run's seed instead of the config's (the course's claims are checked on several seeds)")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("demo", help="a short end-to-end example: corpus, tokenizer, tiny model, generation")

@@ -59,6 +59,7 @@ from lmstack.infer.prompting import (
 )
 from lmstack.lm import load
 from lmstack.text import extract_answer
+from lmstack.train.rewards import reward_model_scorer
 
 
 def add_parsers(eval_subparsers, top_subparsers) -> None:
@@ -209,7 +210,8 @@ def _add_judge_args(p, kinds) -> None:
     g.add_argument("--judge", default="annotators", choices=kinds,
                    help="annotators: the built-in suite's simulated annotators; reward: a scorer function or "
                         "reward model (--reward-fn); model: a judge model (--judge-model)")
-    g.add_argument("--reward-fn", default=None, help="module:function(prompt_messages, answer) -> float")
+    g.add_argument("--reward-fn", default=None,
+                   help="module:function(prompt_messages, answer) -> float, or a reward-model folder (lmstack reward)")
     g.add_argument("--flip-prob", type=float, default=0.0, help="annotators' label noise")
     add_backend_args(p, prefix="judge-", required=False, what="judge model", extras=False)
 
@@ -328,7 +330,9 @@ def _make_judge(args, prompts, safety: bool = False):
     if args.judge == "reward":
         if not args.reward_fn:
             raise LmstackError("--judge reward needs --reward-fn module:function (or a reward-model folder)")
-        scorer = load_scorer(args.reward_fn)
+        # A reward-model folder is loaded here: lmstack.evaluate takes scorers and never imports train.
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        scorer = load_scorer(args.reward_fn, loaders=[lambda spec: reward_model_scorer(spec, device)])
         if safety:
             return ScoreSafetyJudge(scorer, args.threshold)
         return RewardJudge(scorer, name=args.reward_fn)
@@ -415,8 +419,9 @@ def cmd_safety(args) -> int:
     else:
         safety_recs = read_records_file(suite / "tasks" / f"safety_{args.split}.jsonl", "jsonl")
     if args.limit and args.limit < len(safety_recs):  # keep harmful and harmless requests balanced
-        unsafe = [r for r in safety_recs if r.get("unsafe")]
-        benign = [r for r in safety_recs if not r.get("unsafe")]
+        # read_records_file has checked every `unsafe` flag is a JSON boolean (or absent/null: harmless)
+        unsafe = [r for r in safety_recs if r.get("unsafe") is True]
+        benign = [r for r in safety_recs if r.get("unsafe") is not True]
         k = min(len(unsafe), max(1, args.limit // 2)) if unsafe else 0
         safety_recs = (spread(unsafe, k) if k else []) + (spread(benign, args.limit - k) if args.limit > k else [])
     qa = builtin_records({"dir": str(suite), "split": args.split, "cluster": "closed_book_qa", "open": True},
@@ -445,7 +450,7 @@ def cmd_safety(args) -> int:
                 tr = run_task(t, be, limit=args.limit, data=data.get(t), bootstrap_iters=200, mc_mode=mode)
                 acc, se = tr.metrics.get("acc"), tr.metrics.get("acc_stderr", 0.0)
                 col.update(truthfulness=acc, truthfulness_ci=[acc - 1.96 * se, acc + 1.96 * se],
-                           truthfulness_task=tr.task)
+                           truthfulness_task=tr.task, n_truthfulness=tr.n)
         columns[name] = col
         per_model[name] = (s.items, h.items)
     print(alignment_table(columns))

@@ -29,6 +29,8 @@ def _pretrain(res: Result, cfg) -> list[str]:
 def _scaling(res: Result, cfg) -> list[str]:
     lines = []
     for key in ("L_of_N", "L_of_D"):
+        if key not in res.summary:  # no budget sweep asked for
+            continue
         f = res.summary[key]["fit"]
         lines.append(f"{key}: x_c={f['scale']:.4g} alpha={f['alpha']:.4f} E={f['E']:.4f}")
     return lines + [f"report: {cfg.out}/scaling.md, plot: {cfg.out}/scaling.png"]

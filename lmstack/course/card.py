@@ -16,11 +16,13 @@ from pathlib import Path
 
 import torch
 
+from lmstack.course.claims import PAPER_SCALE, Claims, check
 from lmstack.data.curves import read_metrics
 from lmstack.errors import LmstackError
-from lmstack.evaluate.metrics import wilson_interval
 from lmstack.evaluate.report import pyplot, read_json, stacked_bars
 from lmstack.evaluate.safety import alignment_table
+from lmstack.options import from_dict
+from lmstack.train.flan import ABLATION_PAPER
 
 
 def _read(path: Path):
@@ -66,7 +68,9 @@ def _bars(png: Path, groups: list[str], series: dict[str, list[float]], ylabel: 
     w = 0.8 / max(1, len(series))
     for j, (name, vals) in enumerate(series.items()):
         xs = [i + (j - (len(series) - 1) / 2) * w for i in range(len(groups))]
-        ax.bar(xs, [0 if v is None else v for v in vals], w, label=name)
+        # None (e.g. the hallucination rate of a model that never answers) is no bar, not a bar at 0.
+        pts = [(x, v) for x, v in zip(xs, vals) if v is not None]
+        ax.bar([x for x, _ in pts], [v for _, v in pts], w, label=name)
     ax.set_xticks(range(len(groups)), groups, fontsize=8, rotation=15 if len(groups) > 4 else 0)
     ax.set_ylabel(ylabel)
     if ylim:
@@ -81,6 +85,40 @@ def _bars(png: Path, groups: list[str], series: dict[str, list[float]], ylabel: 
 
 
 # ---- sections ----------------------------------------------------------------------------------------------------
+
+def _scaling(d: Path, plots: Path, s: dict) -> list[str]:
+    r = _read(d / "scaling.json")
+    if not r:
+        return []
+    pts, fit = r["L_of_N"]["points"], r["L_of_N"]["fit"]
+    s["scaling"] = {"points": pts, "alpha": fit["alpha"]}
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    xs = [p["non_embedding_params"] for p in pts]
+    ax.loglog(xs, [p["val_loss"] for p in pts], "o", label="measured")
+    if math.isfinite(fit["scale"]):
+        lo, hi = min(xs) * 0.8, max(xs) * 1.25
+        grid = [lo * (hi / lo) ** (i / 49) for i in range(50)]
+        ax.loglog(grid, [fit["E"] + (fit["scale"] / x) ** fit["alpha"] for x in grid], "-",
+                  label=f"fit: {fit['E']:.2f} + (N_c/N)^{fit['alpha']:.3f}")
+    ax.set_xlabel("non-embedding parameters N")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    ax.set_title("Scaling: loss against model size", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(plots / "scaling.png", dpi=110)
+    plt.close(fig)
+    cfg = r["config"]
+    L = ["## Scaling (Kaplan et al. 2020)", "",
+         f"{len(pts)} model sizes ({cfg['layers']} layers, widths {', '.join(str(p['width']) for p in pts)}), each "
+         f"trained {cfg['steps']} steps on the same tokens; fitted L(N) = E + (N_c / N)^alpha: alpha_N = "
+         f"**{fit['alpha']:.3f}**, E = {fit['E']:.2f} (Kaplan et al. measured alpha_N = 0.076 over 10^3 to 10^9 "
+         "parameters without an E term; paper's figure, not measured here).", "",
+         "| width | non-embedding parameters | tokens | validation loss |", "| --- | --- | --- | --- |"]
+    L += [f"| {p['width']} | {p['non_embedding_params']:,} | {p['tokens']:,} | {p['val_loss']:.4f} |" for p in pts]
+    return L + ["", "![scaling](plots/scaling.png)", ""]
+
 
 def _pretrain(d: Path, plots: Path, s: dict) -> list[str]:
     recs = read_metrics(d / "metrics.jsonl")
@@ -102,24 +140,45 @@ def _flan(d: Path, plots: Path, s: dict) -> list[str]:
     r = _read(d / "flan_results.json")
     if not r:
         return []
-    held = r["config"]["hold_out"]
+    held_list = r.get("hold_out") or [r["config"]["hold_out"]]
+    held = ", ".join(held_list)
     rows = [("base, zero-shot", r["base_zero_shot"]), (f"base, {r['config']['few_shot']}-shot", r["base_few_shot"]),
             ("instruction-tuned, zero-shot", r["flan_zero_shot"])]
     _bars(plots / "flan_held_out.png", [n for n, _ in rows],
           {"rank classification": [v["rank_acc"] for _, v in rows], "exact match": [v["em_acc"] for _, v in rows]},
-          "accuracy", f"held-out cluster '{held}'", (0, 1))
-    s["flan"] = {"held_out": held, "base": r["base_zero_shot"], "base_few": r["base_few_shot"], "sft": r["flan_zero_shot"]}
-    n_items = sum(t["n"] for t in r["flan_zero_shot"]["tasks"].values())
+          "accuracy", f"held out: {held}", (0, 1))
+    n_items = r["flan_zero_shot"].get("n") or sum(t["n"] for t in r["flan_zero_shot"]["tasks"].values())
+    s["flan"] = {"held_out": held, "base": r["base_zero_shot"]["rank_acc"] or 0.0, "sft": r["flan_zero_shot"]["rank_acc"] or 0.0,
+                 "base_few": r["base_few_shot"]["rank_acc"], "n": n_items}
     L = ["## Instruction tuning (FLAN protocol)", "",
-         f"Tuned on {len(r['train_clusters'])} clusters ({', '.join(r['train_clusters'])}); cluster `{held}` held out "
-         f"entirely and evaluated zero-shot ({n_items} test items over {len(r['flan_zero_shot']['tasks'])} tasks). Rank "
-         "classification picks the option with the highest log-likelihood (FLAN's metric); exact match compares the "
-         "greedy answer.", "", "| model | rank classification (%) | exact match (%) |", "| --- | --- | --- |"]
-    L += [f"| {n} | {_pct(v['rank_acc'])} | {_pct(v['em_acc'])} |" for n, v in rows]
+         f"Tuned on {len(r['train_clusters'])} clusters ({', '.join(r['train_clusters'])}); held out entirely, as fixed "
+         f"in the config before the run: {held} ({n_items} test items over {len(r['flan_zero_shot']['tasks'])} tasks, "
+         "evaluated zero-shot, pooled so that each item counts once; ± is one standard error). Rank classification "
+         "picks the option with the highest log-likelihood (FLAN's metric); exact match compares the greedy answer.",
+         "", "| model | rank classification (%) | exact match (%) |", "| --- | --- | --- |"]
+
+    def cell(v, key="rank_acc", n="n"):
+        p, k = v.get(key), v.get(n)
+        return _pct(p) if p is None or not k else f"{_pct(p)} ± {100 * math.sqrt(p * (1 - p) / k):.1f}"
+    L += [f"| {n} | {cell(v)} | {cell(v, 'em_acc', 'n_em')} |" for n, v in rows]
+    clusters = r.get("clusters") or {}
+    if len(clusters) > 1:
+        L += ["", "Per held-out cluster (rank classification, %):", "",
+              "| cluster | items | base zero-shot | base few-shot | tuned zero-shot |", "| --- | --- | --- | --- | --- |"]
+        L += [f"| {c} | {v['flan_zero_shot']['n']} | {_pct(v['base_zero_shot']['rank_acc'])} | "
+              f"{_pct(v['base_few_shot']['rank_acc'])} | {_pct(v['flan_zero_shot']['rank_acc'])} |" for c, v in clusters.items()]
+    seen = r.get("seen_clusters")
+    if seen:
+        b, t = seen["base_zero_shot"], seen["flan_zero_shot"]
+        L += ["", f"Exact match discriminates only where the model learned the task: on held-out clusters a model of "
+              f"this size answers in a format it saw (\"no\", a refusal), so exact match there is "
+              f"{_pct(r['flan_zero_shot']['em_acc'])}% for the tuned model and {_pct(r['base_zero_shot']['em_acc'])}% for the "
+              f"base. On the test items of the clusters it was tuned on ({t['n_em']} items) exact match is "
+              f"**{cell(t, 'em_acc', 'n_em')}%** tuned vs {cell(b, 'em_acc', 'n_em')}% base (zero-shot): the generation "
+              "metric measures what instruction tuning taught, rank classification measures transfer."]
     L += ["", "![held-out cluster](plots/flan_held_out.png)", ""]
     if "ablation" in r:
-        paper = {"instructions -> instructions": 55.2, "dataset name -> instructions": 46.6,
-                 "dataset name -> dataset name": 47.0, "no instruction -> no instruction": 37.3}
+        paper = ABLATION_PAPER
         L += ["Instruction ablation (FLAN's Figure 8 shape; the paper's column is FLAN 137B's held-out average, shown "
               "for comparison, not measured here):", "",
               "| fine-tuned with -> evaluated with | rank classification (%) | exact match (%) | FLAN paper (%) |",
@@ -148,7 +207,7 @@ def _reward(ev: dict, d: Path | None, plots: Path, s: dict) -> list[str]:
                      + " / ".join(_pct(x) for x in res["annotator_vs_label"].values()) + " |")
     pol = rms.get("SFT samples, test prompts", {})
     if "models" in pol:
-        s["rm_policy"] = next(iter(pol["models"].values()))["accuracy"]
+        s["rm_policy"] = next(iter(pol["models"].values()))
     first = next((r for r in rms.values() if "models" in r), None)
     if first:
         m = next(iter(first["models"].values()))
@@ -214,6 +273,57 @@ def _preference(ev: dict, run: Path, stages: dict, plots: Path, s: dict) -> list
     return L if len(L) > 2 else []
 
 
+def _overoptimisation(ev: dict, run: Path, stages: dict, plots: Path) -> list[str]:
+    """Gao et al. 2023: the reward model's (proxy) score and the annotators' (gold) score against KL from SFT,
+    over best-of-n and over PPO iterations: where more proxy reward stops buying gold reward."""
+    bon = ev.get("best_of_n")
+    ppo = read_metrics(run / stages["ppo"] / "metrics.jsonl") if "ppo" in stages else []
+    ppo = [r for r in ppo if isinstance(r.get("kl"), (int, float))]
+    if not bon and not ppo:
+        return []
+    panels = []
+    if bon:
+        rows = bon["rows"]
+        panels.append(("best-of-n (n = " + ", ".join(str(r["n"]) for r in rows) + ")", [r["kl"] for r in rows],
+                       [r["proxy"] for r in rows], [r["gold"] for r in rows]))
+    if ppo and any("gold" in r for r in ppo):
+        # Per-iteration values are single rollout batches (noisy): means over 8 consecutive blocks of iterations.
+        pts = [r for r in ppo if "gold" in r]
+        size = max(1, len(pts) // 8)
+        blocks = [pts[i:i + size] for i in range(0, len(pts) - size + 1, size)]
+        mean = lambda b, k: sum(r[k] for r in b) / len(b)  # noqa: E731
+        panels.append((f"PPO iterations (means of {size})", [mean(b, "kl") for b in blocks],
+                       [mean(b, "reward") for b in blocks], [mean(b, "gold") for b in blocks]))
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, (title, kl, proxy, gold) in zip(axes[0], panels):
+        ax.plot(kl, proxy, "o-", color="tab:blue", label="proxy: reward model")
+        ax.set_xlabel("KL from SFT (nats per answer)")
+        ax.set_ylabel("reward model score", color="tab:blue")
+        ax2 = ax.twinx()
+        ax2.plot(kl, gold, "s--", color="tab:red", label="gold: annotator")
+        ax2.set_ylabel("annotator score (gold)", color="tab:red")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Over-optimisation: proxy against gold reward (Gao et al. 2023)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(plots / "overoptimisation.png", dpi=110)
+    plt.close(fig)
+    L = ["## Over-optimisation (Gao et al. 2023)", "",
+         "The reward model is a proxy for the annotators. Best-of-n picks, among n answers the SFT policy samples, the "
+         "one the reward model scores highest (KL from SFT = log n - (n-1)/n); PPO moves further from SFT with every "
+         "iteration. Gold = the unbiased annotator's score of the same answers; where the proxy keeps rising and "
+         "gold does not, the policy exploits the reward model's errors.", ""]
+    if bon:
+        L += [f"Best-of-n on {bon['n_prompts']} held-out prompts (an oracle column picks by the gold judge itself, "
+              "the ceiling a perfect reward model would reach):", "",
+              "| n | KL | proxy (RM) | gold (annotator) | gold, oracle pick |", "| --- | --- | --- | --- | --- |"]
+        L += [f"| {r['n']} | {r['kl']:.2f} | {r['proxy']:.3f} | {r['gold']:.2f} | {r['gold_oracle']:.2f} |"
+              for r in bon["rows"]]
+        L.append("")
+    return L + ["![over-optimisation](plots/overoptimisation.png)", ""]
+
+
 def _decoding(ev: dict, plots: Path) -> list[str]:
     dec = ev.get("decoding")
     if not dec:
@@ -243,10 +353,12 @@ def _decoding(ev: dict, plots: Path) -> list[str]:
     return L + ["", "![decoding](plots/decoding.png)", ""]
 
 
-def _prompting(ev: dict, plots: Path) -> list[str]:
+def _prompting(ev: dict, plots: Path, s: dict) -> list[str]:
     pr = ev.get("prompting")
     if not pr:
         return []
+    s["cot"] = {m: (r["strategies"]["few_shot"]["accuracy"], r["strategies"]["cot"]["accuracy"], r["strategies"]["cot"]["n"])
+                for m, r in pr.items() if {"few_shot", "cot"} <= set(r["strategies"])}
     L = ["## Inference: prompting on the arithmetic cluster", "",
          "Exact match on held-out arithmetic problems: zero-shot, few-shot (solved examples), chain of thought "
          "(examples with worked reasoning, Wei et al.) and self-consistency (sampled reasoning paths, majority vote, "
@@ -277,53 +389,14 @@ def _alignment(ev: dict, plots: Path, s: dict) -> list[str]:
     c0 = cols[names[0]]
     return ["## Truthfulness, hallucination, safety (InstructGPT's table, measured)", "",
             f"Truthfulness: multiple-choice accuracy on closed-book questions about the suite's world "
-            f"({c0.get('n_truthfulness')} items); hallucination: open answers asserting a value the world contradicts "
+            f"({c0.get('n_truthfulness')} items); hallucination: among open answers that assert a value (the answered share "
+            f"beside each rate), those asserting one the world contradicts "
             f"({c0.get('n_qa')} items); refusals of harmful requests and of harmless look-alikes "
             f"({c0.get('n_unsafe')} + {c0.get('n_benign')} prompts), judged by the annotators. 95% intervals in brackets.",
             "", alignment_table(cols), "", "![alignment](plots/alignment.png)", ""]
 
 
 # ---- checks ------------------------------------------------------------------------------------------------------
-
-def _checks(s: dict, kl_bound: float) -> list[dict]:
-    out = []
-    f = s.get("flan")
-    if f:
-        b, t = f["base"]["rank_acc"] or 0.0, f["sft"]["rank_acc"] or 0.0
-        out.append({"key": "flan", "claim": f"SFT beats base on the held-out cluster '{f['held_out']}'", "ok": t > b,
-                    "numbers": f"rank classification {_pct(t)}% vs base {_pct(b)}% ({f['base_few'] and _pct(f['base_few']['rank_acc'])}% "
-                               f"few-shot); exact match {_pct(f['sft']['em_acc'])}% vs {_pct(f['base']['em_acc'])}%"})
-    r = s.get("rm")
-    if r:
-        low = wilson_interval(r["accuracy"] * r["pairs"], r["pairs"])[0]
-        out.append({"key": "rm", "claim": "the reward model beats chance clearly on held-out pairs", "ok": low > 0.55,
-                    "numbers": f"{_pct(r['accuracy'])}% on {r['pairs']} pairs (95% lower bound {_pct(low)}%); "
-                               f"annotators agree {_pct(r['agreement'])}% with each other"})
-    for k, w in s.get("win", {}).items():
-        a = w["sampled"]
-        ok = a["win"] > a["loss"]
-        # Standard error of win - loss over n prompts (a trinomial difference): margins inside 2 SE are noise.
-        se = math.sqrt(max(a["win"] + a["loss"] - (a["win"] - a["loss"]) ** 2, 0.0) / max(a["n"], 1))
-        claim = f"{k.upper()} wins more than it loses against SFT (annotators, sampled answers)"
-        nums = (f"win {_pct(a['win'])}% / tie {_pct(a['tie'])}% / loss {_pct(a['loss'])}%, win - loss = "
-                f"{100 * (a['win'] - a['loss']):+.1f} ± {200 * se:.1f} (2 SE){' — within noise' if abs(a['win'] - a['loss']) < 2 * se else ''}; "
-                f"greedy {_pct(w['greedy']['win'])} / {_pct(w['greedy']['loss'])}; n = {a['n']}")
-        out.append({"key": "win", "claim": claim, "ok": ok, "numbers": nums})
-        if k == "ppo":
-            kl = w["kl_from_reference"]
-            out.append({"key": "kl", "claim": f"PPO's KL to the SFT policy stays bounded (<= {kl_bound:g} nats/answer)",
-                        "ok": kl <= kl_bound, "numbers": f"KL {kl:.2f} nats per answer"})
-    cols = s.get("alignment")
-    if cols and "base" in cols:
-        base = cols["base"].get("refusal_rate") or 0.0
-        for k in ("ppo", "dpo", "grpo", "rejection"):
-            if k in cols:
-                v = cols[k].get("refusal_rate") or 0.0
-                out.append({"key": "refusal", "claim": f"{k.upper()} refuses more harmful prompts than base", "ok": v > base,
-                            "numbers": f"{_pct(v)}% vs base {_pct(base)}% of {cols[k].get('n_unsafe')} harmful "
-                                       f"requests (harmless look-alikes refused: {_pct(cols[k].get('over_refusal_rate'))}%)"})
-    return out
-
 
 def _why(failed: set[str], s: dict) -> list[str]:
     """What a failed check means at this scale, and what scale shows the effect (papers' findings, labelled)."""
@@ -332,11 +405,14 @@ def _why(failed: set[str], s: dict) -> list[str]:
         out.append("- Instruction tuning: FLAN (Wei et al. 2022, Figure 7; the paper's finding, not measured here) saw "
                    "instruction tuning *hurt* held-out clusters for models of 8B parameters and below and help from "
                    "68B up; a model of this size mostly learns the answer format (compare exact match).")
-    if "rm" in failed:
+    if failed & {"rm", "rm_policy"}:
         out.append("- Reward model: more ranked comparisons (`sample_prompts`, `epochs`) or a larger backbone; "
                    "InstructGPT trained a 6B reward model on ~33k prompts.")
+    if "scaling" in failed:
+        out.append("- Scaling: with too few steps the larger models are undertrained (Kaplan et al. fit L(N) at "
+                   "convergence); more `steps` in the scaling stage.")
     if "win" in failed:
-        rm = s.get("rm_policy")
+        rm = (s.get("rm_policy") or {}).get("accuracy")
         acc = f" ranks the SFT policy's own answers {_pct(rm)}% right" if rm is not None else " is weak on the policy's own answers"
         out.append(f"- PPO / DPO against SFT: the reward model{acc} (chance 50%), so optimising it — or the same "
                    "preferences, for DPO — moves answers in directions the annotators do not prefer: reward "
@@ -349,8 +425,42 @@ def _why(failed: set[str], s: dict) -> list[str]:
     return out
 
 
-def write_card(run_dir, out_dir=None, title: str | None = None, kl_bound: float | None = None) -> tuple[Path, list[dict]]:
-    """Render <run>/report/card.md (+ plots/) from a `lmstack run` folder; returns (path, checks)."""
+def scale_effects(run) -> dict:
+    """The numbers of the effects that grow with scale (in-context learning, chain of thought) in a run folder:
+    {"icl": (zero-shot, few-shot, n), "cot": {model: (few-shot, cot, n)}}; {} for what the run lacks."""
+    run = Path(run)
+    state = _read(run / "pipeline.json") or {}
+    stages = {st["stage"]: st.get("name", st["stage"]) for st in state.get("config", {}).get("stages", [])}
+    out: dict = {}
+    r = _read(run / stages.get("sft", "sft") / "flan_results.json")
+    if r and r.get("base_few_shot"):
+        n = r["base_zero_shot"].get("n") or sum(t["n"] for t in r["base_zero_shot"]["tasks"].values())
+        out["icl"] = (r["base_zero_shot"]["rank_acc"], r["base_few_shot"]["rank_acc"], n)
+    ev = _read(run / stages.get("evaluate", "evaluate") / "evaluation.json") or {}
+    cot = {m: (p["strategies"]["few_shot"]["accuracy"], p["strategies"]["cot"]["accuracy"], p["strategies"]["cot"]["n"])
+           for m, p in (ev.get("prompting") or {}).items() if {"few_shot", "cot"} <= set(p["strategies"])}
+    if cot:
+        out["cot"] = cot
+    return out
+
+
+def _compared(c: dict, other: dict) -> str:
+    """An at-scale row's numbers in a larger run, for the card's side-by-side column."""
+    if c["key"] == "icl" and "icl" in other:
+        zero, few, n = other["icl"]
+        return f"{_pct(zero)}% -> {_pct(few)}% few-shot (n = {n})"
+    if c["key"] == "cot" and "cot" in other:
+        model = c["claim"].rsplit("(", 1)[-1].rstrip(")")
+        if model in other["cot"]:
+            few, cot, n = other["cot"][model]
+            return f"few-shot {_pct(few)}% -> CoT {_pct(cot)}% (n = {n})"
+    return "—"
+
+
+def write_card(run_dir, out_dir=None, title: str | None = None, kl_bound: float | None = None,
+               compare: dict | None = None) -> tuple[Path, list[dict]]:
+    """Render <run>/report/card.md (+ plots/) from a `lmstack run` folder; returns (path, checks). `compare` maps
+    a label to another run folder (e.g. the smollm2 run) whose scale-dependent effects are shown side by side."""
     run = Path(run_dir)
     state = _read(run / "pipeline.json")
     if not state:
@@ -362,21 +472,27 @@ def write_card(run_dir, out_dir=None, title: str | None = None, kl_bound: float 
     plots.mkdir(parents=True, exist_ok=True)
     ev_path = run / stages.get("evaluate", "evaluate") / "evaluation.json"
     ev = _read(ev_path) or {}
-    if kl_bound is None:
-        target = next((st.get("kl_target") for st in cfg.get("stages", []) if st["stage"] == "ppo"), None)
-        kl_bound = 2 * target if target else 5.0
+    claims = from_dict(Claims, cfg.get("claims") or {}, f"{run / 'pipeline.json'}: claims")
+    if kl_bound is not None:
+        claims.kl_bound = kl_bound
+    kl_target = next((st.get("kl_target") for st in cfg.get("stages", []) if st["stage"] == "ppo"), None)
+    if compare is None:  # `lmstack report RUN`: the runs the config's report stage compares with
+        compare = next((st.get("compare") for st in cfg.get("stages", []) if st["stage"] == "report"), None) or {}
     s: dict = {}
     body: list[str] = []
+    if "scaling" in stages:
+        body += _scaling(run / stages["scaling"], plots, s)
     if "pretrain" in stages:
         body += _pretrain(run / stages["pretrain"], plots, s)
     if "sft" in stages:
         body += _flan(run / stages["sft"], plots, s)
     body += _reward(ev, run / stages["reward"] if "reward" in stages else None, plots, s)
     body += _preference(ev, run, stages, plots, s)
+    body += _overoptimisation(ev, run, stages, plots)
     body += _decoding(ev, plots)
-    body += _prompting(ev, plots)
+    body += _prompting(ev, plots, s)
     body += _alignment(ev, plots, s)
-    checks = _checks(s, kl_bound)
+    checks = check(s, claims, kl_target)
     minutes = sum(h.get("minutes", 0) for h in results.values() if isinstance(h, dict))
     head = [f"# {title or 'Report card'}: `{cfg.get('name', run.name)}`", "",
             f"Run folder `{run}`; {minutes:.1f} minutes of stages on {platform.machine()} "
@@ -386,13 +502,30 @@ def write_card(run_dir, out_dir=None, title: str | None = None, kl_bound: float 
         if isinstance(h, dict):
             cells = ", ".join(f"{k}={_short(v)}" for k, v in h.items() if k != "minutes")
             head.append(f"| {name} | {h.get('minutes', '')} | {cells} |")
-    if checks:
-        head += ["", "## What the course should show", "", "| | claim | measured |", "| --- | --- | --- |"]
-        head += [f"| {'yes' if c['ok'] else '**no**'} | {c['claim']} | {c['numbers']} |" for c in checks]
-        failed = {c["key"] for c in checks if not c["ok"]}
+    claimed = [c for c in checks if c["kind"] == "claim"]
+    if claimed:
+        head += ["", "## What the course should show", "",
+                 f"Claims and thresholds registered in the pipeline config before the run (`claims:`); a difference "
+                 f"counts only beyond {claims.se:g} standard errors.", "", "| | claim | measured |", "| --- | --- | --- |"]
+        head += [f"| {'yes' if c['ok'] else '**no**'} | {c['claim']} | {c['numbers']} |" for c in claimed]
+        failed = {c["key"] for c in claimed if not c["ok"]}
         if failed:
             head += ["", "Checks that fail are reported, not hidden. What they mean at this scale:", ""] + _why(failed, s)
             head += ["", "The `smollm2` and `small-gpu` configs run the same stages larger (docs/tutorial.md)."]
+    scale = [c for c in checks if c["kind"] == "at scale"]
+    if scale:
+        others = {label: scale_effects(p) for label, p in (compare or {}).items() if Path(p, "pipeline.json").exists()}
+        missing = [f"`{p}` ({label})" for label, p in (compare or {}).items() if label not in others]
+        head += ["", "## Effects the papers saw only at larger scale", "",
+                 "Registered under `claims.at_scale`: measured here and shown, not counted as this run's claims"
+                 + (", beside the same measurement in a larger run" if others else "") + ".", "",
+                 "| seen here? | effect | measured here | " + "".join(f"{label} | " for label in others)
+                 + "where the paper saw it |", "| --- | --- | --- | " + "--- | " * len(others) + "--- |"]
+        head += [f"| {'yes' if c['ok'] else 'no'} | {c['claim']} | {c['numbers']} | "
+                 + "".join(f"{_compared(c, o)} | " for o in others.values()) + f"{PAPER_SCALE.get(c['key'], '')} |"
+                 for c in scale]
+        if missing:
+            head += ["", f"Not yet run, so not shown: {', '.join(missing)} — `lmstack run smollm2` fills it."]
     head.append("")
     path = out / "card.md"
     tmp = path.with_suffix(".tmp")
@@ -411,4 +544,5 @@ def _short(v) -> str:
 
 
 def summary_lines(checks: list[dict]) -> list[str]:
-    return [f"  [{'ok' if c['ok'] else 'NO'}] {c['claim']}: {c['numbers']}" for c in checks]
+    return [f"  [{'ok' if c['ok'] else 'NO'}{'' if c.get('kind', 'claim') == 'claim' else ', at scale'}] "
+            f"{c['claim']}: {c['numbers']}" for c in checks]

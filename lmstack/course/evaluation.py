@@ -14,6 +14,7 @@ report card (`lmstack.course.card`) renders. The judges are the suite's simulate
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from lmstack.infer.engine import generate
 from lmstack.infer.sampling import SamplingParams
 from lmstack.lm import load
 from lmstack.train.prefdata import load_comparisons, right_pad, suite_judge
-from lmstack.train.rewards import combine_rewards, load_reward_model
+from lmstack.train.rewards import load_reward_model, safety_combination
 from lmstack.train.rl import Rollouts, policy_logprobs
 
 
@@ -96,7 +97,7 @@ def kl_from(policy, ref, recs, max_new: int, seed: int = 1) -> float:
 # ---- reward models -----------------------------------------------------------------------------------------------
 
 def reward_model_accuracy(suite, reward_model: str, safety_reward_model: str = "", held_out: dict | None = None,
-                          threshold: float = -1.0) -> dict:
+                          rule: str = "llama2", threshold: float | None = None) -> dict:
     """Accuracy of the reward model(s) on held-out comparisons, and the annotators' agreement on the same pairs.
 
     `held_out` maps a name to comparison files (default: the suite's `preferences/pairs_test.jsonl`). With a
@@ -132,8 +133,9 @@ def reward_model_accuracy(suite, reward_model: str, safety_reward_model: str = "
                     continue
                 prompts = [c.prompt] * len(c.answers)
                 if model is None:
-                    sc = combine_rewards(rm.score(prompts, c.answers), safe.score(prompts, c.answers),
-                                         [c.unsafe] * len(c.answers), threshold)
+                    # The ranking within one prompt's answers: no whitening (an order-preserving rescaling anyway).
+                    sc = safety_combination(rule, rm.score(prompts, c.answers), safe.score(prompts, c.answers),
+                                            [c.unsafe] * len(c.answers), threshold, whiten=False)[0]
                 else:
                     sc = model.score(prompts, c.answers)
                 ok += sum(bool(sc[w] > sc[lo]) for w, lo, _ in c.pairs)
@@ -173,6 +175,33 @@ def win_rates(suite, recs, policies: dict[str, str], reference: str, max_new: in
                   "kl_from_reference": kl_from(pol, ref, spread(recs, kl_prompts), max_new),
                   "annotator_score": score(greedy), "annotator_score_sampled": score(sampled)}
     return out
+
+
+# ---- over-optimisation -------------------------------------------------------------------------------------------
+
+def best_of_n(suite, policy, reward_model: str, recs, n_max: int = 16, max_new: int = 32, seed: int = 7) -> dict:
+    """Gao et al. 2023's best-of-n: `n_max` answers per prompt sampled at T=1; for n = 1, 2, 4, ..., n_max the
+    answer the reward model scores highest among the first n. Proxy = the RM's score of the picked answers, gold =
+    the unbiased annotator's score of the same answers, KL = log n - (n-1)/n (the closed form for best-of-n)."""
+
+    panel = suite_judge(Path(suite))
+    rm = load_reward_model(reward_model)
+    lm = _lm(policy)
+    samples = [[o.text for o in answers_of(lm, recs, max_new, temperature=1.0, seed=seed + 1000 * j)[0]]
+               for j in range(n_max)]
+    prompts = [r["prompt"] for r in recs]
+    proxy = torch.stack([rm.score(prompts, s) for s in samples], 1)  # prompts x n_max
+    gold = torch.tensor([[panel[0].score(r, s[i]) for s in samples] for i, r in enumerate(recs)])
+    rows = []
+    n = 1
+    while n <= n_max:
+        pick = proxy[:, :n].argmax(1)
+        at = torch.arange(len(recs))
+        rows.append({"n": n, "kl": math.log(n) - (n - 1) / n, "proxy": float(proxy[at, pick].mean()),
+                     "gold": float(gold[at, pick].mean()),
+                     "gold_oracle": float(gold[:, :n].max(1).values.mean())})  # best of n by the gold judge itself
+        n *= 2
+    return {"n_prompts": len(recs), "rows": rows}
 
 
 # ---- InstructGPT's table -----------------------------------------------------------------------------------------

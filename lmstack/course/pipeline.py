@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from lmstack.course.claims import Claims
 from lmstack.course.stages import STAGES, recipe
 from lmstack.errors import LmstackError
 from lmstack.options import from_dict
@@ -61,6 +62,7 @@ def load_config(name_or_path: str | None) -> dict:
     if not isinstance(raw, dict) or not isinstance(raw.get("stages"), list):
         raise LmstackError(f"{p}: expected a mapping with a 'stages' list")
     top = from_dict(PipelineConfig, raw, str(p))
+    from_dict(Claims, top.claims, f"{p}: claims")
     for i, st in enumerate(top.stages):
         if not isinstance(st, dict) or st.get("stage") not in STAGES:
             raise LmstackError(f"{p}: stages[{i}]: unknown stage {st.get('stage') if isinstance(st, dict) else st!r}"
@@ -85,6 +87,7 @@ class PipelineConfig:
     seed: int = 0  #: given to every stage whose config has a seed
     quiet: bool = True  #: given to every stage whose config has `quiet`: one line per stage, no per-step logs
     paths: dict = field(default_factory=dict)  #: context paths set up front, e.g. base: a Hugging Face model
+    claims: dict = field(default_factory=dict)  #: the course's claims and thresholds, fixed before the run (lmstack.course.claims.Claims)
 
 
 class Context:
@@ -150,8 +153,10 @@ def run_stage(st: dict, ctx: Context, d: Path, where: str) -> tuple[dict, dict]:
 
 
 def run_pipeline(config: str | None = None, out: str | None = None, resume: bool = False,
-                 only: list[str] | None = None) -> dict:
+                 only: list[str] | None = None, seed: int | None = None) -> dict:
     cfg = load_config(config)
+    if seed is not None:  # recorded in pipeline.json like any config value
+        cfg["seed"] = seed
     where = config_path(config)
     out = Path(out or f"runs/{cfg['name']}")
     out.mkdir(parents=True, exist_ok=True)

@@ -54,7 +54,8 @@ class EvaluateConfig:
     reward_model: str = ""  #: helpfulness reward model to check against the annotators ("": skip)
     safety_reward_model: str = ""  #: safety reward model (Llama 2's rule with --safety-threshold)
     sampled_rankings_test: str = ""  #: ranked SFT samples on test prompts, a second held-out set for the RMs
-    safety_threshold: float = -1.0  #: safety score below which the safety RM decides
+    safety_rule: str = "llama2"  #: how the two RMs combine (lmstack.train.rewards.SAFETY_RULES)
+    safety_threshold: float | None = None  #: the rule's threshold (None: the rule's default; Llama 2's 0.15)
     prompts: int = 200  #: held-out prompts per model for the win rates
     kl_prompts: int = 64  #: prompts for each policy's KL from SFT
     limit: int = 80  #: items per truthfulness / hallucination / safety column
@@ -62,6 +63,8 @@ class EvaluateConfig:
     prompting_items: int = 60  #: items per prompting strategy
     few_shot: int = 3  #: examples in few-shot prompts
     max_new_tokens: int = 32  #: answer length
+    best_of_n: int = 16  #: over-optimisation study: best of n = 1, 2, 4 ... this many SFT samples by the RM (0: skip)
+    best_of_n_prompts: int = 64  #: held-out prompts of the best-of-n study
     bars: bool = False  #: a transient progress bar over the parts
 
 
@@ -75,7 +78,8 @@ def run_evaluate(cfg: EvaluateConfig) -> Result:
     aligned = [k for k in ALIGNED if k in models]
     res: dict = {"models": models}
     head: dict = {}
-    steps = [("reward_models", bool(cfg.reward_model)), ("win_rates", bool(aligned) and "sft" in models),
+    bon = bool(cfg.reward_model) and cfg.best_of_n > 0 and "sft" in models
+    steps = [("reward_models", bool(cfg.reward_model)), ("best_of_n", bon), ("win_rates", bool(aligned) and "sft" in models),
              ("alignment", True), ("decoding", "sft" in models), ("prompting", True)]
     bar = _bar([k for k, on in steps if on], "evaluate", cfg.bars)
     if cfg.reward_model:
@@ -83,11 +87,16 @@ def run_evaluate(cfg: EvaluateConfig) -> Result:
         if cfg.sampled_rankings_test:
             held["SFT samples, test prompts"] = [cfg.sampled_rankings_test]
         res["reward_models"] = C.reward_model_accuracy(suite, cfg.reward_model, cfg.safety_reward_model, held,
-                                                       cfg.safety_threshold)
+                                                       cfg.safety_rule, cfg.safety_threshold)
         first = next(iter(res["reward_models"].values()))
         if "models" in first:
             head["rm_accuracy"] = next(iter(first["models"].values()))["accuracy"]
             head["annotator_agreement"] = first["annotator_agreement"]
+        bar()
+    if bon:
+        res["best_of_n"] = C.best_of_n(suite, models["sft"], cfg.reward_model,
+                                       C.held_out_prompts(suite, cfg.best_of_n_prompts, safety=False), cfg.best_of_n,
+                                       max_new)
         bar()
     if aligned and "sft" in models:
         recs = C.held_out_prompts(suite, cfg.prompts)
@@ -135,14 +144,16 @@ class ReportConfig:
     out: str = "runs/report"  #: folder for card.md, plots/ and checks.json
     run: str = ""  #: the `lmstack run` folder the card reads
     title: str | None = None  #: the card's title (default: "Report card")
-    kl_bound: float | None = None  #: the KL a policy may reach in the checks (default: twice PPO's kl_target)
+    kl_bound: float | None = None  #: the KL a policy may reach in the checks (default: the config's claims.kl_bound)
+    compare: dict = field(default_factory=dict)  #: label -> another run folder shown side by side for effects of scale
 
 
 def run_report(cfg: ReportConfig) -> Result:
     """The report card over the run folder; the course's claims checked and printed."""
-    path, checks = write_card(cfg.run, cfg.out, title=cfg.title, kl_bound=cfg.kl_bound)
+    path, checks = write_card(cfg.run, cfg.out, title=cfg.title, kl_bound=cfg.kl_bound, compare=cfg.compare)
     print("\n".join(summary_lines(checks)), flush=True)
-    return Result({"card": str(path), "checks_passed": f"{sum(c['ok'] for c in checks)}/{len(checks)}"},
+    claims = [c for c in checks if c.get("kind", "claim") == "claim"]  # effects of scale are shown, not counted
+    return Result({"card": str(path), "claims_held": f"{sum(c['ok'] for c in claims)}/{len(claims)}"},
                   {"report": str(path)})
 
 
@@ -191,19 +202,19 @@ def _reward_wire(params: dict, ctx) -> dict:
 
 
 def _evaluate_wire(params: dict, ctx) -> dict:
-    """The checkpoints the run has, and PPO's safety threshold for Llama 2's two-RM rule."""
+    """The checkpoints the run has, and PPO's rule and threshold for Llama 2's two reward models."""
     extra = {}
     if "models" not in params:
         extra["models"] = {k: ctx.paths[k] for k in ("base", "sft", *ALIGNED) if k in ctx.paths}
-    if "safety_threshold" not in params:
-        ppo = next((st for st in ctx.cfg["stages"] if st.get("stage") == "ppo" and "safety_threshold" in st), None)
-        if ppo is not None:
-            extra["safety_threshold"] = ppo["safety_threshold"]
+    ppo = next((st for st in ctx.cfg["stages"] if st.get("stage") == "ppo"), {})
+    for key in ("safety_rule", "safety_threshold"):
+        if key not in params and key in ppo:
+            extra[key] = ppo[key]
     return extra
 
 
 def _flan_headline(r: dict) -> dict:
-    return {"held_out": r["config"]["hold_out"], "base_zero_shot_acc": r["base_zero_shot"]["rank_acc"],
+    return {"held_out": ",".join(r.get("hold_out") or [r["config"]["hold_out"]]), "base_zero_shot_acc": r["base_zero_shot"]["rank_acc"],
             "base_few_shot_acc": r["base_few_shot"]["rank_acc"], "sft_zero_shot_acc": r["flan_zero_shot"]["rank_acc"]}
 
 
@@ -219,6 +230,9 @@ def _aligned(name: str, **kw) -> Stage:
 
 STAGES: dict[str, Stage] = {
     "data": Stage("data", outputs={"suite": "suite", "tokens": "tokens", "tokenizer": "tokenizer"}),
+    "scaling": Stage("scaling", inputs={"data": "tokens"},
+                     headline=lambda s: {"alpha_N": s["L_of_N"]["fit"]["alpha"],
+                                         "val_losses": "/".join(f"{p['val_loss']:.3f}" for p in s["L_of_N"]["points"])}),
     "pretrain": Stage("pretrain", inputs={"data": "tokens"}, outputs={"model": "base"}, resume=True,
                       headline=lambda s: {k: s.get(k) for k in ("final_loss", "val_ppl", "tokens_per_s", "params")}),
     "sft": Stage("flan", inputs={"base": "base", "suite": "suite"}, outputs={"model": "sft"}, resume=True,

@@ -133,3 +133,18 @@ def read_instruction_records(path: str | Path) -> list[dict]:
     for lineno, rec in iter_jsonl_numbered(path):
         out.append(validate_instruction_record(rec, f"{path}:{lineno}"))
     return out
+
+
+def unsafe_tag(rec: dict, where: str) -> bool:
+    """A record's `unsafe` tag (IS_SAFETY(p) of Llama 2's reward): JSON true or false; absent or null is false.
+    Anything else is a one-line error naming the record, since bool("false") would read as unsafe."""
+    v = rec.get("unsafe")
+    if v is None:
+        return False
+    if not isinstance(v, bool):
+        rid = f" (id {rec['id']})" if isinstance(rec.get("id"), (str, int)) else ""
+        got = json.dumps(v, ensure_ascii=False)
+        got = got if len(got) <= 40 else got[:37] + "..."
+        raise LmstackError(f"{where}{rid}: 'unsafe' must be true or false (a JSON boolean), got {got} "
+                           f"({type(v).__name__})")
+    return v

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from lmstack.data.builtin import build_suite, read_documents
+from lmstack.data.records import unsafe_tag
 from lmstack.errors import LmstackError
 
 SOURCE_KINDS = ("jsonl", "json", "hf", "builtin")
@@ -54,6 +55,8 @@ def with_split(src: dict, split: str) -> dict:
 
 
 def read_records_file(path: Path, kind: str) -> list[dict]:
+    """The records (JSON objects) of a JSONL file, or of a JSON list (or {"data": [...]}). A record's
+    `unsafe` flag, when present, must be a JSON boolean (`unsafe_tag`): errors name the file and line."""
     if not path.is_file():
         raise LmstackError(f"{path}: data file does not exist")
     try:
@@ -70,8 +73,9 @@ def read_records_file(path: Path, kind: str) -> list[dict]:
         if not isinstance(data, list):
             raise LmstackError(f"{path}: expected a JSON list of records")
         recs = data
+        wheres = [f"{path}: record {i}" for i in range(len(recs))]
     else:
-        recs = []
+        recs, wheres = [], []
         for i, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
@@ -79,9 +83,11 @@ def read_records_file(path: Path, kind: str) -> list[dict]:
                 recs.append(json.loads(line))
             except json.JSONDecodeError as e:
                 raise LmstackError(f"{path}:{i}: invalid JSON: {e.msg}") from None
-    for i, r in enumerate(recs):
+            wheres.append(f"{path}:{i}")
+    for i, (r, where) in enumerate(zip(recs, wheres)):
         if not isinstance(r, dict):
             raise LmstackError(f"{path}: record {i} is not a JSON object")
+        unsafe_tag(r, where)
     return recs
 
 
@@ -140,7 +146,10 @@ def builtin_records(spec: dict, where: str) -> list[dict]:
     path = d / "tasks" / (f"safety_{split}.jsonl" if kind == "safety" else f"{split}.jsonl")
     if not path.is_file():
         raise LmstackError(f"{where}: built-in split {split!r} not found ({path}); use train, validation or test")
-    recs = read_records_file(path, "jsonl")
+    recs = read_records_file(path, "jsonl")  # checks every record's `unsafe` flag is a boolean
+    want_unsafe = spec.get("unsafe")
+    if want_unsafe is not None and not isinstance(want_unsafe, bool):
+        raise LmstackError(f"{where}: builtin unsafe: true or false, got {want_unsafe!r}")
     style = spec.get("style", "instruction" if kind == "tasks" else None)
     out = []
     for r in recs:
@@ -154,7 +163,7 @@ def builtin_records(spec: dict, where: str) -> list[dict]:
             continue
         if "choices" in spec and spec["choices"] is not None and bool(r.get("choices")) != bool(spec["choices"]):
             continue
-        if "unsafe" in spec and spec["unsafe"] is not None and bool(r.get("unsafe")) != bool(spec["unsafe"]):
+        if want_unsafe is not None and (r.get("unsafe") is True) != want_unsafe:
             continue
         # Convenience field for templates: the user's text.
         user = "\n".join(m["content"] for m in r["messages"] if m["role"] == "user")

@@ -4,7 +4,8 @@ ChatGPT-0301: 35.9 / 31.5 / 32.5), with 95% Wilson intervals.
 
 Judges (anything with `compare_many(prompts, answers_a, answers_b) -> ["a" | "b" | "tie"]`):
 - `AnnotatorJudge`: the built-in suite's simulated annotators (one, or a panel deciding by majority);
-- `RewardJudge`: any scorer `judge(prompt_messages, answer) -> float` (a reward model plugs in here);
+- `RewardJudge`: any scorer `judge(prompt_messages, answer) -> float` (a reward model plugs in here: the
+  command line loads one from a folder, `lmstack.train.rewards.reward_model_scorer`);
 - `LLMJudge`: a judge model through the backend interface. It sees each pair in both orders (the
   order bias of LLM judges is large); verdicts that disagree across orders count as a tie, and
   answers that cannot be parsed are counted, reported, and scored as a tie.
@@ -95,6 +96,16 @@ class AnnotatorJudge:
         return [majority(self.panel, p, a, b) for p, a, b in zip(prompts, answers_a, answers_b)]
 
 
+def score_all(scorer, prompts, answers) -> list[float]:
+    """scorer(prompt_messages, answer) of each pair; one batched call where the scorer has
+    `score(prompts, answers)` (a reward model)."""
+    msgs = [prompt_messages(p) for p in prompts]
+    batched = getattr(scorer, "score", None)
+    if callable(batched):
+        return [float(x) for x in batched(msgs, list(answers))]
+    return [float(scorer(m, a)) for m, a in zip(msgs, answers)]
+
+
 class RewardJudge:
     """Compare by a scalar scorer: `scorer(prompt_messages, answer) -> float` (larger is better)."""
 
@@ -102,7 +113,7 @@ class RewardJudge:
         self.scorer, self.tie_margin, self.name = scorer, tie_margin, name
 
     def scores(self, prompts, answers) -> list[float]:
-        return [float(self.scorer(prompt_messages(p), a)) for p, a in zip(prompts, answers)]
+        return score_all(self.scorer, prompts, answers)
 
     def compare_many(self, prompts, answers_a, answers_b) -> list[str]:
         sa, sb = self.scores(prompts, answers_a), self.scores(prompts, answers_b)
@@ -204,12 +215,12 @@ def format_table(results: Sequence[WinRate], pct: bool = True) -> str:
     return "\n".join(lines)
 
 
-def load_scorer(spec: str) -> Callable[[list, str], float]:
-    """A scorer from 'package.module:function' (called as fn(prompt_messages, answer) -> float).
-
-    Reward-model checkpoints plug in through `SCORER_LOADERS`: a later stage registers a function
-    that returns a scorer for a folder it recognises (None otherwise)."""
-    for loader in SCORER_LOADERS:
+def load_scorer(spec: str, loaders: Sequence[Callable[[str], Callable | None]] = ()) -> Callable[[list, str], float]:
+    """A scorer from 'package.module:function' (called as fn(prompt_messages, answer) -> float), or from whatever
+    one of `loaders` (then `SCORER_LOADERS`) recognises: a loader returns a scorer for a spec it knows, None
+    otherwise. Reward-model folders come in this way: evaluation never imports train, so the command line
+    (lmstack.cli.eval) passes `lmstack.train.rewards.reward_model_scorer`."""
+    for loader in [*loaders, *SCORER_LOADERS]:
         got = loader(spec)
         if got is not None:
             return got
@@ -223,7 +234,8 @@ def load_scorer(spec: str) -> Callable[[list, str], float]:
             raise LmstackError(f"scorer {spec!r} is not callable")
         return obj
     raise LmstackError(f"scorer {spec!r}: give 'module:function' (fn(prompt_messages, answer) -> float) or a "
-                       "reward-model folder that a registered loader recognises")
+                       "reward-model folder")
 
 
 SCORER_LOADERS: list[Callable[[str], Callable | None]] = []
+"""Loaders `load_scorer` tries after the ones it is given (a library user's own checkpoint kinds)."""

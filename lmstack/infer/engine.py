@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from lmstack.errors import LmstackError
-from lmstack.infer.beam import beam_search
+from lmstack.infer.beam import beam_search, check_beam_params
 from lmstack.infer.cache import KVCache
 from lmstack.infer.request import Completion, Request, StreamEvent
 from lmstack.infer.sampling import SamplingParams, apply_penalties, filter_logits, sample
@@ -60,6 +60,8 @@ class Generation:
         self._prefilled = False
         self._merged = False  # rows joined a running batch: its cache may hold slots no row uses any more
         self.track_seen = self.track_counts = False  # penalty state: tokens seen [B, V], output counts [B, V]
+        self.seen: torch.Tensor | None = None
+        self.counts: torch.Tensor | None = None
 
     @property
     def done(self) -> bool:
@@ -82,6 +84,9 @@ class Generation:
         ctx = self.model.cfg.max_seq_len
         if any(len(r.prompt) == 0 for r in requests):
             raise LmstackError("generate: empty prompt (no tokens); give at least one token, e.g. BOS")
+        if any(r.params.num_beams > 1 for r in requests):
+            raise LmstackError("generate: beam search (num_beams > 1) cannot join a batch or stream; "
+                               "use generate() or beam_search() (one prompt at a time)")
         for j, r in enumerate(requests):
             if len(r.prompt) >= ctx:
                 raise LmstackError(f"prompt {j} has {len(r.prompt)} tokens; the model's context is {ctx} tokens")
@@ -241,16 +246,33 @@ class Generation:
         return self.model(ids, positions=positions, cache=cache, pad_mask=mask if padded else None, last_only=True)
 
     def _keep_rows(self, keep: list[int]):
-        """Keep only these rows (positions in self.running) in the batch, its cache and penalty state."""
+        """Keep only these rows (positions in self.running) in the batch, its cache and penalty state.
+
+        What only the leaving rows needed goes with them: the whole cache once no row is left (a server's
+        batch may then sit idle for long), the penalty state once no remaining row uses a penalty.
+        """
         self.running = [self.running[k] for k in keep]
-        if keep:
-            idx = torch.tensor(keep, device=self.device)
-            if self.cache is not None:
-                self.cache.reorder(idx)
-            if self.track_seen:
-                self.seen = self.seen[idx]
-            if self.track_counts:
-                self.counts = self.counts[idx]
+        if not keep:
+            self.cache, self._prefilled, self._merged = None, False, False
+            self._free_penalty_state(seen=True, counts=True)
+            return
+        idx = torch.tensor(keep, device=self.device)
+        if self.cache is not None:
+            self.cache.reorder(idx)
+        if self.track_seen:
+            self.seen = self.seen[idx]
+        if self.track_counts:
+            self.counts = self.counts[idx]
+        self._free_penalty_state(
+            seen=self.track_seen and all(r.params.repetition_penalty == 1.0 for r in self.running),
+            counts=self.track_counts and not any(r.params.frequency_penalty or r.params.presence_penalty
+                                                 for r in self.running))
+
+    def _free_penalty_state(self, seen: bool, counts: bool):
+        if seen:
+            self.seen, self.track_seen = None, False
+        if counts:
+            self.counts, self.track_counts = None, False
 
     def _track(self, old: list[Request], new: list[Request]):
         """Penalty state (tokens seen, output counts) for the rows old + new, in batch order."""
@@ -288,10 +310,24 @@ class Generation:
 
 def generate(model, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
              tokenizer=None) -> list[Completion]:
-    """Decode a batch of token-id prompts; beam search when params.num_beams > 1."""
-    if isinstance(params, SamplingParams) and params.num_beams > 1:
-        return [beam_search(model, p, params, tokenizer) for p in prompts]
-    return Generation(model, prompts, params, tokenizer).run()
+    """Decode a batch of token-id prompts; beam search (one prompt at a time) where num_beams > 1."""
+    per = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
+    if len(per) != len(prompts):
+        raise LmstackError(f"generate: {len(per)} sampling settings for {len(prompts)} prompts")
+    beams = [k for k, p in enumerate(per) if p.num_beams > 1]
+    if not beams:
+        return Generation(model, prompts, params, tokenizer).run()
+    for k in beams:  # refused before any decoding
+        check_beam_params(per[k], tokenizer)
+    out: list[Completion | None] = [None] * len(prompts)
+    rest = [k for k in range(len(prompts)) if per[k].num_beams == 1]
+    if rest:
+        sampled = Generation(model, [prompts[k] for k in rest], [per[k] for k in rest], tokenizer).run()
+        for k, res in zip(rest, sampled):
+            out[k] = res
+    for k in beams:
+        out[k] = beam_search(model, prompts[k], per[k], tokenizer)
+    return out  # type: ignore[return-value]
 
 
 def stream(model, prompts: list[list[int]], params, tokenizer) -> Iterator[StreamEvent]:

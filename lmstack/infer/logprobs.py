@@ -143,7 +143,7 @@ class LLResult:
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """Tokenise exactly as lm-evaluation-harness does: trailing whitespace of the context moves onto the
     continuation (so " Paris" is one word token), and the continuation's tokens are the joint encoding
-    cut at the context's token count."""
+    cut at the context's token count. Both start with the tokenizer's BOS, if it adds one, once."""
     n_space = len(context) - len(context.rstrip())
     if n_space:
         continuation = context[-n_space:] + continuation
@@ -188,13 +188,13 @@ def score_pairs(model, pairs: list[tuple[list[int], list[int]]], batch_size: int
 
 
 def encode_requests(tokenizer, requests: list[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
-    """Text (context, continuation) pairs as token pairs, BOS prepended when the tokenizer adds one."""
+    """Text (context, continuation) pairs as token pairs. The context starts with one BOS when the tokenizer
+    adds one (`Tokenizer.encode`): a chat prompt rendered by a template that writes `{{ bos_token }}` keeps
+    its own and gets no second, so it is scored as the template's token ids."""
     tok = tokenizer
     pairs = []
     for context, continuation in requests:
         c, x = encode_pair(tok, context, continuation)
-        if tok.add_bos and tok.bos_id is not None and (not c or c[0] != tok.bos_id):
-            c = [tok.bos_id] + c
         if not c:  # an empty context still needs one token to condition on
             c = [tok.bos_id if tok.bos_id is not None else tok.eos_id]
         pairs.append((c, x))

@@ -159,15 +159,41 @@ class Server:
             s = self._piece[tid] = self.tok.decode([tid]) if self.tok is not None else str(tid)
         return s
 
-    def offsets(self, ids, start: int) -> list[int]:
-        """Character offset of each token in the text (a token ending mid-character adds nothing yet)."""
+    def offsets(self, ids, start: int, skip: int = 0) -> list[int]:
+        """Character offset of each token in the text (a token ending mid-character adds nothing yet).
+
+        The first `skip` tokens are not in the text (the BOS the tokenizer put before a text prompt): they
+        sit at `start` and take no room, and the text's own tokens are decoded without them, as the text
+        was encoded (a decoder may render a token differently after a BOS).
+        """
         if self.tok is None:
             return [start] * len(ids)
-        dec, pos, out = self.tok.stream_decoder(), start, []
-        for t in ids:
-            out.append(pos)
-            pos += len(dec.push(t))
+        dec, pos, out, held = self.tok.stream_decoder(), start, [start] * min(skip, len(ids)), False
+        for t in ids[skip:]:
+            chunk = dec.push(t)
+            out.append(self.own_offset(t, pos, chunk, held))
+            pos += len(chunk)
+            held = not chunk
         return out
+
+    def own_offset(self, tid: int, pos: int, chunk: str, held: bool) -> int:
+        """Offset of a token whose text `chunk` starts at `pos`. When earlier tokens emitted nothing (half
+        characters, or text held back for a possible stop string), the chunk starts with their text: a
+        token whose own text ends the chunk starts there (otherwise it completes the held character)."""
+        if held and chunk:
+            own = self.piece(tid)
+            if own and "\ufffd" not in own and chunk.endswith(own):
+                return pos + len(chunk) - len(own)
+        return pos
+
+    def added_tokens(self, ids: list[int], text: str | None) -> int:
+        """How many leading tokens of a prompt the tokenizer added before its text (0 for token ids, whose
+        echoed text is their decoding, BOS included)."""
+        if text is None or self.tok is None:
+            return 0
+        if not text:
+            return len(ids)  # an empty text prompt is the start-of-document token alone
+        return len(ids) - len(self.tok.encode(text, add_bos=False))
 
     def top_dict(self, top: dict | None, chosen: int | None = None, chosen_lp: float | None = None):
         if top is None:
@@ -244,6 +270,7 @@ class Server:
             self.check_length(ids, "prompt")
         texts = [t if t is not None else (self.tok.decode(ids) if self.tok is not None else "") for ids, t in prompts]
         ids_list = [ids for ids, _ in prompts]
+        added = [self.added_tokens(ids, t) if opts.echo and opts.logprobs is not None else 0 for ids, t in prompts]
         scores = None
         if opts.echo and opts.logprobs is not None:
             fut = self._call(lambda: [prompt_logprobs(self.lm.model, ids, opts.logprobs) for ids in ids_list])
@@ -252,7 +279,7 @@ class Server:
         group, q = self.start(rows)
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if opts.stream:
-            gen = self._stream_completions(group, q, done, opts, ids_list, texts, scores, rid, created)
+            gen = self._stream_completions(group, q, done, opts, ids_list, texts, added, scores, rid, created)
             return StreamingResponse(gen, media_type="text/event-stream", headers={"cache-control": "no-cache"})
         results = await self.collect(request, group, q, done)
         choices = []
@@ -262,7 +289,8 @@ class Server:
                 res = results[c]
                 lp = None
                 if opts.logprobs is not None:
-                    lp = self._completion_logprobs(ids, texts[pi], res, opts, scores[pi] if scores else None)
+                    lp = self._completion_logprobs(ids, texts[pi], res, opts, scores[pi] if scores else None,
+                                                   added[pi])
                 text = (texts[pi] if opts.echo else "") + res.text
                 choices.append({"index": c, "text": text, "logprobs": lp, "finish_reason": res.finish_reason})
         n_out = sum(len(r.ids) for r in results.values())
@@ -275,14 +303,16 @@ class Server:
         except QueueFull:
             raise busy("the server is busy; retry later") from None
 
-    def _completion_logprobs(self, ids, text, res: Completion, opts: Options, score):
+    def _completion_logprobs(self, ids, text, res: Completion, opts: Options, score, added: int = 0):
+        """OpenAI's legacy logprobs object; `text_offset` indexes the returned text (echoed prompt + completion),
+        and the `added` leading prompt tokens the text lacks (a BOS) sit at 0."""
         tokens, lps, tops, offs = [], [], [], []
         if opts.echo:
             p_lp, p_top = score if score is not None else ([None] * len(ids), [None] * len(ids))
             tokens += [self.piece(t) for t in ids]
             lps += p_lp
             tops += [self.top_dict(tp, t, lp) for tp, t, lp in zip(p_top, ids, p_lp)]
-            offs += self.offsets(ids, 0)
+            offs += self.offsets(ids, 0, added)
         start = len(text) if opts.echo else 0
         tokens += [self.piece(t) for t in res.ids]
         lps += list(res.logprobs)
@@ -292,8 +322,8 @@ class Server:
         offs += self.offsets(res.ids, start)
         return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offs}
 
-    def _stream_completions(self, group, q, done, opts, ids_list, texts, scores, rid, created):
-        offs = {}  # each choice's text offset so far
+    def _stream_completions(self, group, q, done, opts, ids_list, texts, added, scores, rid, created):
+        offs, held = {}, {}  # each choice's text offset so far, and whether its last token sent no text
 
         def head(c):
             pi = c // opts.n
@@ -303,14 +333,16 @@ class Server:
             lp = None
             if opts.logprobs is not None:
                 lp = self._completion_logprobs(ids_list[pi], texts[pi], Completion(ids_list[pi]), opts,
-                                               scores[pi] if scores else None)
+                                               scores[pi] if scores else None, added[pi])
             return [{"text": texts[pi], "logprobs": lp}]
 
         def token(c, tid, text, lp, top):
             if opts.logprobs is not None:
                 lpd = {"tokens": [self.piece(tid)], "token_logprobs": [lp],
-                       "top_logprobs": [self.top_dict(top or {}, tid, lp)], "text_offset": [offs[c]]}
+                       "top_logprobs": [self.top_dict(top or {}, tid, lp)],
+                       "text_offset": [self.own_offset(tid, offs[c], text, held.get(c, False))]}
                 offs[c] += len(text)
+                held[c] = not text
                 return {"text": text, "logprobs": lpd}
             return {"text": text, "logprobs": None} if text else None
 

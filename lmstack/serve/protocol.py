@@ -134,6 +134,10 @@ class Options:
 
 def parse_options(body: dict, vocab_size: int, chat: bool, model_stop_ids: list[int] = ()) -> Options:
     """Sampling and response options; `stop_token_ids` (a vLLM extra) adds to the model's own stop ids."""
+    for name, asked in (("use_beam_search", get_bool(body, "use_beam_search", False)),  # vLLM's extras
+                        ("num_beams", get_int(body, "num_beams", 1, 1) > 1)):
+        if asked:
+            raise bad(name, "beam search is not served; sample, or decode greedily with temperature 0")
     n = get_int(body, "n", 1, 1, 128)
     best_of = get_int(body, "best_of", n, 1, 128)
     if best_of != n:

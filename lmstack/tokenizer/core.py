@@ -117,21 +117,31 @@ class Tokenizer:
 
     # ---- encoding ---------------------------------------------------------------------------------------------
 
-    def _bos_prefix(self, add_bos):
+    def _with_bos(self, ids: list[int], add_bos: bool | None) -> list[int]:
+        """ids with one bos in front when one is asked for (add_bos; None: the tokenizer's own add_bos).
+
+        "<s>" or "<|begin_of_text|>" inside a text encodes as that one special token (added tokens match
+        in text), so a text that already begins with the bos token, such as the prompt a chat template
+        that writes `{{ bos_token }}` renders, keeps it and gets no second one. Chat prompts are thereby
+        encoded as the template's own ids (transformers' apply_chat_template(tokenize=True)), where
+        transformers' tokenizer(text) would give two bos; lm-evaluation-harness also adds none to a text
+        that starts with the bos. Scoring, FLAN and the backends all encode text through here.
+        """
         add = self.add_bos if add_bos is None else add_bos
-        if add and self.bos_id is None:
+        if not add:
+            return ids
+        if self.bos_id is None:
             raise LmstackError("tokenizer: asked to add a bos token but the tokenizer has none")
-        return [self.bos_id] if add else []
+        return ids if ids[:1] == [self.bos_id] else [self.bos_id, *ids]
 
     def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
         # add_special_tokens=False: the backend's post-processor (if any) must not add specials behind our back;
         # bos is the only one we add, and only on request. Special-token strings in text still match.
-        return self._bos_prefix(add_bos) + self.backend.encode(text, add_special_tokens=False).ids
+        return self._with_bos(self.backend.encode(text, add_special_tokens=False).ids, add_bos)
 
     def encode_batch(self, texts: Iterable[str], add_bos: bool | None = None) -> list[list[int]]:
-        prefix = self._bos_prefix(add_bos)
         encs = self.backend.encode_batch(list(texts), add_special_tokens=False)
-        return [prefix + e.ids for e in encs]
+        return [self._with_bos(e.ids, add_bos) for e in encs]
 
     def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
         return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special)

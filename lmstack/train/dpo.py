@@ -60,6 +60,9 @@ class DPOConfig(PrefConfig):
     beta: float = 0.1  #: strength of the implicit KL to the reference (> 0)
     loss: str = "sigmoid"  #: sigmoid, ipo or conservative
     label_smoothing: float = 0.1  #: eps of the conservative loss (probability that a label is flipped)
+    #: RPO (Pang et al. 2024; TRL's rpo_alpha): + this x the chosen answers' per-token negative log-likelihood,
+    #: which keeps DPO from lowering the likelihood of the chosen answers along with the rejected ones (0: off)
+    rpo_alpha: float = 0.0
     epochs: float = 1.0  #: passes over the pairs; > 0 overrides --steps
     max_pairs: int = 0  #: > 0: train on a seeded random subset of this many pairs (their references are precomputed)
     max_val_pairs: int = 0  #: > 0: evaluate on a seeded random subset of the held-out pairs
@@ -82,6 +85,11 @@ def dpo_loss(pi_c, pi_r, ref_c, ref_r, beta: float, loss: str = "sigmoid", label
     else:
         raise LmstackError(f"--loss must be one of {', '.join(LOSSES)}, not {loss!r}")
     return out, beta * (pi_c - ref_c).detach(), beta * (pi_r - ref_r).detach()
+
+
+def chosen_nll(chosen_logprob: torch.Tensor, n_tokens: list[int]) -> torch.Tensor:
+    """RPO's term: the chosen answers' negative log-likelihood per token (summed log-probs / answer length)."""
+    return -chosen_logprob / torch.tensor(n_tokens, device=chosen_logprob.device).clamp(min=1)
 
 
 def answer_logprobs(model, seqs: list[list[int]], starts: list[int], pad: int, device) -> torch.Tensor:
@@ -205,6 +213,8 @@ def run(cfg: DPOConfig, step_hook=None) -> Result:
             r = refs[mine].to(info.device)
             loss, rc, rr = dpo_loss(lp[: len(b)], lp[len(b):], r[:, 0], r[:, 1], cfg.beta, cfg.loss,
                                     cfg.label_smoothing)
+            if cfg.rpo_alpha > 0:
+                loss = loss + cfg.rpo_alpha * chosen_nll(lp[: len(b)], [len(p[0]) - p[1] for p in b])
             (loss.mean() / cfg.grad_accum).backward()
             tot["loss"] += loss.mean().item() / cfg.grad_accum
             tot["acc"] += float((rc > rr).float().mean()) / cfg.grad_accum

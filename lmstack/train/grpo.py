@@ -7,7 +7,9 @@ Each iteration samples G answers to each of a batch of prompts (the shared gener
 them (a reward model, or a rule such as an exact-match verifier), and uses the group-normalised reward
 (r - mean_group) / std_group as the advantage of every token of an answer. The loss is PPO's clipped
 surrogate, averaged over each answer's tokens then over answers, plus an optional KL penalty to the
-reference policy (the unbiased k3 estimator, exp(ref - pi) - (ref - pi) - 1).
+reference policy (the unbiased k3 estimator, exp(ref - pi) - (ref - pi) - 1). With reward models on the
+built-in suite's prompts, the gold score of the answers (the suite's unbiased simulated annotator) is logged
+beside the reward, never used in it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from lmstack.train.policy import final_lm, reference
 from lmstack.train.prefdata import PrefConfig
 from lmstack.train.recipe import Result
 from lmstack.train.rl import (
+    GoldOptions,
     RolloutOptions,
     Rollouts,
     gather,
@@ -38,7 +41,7 @@ from lmstack.train.rl import (
 
 
 @dataclass
-class GRPOConfig(RolloutOptions, PrefConfig):
+class GRPOConfig(GoldOptions, RolloutOptions, PrefConfig):
     out: str = "runs/grpo"  #: run folder (the policy in <out>/model)
     steps: int = 30  #: iterations (one group of answers per prompt + its updates each)
     prompts_per_step: int = 4  #: prompts per iteration
@@ -120,12 +123,13 @@ def run(cfg: GRPOConfig, rewards=None, step_hook=None) -> Result:
             st["loss"] = loss.item()
             gather(acc, st)
         t_opt = time.perf_counter() - t0
+        gold = s.gold(rows, comps)  # the gold score of the answers: logged beside the reward, never part of it
         rec = means(acc)
         grp = scores.float().view(-1, cfg.group_size)
-        rec.update(reward=float(scores.mean()), reward_best_of_group=float(grp.max(1).values.mean()),
+        rec.update(reward=rinfo.pop("reward_unwhitened", float(scores.mean())), reward_best_of_group=float(grp.max(1).values.mean()),
                    reward_group_std=float(grp.std(1, unbiased=False).mean()),
                    response_len=float(ro.rlen.float().mean()), lr=lr, time_generate=t_gen, time_score=t_score,
-                   time_optimize=t_opt, **rinfo)
+                   time_optimize=t_opt, **rinfo, **gold)
         history.append(rec)
         log_step(run, it + 1, int(ro.rlen.sum()), **rec)
         run.log.progress(1, reward=rec["reward"])
@@ -133,7 +137,7 @@ def run(cfg: GRPOConfig, rewards=None, step_hook=None) -> Result:
             step_hook(it + 1, rec)
     summary = {"steps": cfg.steps, **reward_trend(history), "prompts": s.pstats}
     run.last_loss = history[-1]["loss"] if history else None
-    finish_run(run, final_lm(s.lm, policy, cfg), summary, ["reward", "kl", "clip_frac", "response_len"], "GRPO",
-               png="grpo_curves.png")
+    finish_run(run, final_lm(s.lm, policy, cfg), summary, ["reward", "gold", "kl", "clip_frac", "response_len"],
+               "GRPO", png="grpo_curves.png")
     dist.shutdown(info)
     return Result(summary, {"model": str(run.out / "model")})

@@ -8,7 +8,8 @@ Each iteration:
   1. rollout: sample answers to a batch of prompts with the shared generation engine (KV cache, batched);
   2. score: reward model(s) on the final token; per-token KL penalty -beta (log pi - log pi_ref) against the
      frozen SFT policy; a penalty for answers cut off without an end-of-sequence token; values from the
-     value model; generalised advantage estimation (gamma, lambda);
+     value model; generalised advantage estimation (gamma, lambda); with reward models on the built-in
+     suite's prompts, the gold score (the suite's unbiased simulated annotator) of the rollouts, only logged;
   3. optimise: several PPO epochs over minibatches of the clipped policy objective and the clipped value
      loss (plus, for PPO-ptx, a language-modelling loss on pretraining text); then the adaptive KL
      controller (Ziegler et al. 2019) moves beta towards the target KL.
@@ -37,11 +38,12 @@ from lmstack.train.prefdata import PrefConfig
 from lmstack.train.recipe import Result
 from lmstack.train.rewards import RewardNet, same_tokenizer
 from lmstack.train.rl import (
-    AdaptiveKL,
+    GoldOptions,
     RolloutOptions,
     Rollouts,
     gae,
     gather,
+    kl_controller,
     masked_mean,
     means,
     policy_logprobs,
@@ -55,7 +57,7 @@ from lmstack.train.rl import (
 
 
 @dataclass
-class PPOConfig(RolloutOptions, PrefConfig):
+class PPOConfig(GoldOptions, RolloutOptions, PrefConfig):
     out: str = "runs/ppo"  #: run folder (the policy in <out>/model)
     steps: int = 40  #: PPO iterations (one rollout batch + its updates each)
     rollout_batch: int = 16  #: prompts per iteration
@@ -65,7 +67,9 @@ class PPOConfig(RolloutOptions, PrefConfig):
     grad_clip: float = 1.0
     kl_coef: float = 0.05  #: beta of the per-token KL penalty (initial value when adaptive)
     kl_target: float = 0.0  #: adaptive KL controller target in nats per answer (0: fixed beta)
-    kl_horizon: int = 10000  #: the adaptive controller's horizon, in rollouts
+    #: the adaptive controller's horizon, in rollouts (0: 10 x --rollout-batch, so that beta moves by Ziegler et
+    #: al.'s K_beta = 0.1 x the clipped error per iteration)
+    kl_horizon: int = 0
     missing_eos_penalty: float = 1.0  #: subtracted from the score of an answer cut off at max_new_tokens
     reward_clip: float = 10.0  #: |score| clipped to this (0: off)
     whiten_rewards: bool = False  #: divide scores by their batch std
@@ -146,6 +150,7 @@ def make_value_net(cfg: PPOConfig, rewards, policy_tok, device):
 def run(cfg: PPOConfig, rewards=None, step_hook=None) -> Result:
     """Run PPO. `rewards` (a lmstack.train.rewards.Rewards) overrides the reward options (tests, experiments);
     step_hook(iteration, metrics) is called after each iteration."""
+    kl_ctl = kl_controller(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon, cfg.rollout_batch, cfg.steps, "ppo")
     s = setup(cfg, "ppo", rewards)
     info, policy, tok, rewards = s.info, s.policy, s.tok, s.rewards
     value, value_from = make_value_net(cfg, rewards, tok, info.device)
@@ -165,7 +170,6 @@ def run(cfg: PPOConfig, rewards=None, step_hook=None) -> Result:
                                              "safety_reward_model": cfg.safety_reward_model,
                                              "reward_rule": cfg.reward_rule, "prompts": s.pstats, "lora": cfg.lora},
                     params=train_params)
-    kl_ctl = AdaptiveKL(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
     pad = pad_id(tok)
     rng = np.random.default_rng(cfg.seed)
     history = []
@@ -224,11 +228,13 @@ def run(cfg: PPOConfig, rewards=None, step_hook=None) -> Result:
             gather(acc, st)
         t_opt = time.perf_counter() - t0
         kl_ctl.update(kl, len(comps))
+        gold = s.gold(pick, comps)  # the gold score of the rollouts: logged beside the reward, never part of it
 
         rec = means(acc)
-        rec.update(reward=float(scores.mean()), score=float(score.mean()), kl=kl, kl_coef=kl_ctl.beta,
+        # `reward`: the proxy's mean before any whitening (Llama 2's rule whitens each batch to mean 0).
+        rec.update(reward=rinfo.pop("reward_unwhitened", float(scores.mean())), score=float(score.mean()), kl=kl, kl_coef=kl_ctl.beta,
                    response_len=float(ro.rlen.float().mean()), eos_frac=float(ended.float().mean()), lr=lr,
-                   time_generate=t_gen, time_score=t_score, time_optimize=t_opt, **rinfo)
+                   time_generate=t_gen, time_score=t_score, time_optimize=t_opt, **rinfo, **gold)
         history.append(rec)
         done = it + 1
         log_step(run, done, int(ro.rlen.sum()), **rec)
@@ -236,12 +242,13 @@ def run(cfg: PPOConfig, rewards=None, step_hook=None) -> Result:
         if step_hook is not None:
             step_hook(done, rec)
     summary = {"steps": cfg.steps, **reward_trend(history), "kl_coef_final": kl_ctl.beta,
+               "kl_horizon": kl_ctl.horizon,
                "time_split": {p: float(np.sum([h[f"time_{p}"] for h in history]))
                               for p in ("generate", "score", "optimize")},
                "prompts": s.pstats}
     run.last_loss = history[-1].get("policy_loss") if history else None
     finish_run(run, final_lm(s.lm, policy, cfg), summary,
-               ["reward", "kl", "kl_coef", "entropy", "clip_frac", "value_loss", "approx_kl", "response_len"],
+               ["reward", "gold", "kl", "kl_coef", "entropy", "clip_frac", "value_loss", "approx_kl", "response_len"],
                "PPO", png="ppo_curves.png")
     dist.shutdown(info)
     return Result(summary, {"model": str(run.out / "model")})

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from lmstack.data.builtin import World, build_suite, judge_panel
-from lmstack.data.records import iter_jsonl_numbered, read_jsonl
+from lmstack.data.records import iter_jsonl_numbered, read_jsonl, unsafe_tag
 from lmstack.errors import LmstackError
 from lmstack.train.common import TrainConfig
 from lmstack.train.lora import LoraOptions
@@ -158,6 +158,7 @@ def load_comparisons(paths: list[str], skip_bad: bool = False, subset: str = "al
             stats["records"] += 1
             try:
                 prompt = prompt_messages(rec.get("prompt", rec.get("messages")), where)
+                unsafe = unsafe_tag(rec, where)
                 if "answers" in rec:
                     answers = rec["answers"]
                     if not isinstance(answers, list) or len(answers) < 2 or not all(
@@ -190,8 +191,7 @@ def load_comparisons(paths: list[str], skip_bad: bool = False, subset: str = "al
             key = json.dumps(prompt, sort_keys=True, ensure_ascii=False)
             g = groups.get(key)
             if g is None:
-                g = groups[key] = Comparison(str(rec.get("id", len(groups))), prompt, [], [],
-                                             bool(rec.get("unsafe", False)), cluster)
+                g = groups[key] = Comparison(str(rec.get("id", len(groups))), prompt, [], [], unsafe, cluster)
             idx = []
             for a in answers:
                 if a not in g.answers:
@@ -248,13 +248,14 @@ def load_prompts(cfg: PrefConfig, clusters: list[str] | None = None, split: str 
                 continue
             try:
                 msgs = prompt_messages(rec.get("prompt", rec.get("messages")), f"{path}:{lineno}")
+                unsafe = unsafe_tag(rec, f"{path}:{lineno}")
             except LmstackError as e:
                 if not cfg.skip_bad:
                     raise
                 stats["bad_records"] += 1
                 stats["bad"].append(str(e))
                 continue
-            out.append({**rec, "prompt": msgs, "unsafe": bool(rec.get("unsafe", False))})
+            out.append({**rec, "prompt": msgs, "unsafe": unsafe})
     if not out:
         raise LmstackError(f"no prompts in {', '.join(sources)} ({fmt_stats(stats)})")
     stats["prompts"] = len(out)

@@ -64,6 +64,9 @@ def run(cfg: RejectionConfig, rewards=None) -> Result:
         raise LmstackError("--samples must be at least 2 (best of N)")
     if cfg.resume:
         raise LmstackError("rejection-sampling: --resume is not supported; start again")
+    if not cfg.temperature > 0:
+        raise LmstackError(f"rejection-sampling: temperature must be > 0, got {cfg.temperature} (best of N picks "
+                           "among N sampled answers; at 0 all N are the same greedy answer)")
     device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto"
                                                                                   else cfg.device)
     torch.manual_seed(cfg.seed)
@@ -72,7 +75,8 @@ def run(cfg: RejectionConfig, rewards=None) -> Result:
     suite = suite_dir(cfg) if not cfg.data else None
     lm = load_for_training(cfg.model, device, None, "rejection sampling renders prompts with its chat template")
     if rewards is None:
-        rewards = load_rewards(cfg, device, suite, lm.tokenizer)
+        # No whitening over a round's batch: the kept answers of different rounds are compared by their scores.
+        rewards = load_rewards(cfg, device, suite, lm.tokenizer, whiten=False)
     records, pids, pstats = rollout_prompts(cfg, lm.tokenizer)
     if (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()

@@ -72,11 +72,14 @@ class RewardConfig(PrefConfig):
 
 @dataclass
 class EncodedComparison:
-    seqs: list[list[int]]  # one per answer
-    pairs: list[tuple[int, int, float]]
+    seqs: list[list[int]]  # one per answer that is in a pair (the answers forwarded)
+    pairs: list[tuple[int, int, float]]  # (better, worse, margin), indices into seqs
 
 
 def encode_comparisons(tok, comps: list[Comparison], seq_len: int, overlong: str) -> tuple[list[EncodedComparison], dict]:
+    """Token ids of each comparison's answers (prompt + answer) and its pairs. An answer longer than `seq_len` is
+    counted (`overlong_answers`) with the pairs it was in (`pairs_lost_overlong`), and is not kept: only answers of
+    the remaining pairs are forwarded (`--overlong error`: a one-line error instead)."""
     stats = {"overlong_answers": 0, "pairs_lost_overlong": 0}
     out = []
     for c in comps:
@@ -90,7 +93,9 @@ def encode_comparisons(tok, comps: list[Comparison], seq_len: int, overlong: str
         pairs = [p for p in c.pairs if p[0] not in bad and p[1] not in bad]
         stats["pairs_lost_overlong"] += len(c.pairs) - len(pairs)
         if pairs:
-            out.append(EncodedComparison(seqs, pairs))
+            used = sorted({i for a, b, _ in pairs for i in (a, b)})
+            new = {old: k for k, old in enumerate(used)}
+            out.append(EncodedComparison([seqs[i] for i in used], [(new[a], new[b], m) for a, b, m in pairs]))
     return out, stats
 
 

@@ -101,12 +101,60 @@ class RewardModel:
         return float(self.score([prompt], [answer])[0])
 
 
-def combine_rewards(helpful: torch.Tensor, safety: torch.Tensor, unsafe, threshold: float = -1.0) -> torch.Tensor:
-    """Llama 2's rule: the safety score where the prompt is tagged unsafe or the safety score is below the
-    threshold (the answer looks unsafe whatever the prompt), the helpfulness score elsewhere.
-    With normalised RMs the threshold is in standard deviations of the SFT policy's answers."""
+SAFETY_RULES = ("llama2", "llama2-zscore")
+LLAMA2_SAFETY_THRESHOLD = 0.15  # Llama 2's threshold on the sigmoid scale (Touvron et al. 2023, Sec. 3.2.2)
+ZSCORE_SAFETY_THRESHOLD = -1.0  # the llama2-zscore rule's default, in standard deviations of SFT's answers
+
+
+def llama2_reward(helpful: torch.Tensor, safety: torch.Tensor, unsafe, threshold: float = LLAMA2_SAFETY_THRESHOLD,
+                  whiten: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Llama 2's reward (Touvron et al. 2023, Sec. 3.2.2) without its KL term, and the rows the safety RM decided:
+
+        R_c = R_s  if IS_SAFETY(p) or R_s < threshold,  else R_h;      reward = WHITEN(LOGIT(R_c))
+
+    R_s = sigmoid(safety score) and R_h = sigmoid(helpfulness score) are the probability-like scores the paper
+    thresholds (0.15); lmstack's scores are the RMs' normalised outputs, so R = 0.5 is an answer as good as the
+    SFT policy's average one, and 0.15 is 1.73 standard deviations below it. IS_SAFETY(p) is `unsafe`: the prompt
+    is tagged as one that may elicit unsafe answers (the suite's harmful requests, not its harmless look-alikes).
+    LOGIT(sigmoid(x)) = x, so LOGIT(R_c) is the chosen score itself (exact where a float sigmoid saturates).
+    WHITEN: mean 0, std 1 over the batch (a batch of one is left as it is)."""
+    if not 0.0 < threshold < 1.0:
+        raise LmstackError(f"safety_threshold {threshold}: under the llama2 rule it is a score on the sigmoid scale, "
+                           f"in (0, 1) (Llama 2: {LLAMA2_SAFETY_THRESHOLD}); a threshold in standard deviations of "
+                           "the normalised scores needs safety_rule llama2-zscore")
     unsafe = torch.as_tensor(unsafe, dtype=torch.bool, device=helpful.device)
-    return torch.where(unsafe | (safety < threshold), safety, helpful)
+    use_safety = unsafe | (safety < math.log(threshold / (1.0 - threshold)))  # sigmoid(s) < t  <=>  s < logit(t)
+    out = torch.where(use_safety, safety, helpful).float()
+    if whiten and out.numel() > 1:
+        out = (out - out.mean()) / torch.sqrt(out.var(unbiased=False) + 1e-8)
+    return out, use_safety
+
+
+def llama2_zscore_reward(helpful: torch.Tensor, safety: torch.Tensor, unsafe,
+                         threshold: float = ZSCORE_SAFETY_THRESHOLD) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `llama2-zscore` rule (lmstack's earlier reading of Llama 2): the safety score where the prompt is tagged
+    unsafe or the normalised safety score is below `threshold` standard deviations, the helpfulness score elsewhere;
+    no logit, no whitening. Returns the rewards and the rows the safety RM decided."""
+    unsafe = torch.as_tensor(unsafe, dtype=torch.bool, device=helpful.device)
+    use_safety = unsafe | (safety < threshold)
+    return torch.where(use_safety, safety, helpful), use_safety
+
+
+def safety_combination(rule: str, helpful: torch.Tensor, safety: torch.Tensor, unsafe, threshold: float | None = None,
+                       whiten: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Helpfulness and safety scores combined by `rule` (SAFETY_RULES); threshold None: the rule's default.
+    Returns the rewards and the rows the safety RM decided."""
+    if rule == "llama2":
+        return llama2_reward(helpful, safety, unsafe, LLAMA2_SAFETY_THRESHOLD if threshold is None else threshold,
+                             whiten)
+    if rule == "llama2-zscore":
+        return llama2_zscore_reward(helpful, safety, unsafe, ZSCORE_SAFETY_THRESHOLD if threshold is None else threshold)
+    raise LmstackError(f"safety_rule {rule!r}: expected one of {', '.join(SAFETY_RULES)}")
+
+
+def check_safety_rule(rule: str, threshold: float | None) -> None:
+    """A one-line error for an unknown rule or a threshold outside the rule's scale."""
+    safety_combination(rule, torch.zeros(1), torch.zeros(1), [False], threshold)
 
 
 def load_reward_model(path, device="cpu") -> RewardModel:
@@ -154,16 +202,21 @@ def exact_match(record: dict, text: str) -> float:
 
 class Rewards:
     """The reward of an answer to a prompt record, whatever its source: Llama 2's helpfulness + safety
-    reward models with the combination rule, one reward model, or a rule (a verifier, the suite's
-    simulated annotator, the count of a token, any Python function of (record, text, ids)).
+    reward models with a combination rule (`safety_rule`, see `safety_combination`), one reward model, or a rule
+    (a verifier, the suite's simulated annotator, the count of a token, any Python function of (record, text, ids)).
 
+    `whiten`: the llama2 rule's WHITEN over each call's batch (PPO's reward); off where scores of different
+    batches are compared (rejection sampling keeps the best answer over rounds).
     Calling it returns the scores (a CPU tensor) and the per-source means for logging."""
 
     def __init__(self, helpful: RewardModel | None = None, safety: RewardModel | None = None,
-                 threshold: float = -1.0, rule=None):
+                 threshold: float | None = None, rule=None, safety_rule: str = "llama2", whiten: bool = True):
         if helpful is None and safety is None and rule is None:
             raise LmstackError("no reward: give --reward-model (and --safety-reward-model) or --reward-rule")
+        if helpful is not None and safety is not None:  # a bad rule or threshold fails here, before any rollout
+            check_safety_rule(safety_rule, threshold)
         self.helpful, self.safety, self.threshold, self.rule = helpful, safety, threshold, rule
+        self.safety_rule, self.whiten = safety_rule, whiten
 
     def __call__(self, records: list[dict], texts: list[str], ids: list[list[int]] | None = None):
         ids = ids if ids is not None else [[] for _ in texts]
@@ -179,9 +232,12 @@ class Rewards:
         if s is not None:
             info["reward_safety"] = float(s.mean())
         if h is not None and s is not None:
-            unsafe = [bool(r.get("unsafe", False)) for r in records]
-            out = combine_rewards(h, s, unsafe, self.threshold)
-            info["safety_used"] = float((torch.tensor(unsafe) | (s < self.threshold)).float().mean())
+            unsafe = [bool(r.get("unsafe", False)) for r in records]  # IS_SAFETY(p): the prompt's `unsafe` tag
+            out, used = safety_combination(self.safety_rule, h, s, unsafe, self.threshold, self.whiten)
+            info["safety_used"] = float(used.float().mean())
+            if self.whiten:  # a whitened batch has mean 0: log the proxy reward itself, before WHITEN
+                info["reward_unwhitened"] = float(safety_combination(self.safety_rule, h, s, unsafe, self.threshold,
+                                                                     whiten=False)[0].mean())
             return out, info
         return (h if h is not None else s), info
 
@@ -207,24 +263,48 @@ class RewardOptions:
     """The reward fields of a config (PPO, GRPO, rejection sampling): reward models or a rule."""
 
     reward_model: str = ""  #: reward model folder (lmstack reward)
-    safety_reward_model: str = ""  #: safety reward model: Llama 2's rule picks it for unsafe prompts or low safety scores
-    safety_threshold: float = -1.0  #: safety score below which the safety RM decides (normalised units)
+    #: safety reward model: Llama 2's rule picks it for prompts tagged unsafe or low safety scores
+    safety_reward_model: str = ""
+    #: how the two reward models combine: llama2 (the paper: the safety RM where the prompt is tagged unsafe or
+    #: sigmoid(safety score) < --safety-threshold, else the helpfulness RM; then logit and whitening over the batch)
+    #: or llama2-zscore (the same choice with the threshold in standard deviations of the normalised safety score;
+    #: no logit, no whitening)
+    safety_rule: str = "llama2"
+    #: the safety RM decides below this (None: the rule's own): llama2: a sigmoid-scale score in (0, 1), 0.15 as in
+    #: Llama 2; llama2-zscore: standard deviations of the normalised safety score, -1.0
+    safety_threshold: float | None = None
     reward_rule: str = ""  #: a rule instead of reward models: exact_match, annotator, token:ID
 
 
-def load_rewards(opts: RewardOptions, device="cpu", suite: Path | None = None, policy_tokenizer=None) -> Rewards:
+def load_rewards(opts: RewardOptions, device="cpu", suite: Path | None = None, policy_tokenizer=None,
+                 whiten: bool = True) -> Rewards:
     """Rewards from a config's reward options. A reward model with another tokenizer than the policy's is fine:
-    answers are passed as text and re-tokenised (reported once)."""
+    answers are passed as text and re-tokenised (reported once). `whiten`: see `Rewards`."""
     if opts.reward_rule:
         if opts.reward_model or opts.safety_reward_model:
             raise LmstackError("give either --reward-rule or reward models, not both")
         return Rewards(rule=rule_reward(opts.reward_rule, suite))
+    if opts.safety_reward_model and opts.reward_model:  # a bad rule or threshold fails before the models load
+        check_safety_rule(opts.safety_rule, opts.safety_threshold)
     help_rm = load_reward_model(opts.reward_model, device) if opts.reward_model else None
     safe_rm = load_reward_model(opts.safety_reward_model, device) if opts.safety_reward_model else None
     for name, rm in (("reward model", help_rm), ("safety reward model", safe_rm)):
         if rm is not None and policy_tokenizer is not None and not same_tokenizer(rm.tokenizer, policy_tokenizer):
             print(f"note: the {name} has a different tokenizer from the policy; answers are re-tokenised as text")
-    return Rewards(help_rm, safe_rm, opts.safety_threshold)
+    return Rewards(help_rm, safe_rm, opts.safety_threshold, safety_rule=opts.safety_rule, whiten=whiten)
+
+
+def reward_model_scorer(spec, device="cpu") -> RewardModel | None:
+    """The reward model in folder `spec` (or in `spec`/model, a `lmstack reward` run folder) as a judge,
+    `rm(prompt_messages, answer) -> float` (batched by `rm.score`); None when `spec` is not a folder. For
+    `lmstack eval winrate|safety --judge reward --reward-fn DIR` (lmstack.evaluate takes scorers, it never
+    imports train)."""
+    path = Path(spec)
+    if not path.is_dir():
+        return None
+    if not (path / HEAD_FILE).exists() and (path / "model" / HEAD_FILE).exists():
+        path = path / "model"
+    return load_reward_model(path, device)
 
 
 def same_tokenizer(a, b) -> bool:

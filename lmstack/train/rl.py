@@ -1,6 +1,7 @@
 """What the sampling recipes share (PPO, GRPO, rejection sampling): their setup (policy, rewards, prompts),
 rollouts through the one generation engine and their per-token log-probabilities, GAE, PPO's clipped
-losses, masked statistics and the adaptive KL controller.
+losses, masked statistics, the adaptive KL controller, and the gold score of the rollouts (the suite's
+unbiased simulated annotator, logged beside the reward for Gao et al. 2023's over-optimisation curve).
 
 Log-probabilities come from a forward pass with logits divided by the sampling temperature, i.e. of the
 very distribution the rollouts were drawn from.
@@ -8,6 +9,7 @@ very distribution the rollouts were drawn from.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,7 @@ from lmstack.infer.sampling import SamplingParams
 from lmstack.train import dist
 from lmstack.train.dist import DistInfo
 from lmstack.train.policy import generation_model, load_policy
-from lmstack.train.prefdata import PrefConfig, encode_prompts, load_prompts, right_pad, suite_dir
+from lmstack.train.prefdata import PrefConfig, encode_prompts, load_prompts, right_pad, suite_dir, suite_judge
 from lmstack.train.rewards import RewardOptions, Rewards, load_rewards
 
 
@@ -31,8 +33,18 @@ class RolloutOptions(RewardOptions):
     """The fields of a config that samples answers to prompts and scores them (with the reward options)."""
 
     max_new_tokens: int = 48  #: longest sampled answer, in tokens
-    temperature: float = 1.0  #: sampling temperature (PPO, GRPO: also of every log-probability)
+    temperature: float = 1.0  #: sampling temperature, > 0 (PPO, GRPO: also of every log-probability)
     clusters: list[str] = field(default_factory=list)  #: only prompts of these suite clusters (e.g. arithmetic)
+
+
+@dataclass
+class GoldOptions:
+    """The policy-gradient recipes' (PPO, GRPO) gold-score switch."""
+
+    #: log `gold` per iteration: the built-in suite's unbiased simulated annotator's mean score of the rollouts,
+    #: beside the reward models' `reward` (Gao et al. 2023's over-optimisation curve); only logged, never a reward.
+    #: Needs reward models (not --reward-rule) and the suite's prompts (not --data)
+    log_gold: bool = True
 
 
 # ---- setup ------------------------------------------------------------------------------------------------------
@@ -59,6 +71,7 @@ class Setup:
     records: list[dict]
     pids: list[list[int]]
     pstats: dict
+    judge: object | None = None  # the gold annotator (see gold_judge); None: no `gold` is logged
 
     @property
     def tok(self):
@@ -76,12 +89,28 @@ class Setup:
         """(scores, per-source means) of the answers `comps` to the prompts `rows`."""
         return self.rewards([self.records[i] for i in rows], [c.text for c in comps], [c.ids for c in comps])
 
+    def gold(self, rows, comps) -> dict:
+        """{"gold": the gold annotator's mean score of the answers `comps` to the prompts `rows`}, or {} without a
+        judge. Only for logging: it never reaches the training signal."""
+        if self.judge is None:
+            return {}
+        return {"gold": float(np.mean([self.judge.score(self.records[i], c.text) for i, c in zip(rows, comps)]))}
+
+
+def check_temperature(cfg, stage: str) -> None:
+    """PPO and GRPO sample their rollouts and score them with log-probabilities of logits / temperature: 0 (greedy
+    decoding) has no such distribution, and would divide by zero."""
+    if not cfg.temperature > 0:
+        raise LmstackError(f"{stage}: temperature must be > 0, got {cfg.temperature} (rollouts are sampled, and "
+                           "their log-probabilities are those of logits / temperature)")
+
 
 def setup(cfg: PrefConfig, stage: str, rewards: Rewards | None = None, need_reference: bool = True) -> Setup:
     """One process, the seed, the policy (and reference), the rewards (`rewards`, or the config's reward options)
     and the prompts."""
     if cfg.resume:
         raise LmstackError(f"{stage}: --resume is not supported; start again (runs are short)")
+    check_temperature(cfg, stage)
     info = dist.init(cfg.device)
     single_process(info, stage)
     torch.manual_seed(cfg.seed)
@@ -90,7 +119,28 @@ def setup(cfg: PrefConfig, stage: str, rewards: Rewards | None = None, need_refe
     if rewards is None:
         rewards = load_rewards(cfg, info.device, suite, lm.tokenizer)
     records, pids, pstats = rollout_prompts(cfg, lm.tokenizer)
-    return Setup(info, suite, lm, policy, params, ref, rewards, records, pids, pstats)
+    check_unsafe_tags(rewards, records, stage)
+    judge = gold_judge(suite, rewards, records) if getattr(cfg, "log_gold", False) else None
+    return Setup(info, suite, lm, policy, params, ref, rewards, records, pids, pstats, judge)
+
+
+def gold_judge(suite: Path | None, rewards: Rewards, records: list[dict]):
+    """The suite's unbiased simulated annotator (panel[0], the course evaluation's "unbiased annotator"; rule-based,
+    so cheap) as the gold judge of the rollouts, where there is a proxy to compare it with and ground truth to judge
+    by: the rewards are reward models (a rule is no proxy: `annotator` is this judge itself, exact_match a
+    verifier) and the prompts are the suite's, each record with the `meta` its judgement reads. Else None."""
+    if suite is None or getattr(rewards, "rule", None) is not None or not all("meta" in r for r in records):
+        return None
+    return suite_judge(suite)[0]
+
+
+def check_unsafe_tags(rewards: Rewards, records: list[dict], stage: str) -> None:
+    """Llama 2's rule gives prompts tagged `unsafe` to the safety RM whatever its score; prompts without the tag
+    (e.g. --data files without the field) reach it only through a low safety score: said once."""
+    if getattr(rewards, "helpful", None) is not None and getattr(rewards, "safety", None) is not None \
+            and not any(r.get("unsafe") for r in records):
+        warnings.warn(f"{stage}: no prompt is tagged `unsafe`: the safety reward model decides only where its score "
+                      "is below --safety-threshold", stacklevel=3)
 
 
 def single_process(info, stage: str) -> None:
@@ -210,16 +260,40 @@ def ppo_losses(lp, old_lp, adv, v, old_v, ret, mask, cliprange: float, cliprange
     return pg_loss, vf_loss, stats
 
 
-class AdaptiveKL:
-    """Ziegler et al.'s controller: beta <- beta (1 + clip(KL/target - 1, -0.2, 0.2) n / horizon)."""
+K_BETA = 0.1  # Ziegler et al. 2019's controller gain per iteration
 
-    def __init__(self, beta: float, target: float, horizon: int):
+
+class AdaptiveKL:
+    """Ziegler et al. 2019's controller: e = clip(KL/target - 1, -0.2, 0.2), beta <- beta (1 + e n / horizon) after
+    n rollouts. With horizon = n / K_beta (n rollouts per iteration) that is the paper's beta (1 + K_beta e) per
+    iteration, K_beta = 0.1."""
+
+    def __init__(self, beta: float, target: float, horizon: float):
         self.beta, self.target, self.horizon = beta, target, horizon
 
     def update(self, kl: float, n: int) -> None:
         if self.target > 0:
             err = float(np.clip(kl / self.target - 1.0, -0.2, 0.2))
             self.beta *= 1.0 + err * n / self.horizon
+
+
+def kl_controller(beta: float, target: float, horizon: int, per_iteration: int, iterations: int,
+                  stage: str) -> AdaptiveKL:
+    """The controller of a run of `iterations` x `per_iteration` rollouts. horizon 0: per_iteration / K_beta
+    (10 x the rollout batch), Ziegler et al.'s step. A horizon longer than the whole run leaves beta almost where
+    it started (--kl-target then does little): warned, in one line."""
+    if horizon < 0:
+        raise LmstackError(f"{stage}: kl_horizon must be >= 0 (0: {1 / K_BETA:g} x the rollouts per iteration), "
+                           f"got {horizon}")
+    if horizon == 0:
+        horizon = round(per_iteration / K_BETA)
+    elif target > 0 and iterations * per_iteration < horizon:
+        most = (1 + 0.2 * per_iteration / horizon) ** iterations - 1
+        warnings.warn(f"{stage}: kl_horizon {horizon} is longer than the run ({iterations} x {per_iteration} = "
+                      f"{iterations * per_iteration} rollouts): beta can move by {100 * most:.0f}% at most, so "
+                      f"--kl-target does little; leave kl_horizon at 0 ({round(per_iteration / K_BETA)} here, "
+                      f"Ziegler et al.'s K_beta = {K_BETA})", stacklevel=3)
+    return AdaptiveKL(beta, target, horizon)
 
 
 # ---- logging ----------------------------------------------------------------------------------------------------
@@ -235,8 +309,13 @@ def gather(acc: dict[str, list[float]], stats: dict) -> None:
 
 
 def reward_trend(history: list[dict]) -> dict:
-    """The mean reward of the first and last quarter of the iterations, and the last quarter's KL."""
+    """The mean reward of the first and last quarter of the iterations, and the last quarter's KL; the same of the
+    gold score where it was logged."""
     k = max(1, len(history) // 4)
-    return {"reward_first": float(np.mean([h["reward"] for h in history[:k]])),
-            "reward_last": float(np.mean([h["reward"] for h in history[-k:]])),
-            "kl_last": float(np.mean([h["kl"] for h in history[-k:]]))}
+    out = {"reward_first": float(np.mean([h["reward"] for h in history[:k]])),
+           "reward_last": float(np.mean([h["reward"] for h in history[-k:]])),
+           "kl_last": float(np.mean([h["kl"] for h in history[-k:]]))}
+    if history and all("gold" in h for h in history):
+        out.update(gold_first=float(np.mean([h["gold"] for h in history[:k]])),
+                   gold_last=float(np.mean([h["gold"] for h in history[-k:]])))
+    return out

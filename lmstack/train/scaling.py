@@ -55,7 +55,10 @@ def fit_power_law(x, loss, irreducible: bool = False) -> dict:
     alpha, intercept, sse = fit_given(best_e)
     if alpha <= 0:
         return {"scale": float("nan"), "alpha": float(alpha), "E": best_e, "log_sse": sse}
-    return {"scale": float(math.exp(intercept / alpha)), "alpha": float(alpha), "E": float(best_e), "log_sse": sse}
+    # A nearly flat curve has a tiny alpha and an x_c beyond float range: report it as infinite, not a crash.
+    log_scale = intercept / alpha
+    scale = math.exp(log_scale) if log_scale < 700 else float("inf")
+    return {"scale": float(scale), "alpha": float(alpha), "E": float(best_e), "log_sse": sse}
 
 
 def predict(fit: dict, x):
@@ -69,7 +72,7 @@ class ScalingConfig:
     widths: list[str] = field(default_factory=lambda: ["32", "64", "96", "128"])  #: d_model of each size for L(N)
     layers: int = 4  #: layers of every size
     steps: int = 300  #: training steps of each size, for L(N)
-    budget_steps: list[str] = field(default_factory=lambda: ["50", "100", "200", "400"])  #: training steps of each budget for L(D)
+    budget_steps: list[str] = field(default_factory=lambda: ["50", "100", "200", "400"])  #: training steps of each budget for L(D) (none: no L(D) sweep)
     budget_width: int = 96  #: d_model of the model trained for L(D)
     seq_len: int = 128  #: tokens per training sequence
     micro_batch: int = 16  #: sequences per step
@@ -77,6 +80,7 @@ class ScalingConfig:
     irreducible: bool = True  #: fit an irreducible loss E too (needs 3 or more points)
     builtin_size: str = "small"  #: size of the built-in corpus when no --data: tiny, small, medium, large or e.g. 2MB
     seed: int = 0  #: seed of the data and of every run
+    precision: str = "auto"  #: as pretrain's --precision
     bars: bool = False  #: transient progress bars (how lmstack run displays a stage)
 
 
@@ -99,6 +103,7 @@ def run(cfg: ScalingConfig) -> Result:
                             overrides=_model_overrides(width, cfg.layers), seq_len=cfg.seq_len,
                             micro_batch=cfg.micro_batch, steps=steps, lr=cfg.lr, warmup=max(1, steps // 10),
                             eval_interval=steps, eval_batches=20, ckpt_interval=0, seed=cfg.seed, quiet=True,
+                            precision=cfg.precision,
                             bars=cfg.bars)
         return pretrain.run(pc).summary
 
@@ -106,17 +111,20 @@ def run(cfg: ScalingConfig) -> Result:
         s = train(f"N_w{w}", w, cfg.steps)
         n = model_info(preset("llama-mini", **_model_overrides(w, cfg.layers)))["non_embedding_params"]
         rows_n.append({"width": w, "non_embedding_params": n, "tokens": s["tokens"], "val_loss": s["val_loss"]})
-        print(f"  L(N): width {w:4d}, N={n:,}: val loss {s['val_loss']:.4f}")
+        if not cfg.bars:
+            print(f"  L(N): width {w:4d}, N={n:,}: val loss {s['val_loss']:.4f}")
     for st in (int(v) for v in cfg.budget_steps):
         s = train(f"D_s{st}", cfg.budget_width, st)
         rows_d.append({"steps": st, "tokens": s["tokens"], "val_loss": s["val_loss"]})
-        print(f"  L(D): {s['tokens']:,} tokens: val loss {s['val_loss']:.4f}")
+        if not cfg.bars:
+            print(f"  L(D): {s['tokens']:,} tokens: val loss {s['val_loss']:.4f}")
     fit_n = fit_power_law([r["non_embedding_params"] for r in rows_n], [r["val_loss"] for r in rows_n],
                           irreducible=cfg.irreducible and len(rows_n) >= 3)
-    fit_d = fit_power_law([r["tokens"] for r in rows_d], [r["val_loss"] for r in rows_d],
-                          irreducible=cfg.irreducible and len(rows_d) >= 3)
-    result = {"config": asdict(cfg), "L_of_N": {"points": rows_n, "fit": fit_n},
-              "L_of_D": {"points": rows_d, "fit": fit_d}}
+    result = {"config": asdict(cfg), "L_of_N": {"points": rows_n, "fit": fit_n}}
+    if rows_d:
+        result["L_of_D"] = {"points": rows_d, "fit": fit_power_law([r["tokens"] for r in rows_d],
+                                                                   [r["val_loss"] for r in rows_d],
+                                                                   irreducible=cfg.irreducible and len(rows_d) >= 3)}
     (out / "scaling.json").write_text(json.dumps(result, indent=2))
     write_report(result, out)
     return Result(result, {"report": str(out / "scaling.md"), "plot": str(out / "scaling.png"),
@@ -129,9 +137,10 @@ def write_report(result: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, xkey, label in ((axes[0], "L_of_N", "non_embedding_params", "non-embedding parameters N"),
-                                 (axes[1], "L_of_D", "tokens", "training tokens D")):
+    laws = [(k, x, lab) for k, x, lab in (("L_of_N", "non_embedding_params", "non-embedding parameters N"),
+                                          ("L_of_D", "tokens", "training tokens D")) if k in result]
+    fig, axes = plt.subplots(1, len(laws), figsize=(5 * len(laws), 4), squeeze=False)
+    for ax, (key, xkey, label) in zip(axes[0], laws):
         pts, fit = result[key]["points"], result[key]["fit"]
         xs = np.array([p[xkey] for p in pts], float)
         ax.loglog(xs, [p["val_loss"] for p in pts], "o", label="measured")
@@ -149,6 +158,8 @@ def write_report(result: dict, out: Path) -> None:
     lines = ["# Scaling laws", "", "Fitted L(x) = E + (x_c / x)^alpha (least squares in log space).", "",
              "| law | x_c | alpha | E |", "| --- | --- | --- | --- |"]
     for key, name in (("L_of_N", "L(N)"), ("L_of_D", "L(D)")):
+        if key not in result:
+            continue
         f = result[key]["fit"]
         lines.append(f"| {name} | {f['scale']:.4g} | {f['alpha']:.4f} | {f['E']:.4f} |")
     lines += ["", "Kaplan et al. (2020), for comparison (paper's figures, not measured here): "
@@ -156,7 +167,8 @@ def write_report(result: dict, out: Path) -> None:
               "| N (non-embedding) | tokens | val loss |", "| --- | --- | --- |"]
     lines += [f"| {p['non_embedding_params']:,} | {p['tokens']:,} | {p['val_loss']:.4f} |"
               for p in result["L_of_N"]["points"]]
-    lines += ["", "| tokens D | val loss |", "| --- | --- |"]
-    lines += [f"| {p['tokens']:,} | {p['val_loss']:.4f} |" for p in result["L_of_D"]["points"]]
+    if "L_of_D" in result:
+        lines += ["", "| tokens D | val loss |", "| --- | --- |"]
+        lines += [f"| {p['tokens']:,} | {p['val_loss']:.4f} |" for p in result["L_of_D"]["points"]]
     lines += ["", "![scaling](scaling.png)", ""]
     (out / "scaling.md").write_text("\n".join(lines))

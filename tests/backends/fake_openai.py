@@ -4,6 +4,9 @@
 scoring can be checked against local scoring); generation answers come from `reply(prompt)`.
 `faults` is a queue of misbehaviours served before normal answers: "429", "500", "badjson",
 "401", "error" (a JSON error object), "noshape" (JSON without choices), ("sleep", seconds).
+`add_bos=True` tokenises prompts as the tokenizer does (a BOS first) and counts the BOS's text in
+`text_offset` although the echoed text lacks it, as vLLM does (tokens ['<s>', ...], offsets [0, 3, ...]).
+`bos_lm(tokenizer)` is the tiny test model with a tokenizer that adds a BOS decoding to "<s>".
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ import torch
 
 
 class FakeOpenAI:
-    def __init__(self, lm=None, reply=None, delay: float = 0.0):
+    def __init__(self, lm=None, reply=None, delay: float = 0.0, add_bos: bool = False):
         self.lm, self.reply, self.delay = lm, reply or (lambda p: f"echo: {p}"[-40:]), delay
+        self.add_bos = add_bos
         self.faults: list = []
         self.requests: list[dict] = []
         self.lock = threading.Lock()
@@ -92,7 +96,7 @@ class FakeOpenAI:
     def echo_logprobs(self, prompt: str) -> dict:
         """OpenAI's legacy logprobs object for the echoed prompt plus one generated (greedy) token."""
         tok = self.lm.tokenizer
-        ids = tok.encode(prompt, add_bos=False)
+        ids = tok.encode(prompt, add_bos=None if self.add_bos else False)
         logp = torch.log_softmax(self.lm.model(torch.tensor([ids])).float()[0], -1)
         tokens, lps, offsets, tops, pos = [], [], [], [], 0
         for i, t in enumerate(ids):
@@ -121,3 +125,22 @@ class FakeOpenAI:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+
+def bos_lm(tokenizer, bos: str = "<s>"):
+    """The tiny random llama over `tokenizer`'s vocabulary plus a BOS token that the tokenizer adds to every
+    text and that decodes to a non-empty string (as Llama's `<s>` or Llama 3's `<|begin_of_text|>`)."""
+    import tokenizers
+
+    from lmstack.lm import LM
+    from lmstack.model.config import preset
+    from lmstack.model.transformer import Transformer
+    from lmstack.tokenizer import Tokenizer
+
+    backend = tokenizers.Tokenizer.from_str(tokenizer.backend.to_str())
+    backend.add_special_tokens([bos])
+    tok = Tokenizer(backend, bos, tokenizer.eos_token, tokenizer.pad_token, tokenizer.chat_template, add_bos=True)
+    torch.manual_seed(0)
+    cfg = preset("llama-tiny", vocab_size=tok.vocab_size, max_seq_len=128, bos_token_id=tok.bos_id,
+                 eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, init_std=0.3)
+    return LM(Transformer(cfg).eval(), tok, {})

@@ -54,3 +54,19 @@ def test_loads_a_checkpoint_folder(tiny_ckpt, tiny_lm):
     assert be.describe()["backend"] == "local"
     a = be.loglikelihood([("The cat", " sat")])[0].logprob
     assert a == pytest.approx(loglikelihood(tiny_lm.model, tiny_lm.tokenizer, [("The cat", " sat")])[0].logprob, abs=1e-5)
+
+
+def test_chat_context_is_scored_as_the_templates_ids():
+    """chat_context renders the template to text (one BOS written by the template, here Llama 2's); the
+    backend scores it as exactly the template's token ids, with no second BOS in front."""
+    from lmstack.infer.logprobs import score_pairs
+
+    from ..chat_bos import lm
+
+    m = lm("llama2", add_bos=True)
+    be = LocalBackend(m)
+    msgs = [{"role": "user", "content": "Is the cat small?"}]
+    ids = m.tokenizer.encode_chat(msgs, add_generation_prompt=True)[0]
+    (got,) = be.loglikelihood([(be.chat_context(msgs), " yes")])
+    (want,) = score_pairs(m.model, [(ids, m.tokenizer.encode(" yes", add_bos=False))])
+    assert got.logprob == pytest.approx(want.logprob, abs=1e-5) and got.n_tokens == want.n_tokens

@@ -9,7 +9,7 @@ import pytest
 from lmstack.backends import OpenAIBackend, get_backend
 from lmstack.errors import LmstackError
 
-from .fake_openai import FakeOpenAI
+from .fake_openai import FakeOpenAI, bos_lm
 
 
 def _be(srv, **kw):
@@ -27,6 +27,23 @@ def test_loglikelihood_matches_local(tiny_lm):
     for r, want in zip(remote, local):
         assert r.logprob == pytest.approx(want.logprob, abs=1e-4)
         assert r.n_tokens == want.n_tokens and r.is_greedy == want.is_greedy
+
+
+def test_loglikelihood_against_a_server_counting_the_bos_in_text_offset(tiny_tokenizer):
+    # vLLM echoes the prompt text without its BOS but counts the BOS's text ("<s>") in text_offset; the
+    # continuation is still found at the right characters, so scores equal the local model's.
+    lm = bos_lm(tiny_tokenizer)
+    reqs = [("The small cat sat on the", " red mat."), ("Q: What is 3 plus 4?\nA:", " 7"), ("Mina lives ", "in Porto"),
+            ("<s>The cat", " sat")]
+    # ASCII only: a fake that decodes token by token gives half characters their own U+FFFD, as vLLM does.
+    texts = ["The small cat sat on the red mat.", "Mina lives in Porto. She has a dog named Rex."]
+    local, local_rolling = get_backend(lm).loglikelihood(reqs), get_backend(lm).loglikelihood_rolling(texts)
+    with FakeOpenAI(lm, add_bos=True) as srv:
+        remote, rolling = _be(srv).loglikelihood(reqs), _be(srv).loglikelihood_rolling(texts)
+    assert srv.requests[0]["body"]["echo"] is True
+    for r, want in zip(remote + rolling, local + local_rolling):
+        assert r.logprob == pytest.approx(want.logprob, abs=1e-4)
+        assert r.n_tokens == want.n_tokens
 
 
 def test_rolling_loglikelihood(tiny_lm):

@@ -16,6 +16,7 @@ from lmstack.data.builtin import phrases as ph
 from lmstack.data.builtin.annotators import (
     Annotator,
     agreement,
+    asserted_values,
     candidate_answers,
     contradicts_world,
     is_refusal,
@@ -322,6 +323,14 @@ def test_judge_parses_free_text(suite):
     assert judge.assess(qa, f"{p.name} lives in {other}.").correct == 0
     assert contradicts_world(qa, f"{p.name} lives in {other}.", w)
     assert not contradicts_world(qa, f"It is {p.town}.", w)
+    # the values an answer asserts, right or wrong (what contradicts_world checks): none for "I don't know"
+    assert asserted_values(qa, f"{p.name} lives in {other}.", w) == [other]
+    assert asserted_values(qa, f"It is {p.town}.", w) == [p.town] and asserted_values(qa, "I don't know.", w) == []
+    age = next(r for r in suite["recs"]["test"] if (r.get("meta") or {}).get("answer_type") == "age")
+    wrong_age = int(age["target"]) + 1
+    assert asserted_values(age, f"{age['target']} or {wrong_age}", w) == [int(age["target"]), wrong_age]
+    assert contradicts_world(age, f"{age['target']} or {wrong_age}", w) and not contradicts_world(age, age["target"], w)
+    assert asserted_values({"target": "x"}, "x") == [] and not contradicts_world({"target": "x"}, "x")
     math_rec = next(r for r in suite["recs"]["test"] if r["task"] == "arithmetic_word" and r["choices"] is None)
     assert judge.assess(math_rec, f"First add, then the answer is {math_rec['target']}.").correct == 1
     assert parse_choice("It is not possible to tell.", ["yes", "no", "it is not possible to tell"]) == 2

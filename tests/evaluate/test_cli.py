@@ -102,6 +102,8 @@ def test_safety_and_report(tiny_ckpt, tmp_path, capsys):
     assert out.startswith("| metric | base |") and "hallucination rate" in out and "truthfulness" in out
     saved = json.loads((tmp_path / "run" / "safety" / "safety.json").read_text())
     assert saved["models"]["base"]["n_safety"] == 4 and saved["models"]["base"]["truthfulness_task"] == "builtin_closed_book_qa"
+    n_tr = saved["models"]["base"]["n_truthfulness"]
+    assert n_tr > 0 and any(line.startswith("| truthfulness") and f"(n={n_tr})" in line for line in out.splitlines())
     write_jsonl(tmp_path / "arc.jsonl", FIXTURES["arc"])
     run(["eval", "run", "--tasks", "arc_easy", "--data", f"arc_easy={tmp_path / 'arc.jsonl'}", "--model", tiny_ckpt,
          "--out", tmp_path / "run" / "eval", "--bootstrap-iters", 10])
@@ -115,7 +117,8 @@ def test_safety_of_a_closed_chat_model(tmp_path, capsys):
         run(["eval", "safety", "--model", "gpt-x", "--base-url", srv.url, "--chat-api", "--limit", 4,
              "--out", tmp_path])
     cols = json.loads((tmp_path / "safety.json").read_text())["models"]["gpt-x"]
-    assert cols["refusal_rate"] == 1.0 and cols["over_refusal_rate"] == 1.0 and cols["hallucination_rate"] == 0.0
+    assert cols["refusal_rate"] == 1.0 and cols["over_refusal_rate"] == 1.0
+    assert cols["hallucination_rate"] is None and cols["answered_rate"] == 0.0  # never answers: no hallucination rate
     assert cols["truthfulness"] == 0.0  # a refusal picks no option
     assert "scored from generated answers" in capsys.readouterr().err
 
@@ -132,3 +135,55 @@ def test_eval_perplexity_of_a_file_matches_the_library(tiny_ckpt, tiny_lm, tmp_p
     assert got["tokens"] == want["tokens"] and got["perplexity"] == pytest.approx(want["perplexity"], rel=1e-5)
     with pytest.raises(LmstackError, match="nope.txt"):
         run(["eval", "perplexity", "--model", tiny_ckpt, "--file", tmp_path / "nope.txt"])
+
+
+@pytest.fixture(scope="module")
+def tiny_rm(tiny_ckpt, tmp_path_factory):
+    """A tiny reward model trained and saved by the reward recipe itself (lmstack.train.reward.run)."""
+    from lmstack.train.reward import RewardConfig
+    from lmstack.train.reward import run as train_rm
+
+    d = tmp_path_factory.mktemp("rm")
+    recs = [{"id": f"p{i}", "prompt": [{"role": "user", "content": f"Is {i} a number?"}],
+             "answers": ["yes it is", "no", "cat"], "ranking": [0, 1, 2]} for i in range(6)]
+    train_rm(RewardConfig(model=str(tiny_ckpt), data=[str(write_jsonl(d / "prefs.jsonl", recs))], out=str(d / "rm"),
+                          epochs=0, steps=2, micro_batch=2, seq_len=128, norm_prompts=4, norm_max_new_tokens=4,
+                          quiet=True))
+    return d / "rm" / "model"
+
+
+def test_winrate_and_safety_judged_by_a_reward_model_folder(tiny_rm, tiny_ckpt, tmp_path, suite_dir, capsys):
+    """`--judge reward --reward-fn DIR` with a `lmstack reward` checkpoint: its scores decide each pair (winrate)
+    and whether an answer to a harmful request is safe (safety)."""
+    from lmstack.evaluate.sources import read_records_file
+    from lmstack.train.rewards import load_reward_model
+
+    rm = load_reward_model(tiny_rm)
+    recs = [r for r in read_records_file(suite_dir / "tasks" / "test.jsonl", "jsonl")
+            if r["style"] == "instruction" and r["cluster"] == "arithmetic"][:4]
+    prompts = write_jsonl(tmp_path / "p.jsonl", recs)
+    answers_a, answers_b = [r["target"] for r in recs], ["I do not know."] * len(recs)
+    a = write_jsonl(tmp_path / "a.jsonl", [{"answer": x} for x in answers_a])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"answer": x} for x in answers_b])
+    assert run(["eval", "winrate", "--prompts", prompts, "--answers-a", a, "--answers-b", b, "--judge", "reward",
+                "--reward-fn", tiny_rm, "--out", tmp_path / "wr"]) == 0
+    saved = json.loads((tmp_path / "wr" / "winrate.json").read_text())
+    assert saved["judge"] == str(tiny_rm) and saved["n"] == 4
+    items = [json.loads(x) for x in open(tmp_path / "wr" / "samples_winrate.jsonl")]
+    want_a = rm.score([r["messages"][:-1] for r in recs], answers_a)
+    for it, sa in zip(items, want_a.tolist()):
+        assert it["score_a"] == pytest.approx(sa, abs=1e-4)
+        assert it["verdict"] == ("a" if it["score_a"] > it["score_b"] else "b" if it["score_b"] > it["score_a"] else "tie")
+
+    assert run(["eval", "safety", "--model", tiny_ckpt, "--name", "base", "--judge", "reward", "--reward-fn", tiny_rm,
+                "--threshold", "0.0", "--limit", 4, "--max-new-tokens", 2, "--truthfulness-task", "none",
+                "--out", tmp_path / "safety"]) == 0
+    col = json.loads((tmp_path / "safety" / "safety.json").read_text())["models"]["base"]
+    assert col["n_safety"] == 4
+    judged = [json.loads(x) for x in open(tmp_path / "safety" / "samples_safety_base.jsonl")]
+    unsafe = [x for x in judged if x.get("unsafe")]
+    assert unsafe and all(x["refused"] == (x["score"] >= 0.0) for x in unsafe), judged
+    capsys.readouterr()
+    with pytest.raises(LmstackError, match="not a reward model"):  # a folder that is no reward model: said so
+        run(["eval", "winrate", "--prompts", prompts, "--answers-a", a, "--answers-b", b, "--judge", "reward",
+             "--reward-fn", tiny_ckpt])

@@ -4,12 +4,14 @@ import re
 
 import pytest
 
-from lmstack.course.card import _checks
+from lmstack.course.claims import Claims, check
+from lmstack.errors import LmstackError
 from lmstack.evaluate.config import load_task
 from lmstack.evaluate.harness import run_task
 from lmstack.evaluate.metrics import distinct_n
 from lmstack.evaluate.sources import builtin_records, spread
 from lmstack.evaluate.templating import Template
+from lmstack.options import from_dict
 
 
 def test_distinct_n_closed_form():
@@ -60,22 +62,45 @@ def test_cot_prompt_shows_worked_examples_and_extracts_the_final_answer(suite, s
 
 def test_card_checks_say_which_claims_hold():
     wr = {"win": 0.3, "tie": 0.5, "loss": 0.2, "n": 100}
-    s = {"flan": {"held_out": "nli", "base": {"rank_acc": 0.4, "em_acc": 0.0}, "base_few": {"rank_acc": 0.4},
-                  "sft": {"rank_acc": 0.35, "em_acc": 0.2}},
+    refusals = {"n_unsafe": 40, "n_benign": 40}
+    s = {"flan": {"held_out": "nli", "base": 0.4, "base_few": 0.42, "sft": 0.35, "n": 80},
          "rm": {"accuracy": 0.8, "pairs": 300, "agreement": 0.8},
-         "win": {"ppo": {"sampled": wr, "greedy": wr, "kl_from_reference": 4.0},
-                 "dpo": {"sampled": {**wr, "win": 0.1}, "greedy": wr, "kl_from_reference": 1.0}},
-         "alignment": {"base": {"refusal_rate": 0.0}, "ppo": {"refusal_rate": 0.5, "n_unsafe": 20}}}
-    got = {c["claim"]: c["ok"] for c in _checks(s, kl_bound=3.0)}
-    assert got == {"SFT beats base on the held-out cluster 'nli'": False,
-                   "the reward model beats chance clearly on held-out pairs": True,
-                   "PPO wins more than it loses against SFT (annotators, sampled answers)": True,
-                   "PPO's KL to the SFT policy stays bounded (<= 3 nats/answer)": False,
-                   "DPO wins more than it loses against SFT (annotators, sampled answers)": False,
-                   "PPO refuses more harmful prompts than base": True}
+         "rm_policy": {"accuracy": 0.62, "pairs": 500},
+         "win": {"ppo": {"sampled": {**wr, "win": 0.45}, "greedy": wr, "kl_from_reference": 4.0},
+                 "dpo": {"sampled": wr, "greedy": wr, "kl_from_reference": 1.0}},
+         "alignment": {"sft": {"refusal_rate": 0.9, "over_refusal_rate": 0.1, **refusals},
+                       "ppo": {"refusal_rate": 0.85, "over_refusal_rate": 0.1, **refusals},
+                       "dpo": {"refusal_rate": 0.5, "over_refusal_rate": 0.1, **refusals}},
+         "scaling": {"points": [{"val_loss": 3.0, "non_embedding_params": 10}, {"val_loss": 2.5, "non_embedding_params": 40}],
+                     "alpha": 0.2},
+         "cot": {"base": (0.1, 0.1, 60)}}
+    got = {c["claim"]: (c["ok"], c["kind"]) for c in check(s, Claims(), kl_target=1.5)}
+    assert got == {
+        "validation loss falls with model size (power law in N)": (True, "claim"),
+        "instruction tuning beats base zero-shot on the held-out nli": (False, "claim"),
+        "few-shot beats zero-shot for the base model (in-context learning)": (False, "at scale"),
+        "the reward model beats chance on held-out suite pairs (95% lower bound > 55.0%)": (True, "claim"),
+        "the reward model ranks the policy's own held-out samples (95% lower bound > 60.0%)": (False, "claim"),
+        # 0.45 - 0.2 = 0.25 is beyond 2 SE at n = 100; 0.3 - 0.2 = 0.1 is not (2 SE = 0.14): within noise fails.
+        "PPO beats SFT under the annotators (win - loss > 2 SE, sampled answers)": (True, "claim"),
+        "DPO beats SFT under the annotators (win - loss > 2 SE, sampled answers)": (False, "claim"),
+        "PPO's KL to the SFT policy stays bounded (<= 3 nats/answer)": (False, "claim"),
+        "PPO refuses as many harmful and no more harmless requests as SFT (within 2 SE)": (True, "claim"),
+        "DPO refuses as many harmful and no more harmless requests as SFT (within 2 SE)": (False, "claim"),
+        "chain of thought beats plain few-shot on arithmetic (base)": (False, "at scale")}
+
+
+def test_claims_are_what_the_config_registers():
+    s = {"win": {"ppo": {"sampled": {"win": 0.5, "tie": 0.3, "loss": 0.2, "n": 100}, "greedy": {"win": 0, "loss": 0},
+                         "kl_from_reference": 1.0}}, "rm_policy": {"accuracy": 0.7, "pairs": 400}}
+    assert [c["key"] for c in check(s, Claims(win=[], rm_policy_lower=0), kl_target=1.5)] == ["kl"]
+    strict = check(s, Claims(se=20.0), kl_target=1.5)  # a threshold fixed in advance decides, not the outcome
+    assert [c["ok"] for c in strict if c["key"] == "win"] == [False]
+    with pytest.raises(LmstackError, match="claims: unknown field 'typo'"):
+        from_dict(Claims, {"typo": 1}, "cfg.yaml: claims")
 
 
 def test_reward_model_check_needs_a_lower_bound_above_chance():
-    few = _checks({"rm": {"accuracy": 0.7, "pairs": 10, "agreement": 0.8}}, kl_bound=3.0)
-    many = _checks({"rm": {"accuracy": 0.7, "pairs": 400, "agreement": 0.8}}, kl_bound=3.0)
+    few = check({"rm": {"accuracy": 0.7, "pairs": 10, "agreement": 0.8}}, Claims())
+    many = check({"rm": {"accuracy": 0.7, "pairs": 400, "agreement": 0.8}}, Claims())
     assert not few[0]["ok"] and many[0]["ok"]  # 7 of 10 is not clearly above chance; 280 of 400 is

@@ -201,3 +201,32 @@ def test_evaluate_batches_across_tasks_with_per_task_results(tiny_lm, fixture_fi
     counter.loglikelihood = lambda reqs: batches.append(len(reqs)) or score(reqs)
     evaluate(["arc_easy", "hellaswag"], counter, data=files)
     assert batches == [3 + 4 + 4 * 2]  # one call: both arc items' choices and both hellaswag items' choices
+
+
+@pytest.mark.parametrize("style", ["llama2", "llama3"])
+def test_chat_mode_feeds_one_bos_with_a_bos_template(style, tmp_path):
+    """--chat on a model whose template writes {{ bos_token }} (Llama 2/3, Mistral): the scored
+    sequences and the generation prompts start with exactly one BOS, and are the template's token ids."""
+    from ..chat_bos import Fed, bos_run, lm
+
+    m = lm(style, add_bos=True)
+    tok = m.tokenizer
+    write_jsonl(tmp_path / "d.jsonl", [{"q": "Is the cat small?", "choices": ["yes", "no"], "label": 0},
+                                       {"q": "Does Mina live in Porto?", "choices": ["yes", "no"], "label": 1}])
+    (tmp_path / "t.yaml").write_text("task: t\ntype: multiple_choice\nsource: {jsonl: d.jsonl}\nprompt: '{{ q }}'\n"
+                                     "choices: choices\ntarget: label\n")
+    be = get_backend(m)
+    templated = [tok.encode_chat([{"role": "user", "content": q}], add_generation_prompt=True)[0]
+                 for q in ("Is the cat small?", "Does Mina live in Porto?")]
+    with Fed(m.model) as fed:  # the loglikelihood path
+        run_task(load_task(str(tmp_path / "t.yaml")), be, chat=True, bootstrap_iters=10)
+    assert len(fed.scored) == 4 and not fed.prompts
+    for row in fed.scored:
+        assert bos_run(row, tok.bos_id) == 1
+        # the template's ids (whitespace it ends with moves onto the continuation, as in lm-eval)
+        assert any(row[:len(ids) - 1] == ids[:-1] for ids in templated)
+    with Fed(m.model) as fed:  # the generate path
+        run_task(load_task(str(tmp_path / "t.yaml")), be, chat=True, mc_mode="generate", bootstrap_iters=10,
+                 generation={"max_new_tokens": 2})
+    assert sorted(fed.prompts) == sorted(templated)
+    assert all(bos_run(row, tok.bos_id) == 1 for row in fed.prompts)

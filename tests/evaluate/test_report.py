@@ -45,7 +45,10 @@ def test_report_card(tmp_path):
     assert "## sft (sft)" in text and "| eval.held_out_acc | 0.55 |" in text
     assert "| arc_easy | 0 | acc | 0.5 | 0.1 | 10 | 0 |" in text
     assert "| sft vs base | annotators | 61.1 [50.0, 70.0] | 20.9 [10.0, 30.0] | 18.0 [10.0, 25.0] | 100 | 0 |" in text
-    assert "| hallucination rate (closed-book QA, lower is better) | 0.400 | 0.100 |" in text
+    # safety.json written before answers were counted: the rate is of all items, and says so
+    assert ("| hallucination rate among answered (closed-book QA, lower is better) "
+            "| 40.0% of all items (answered share not recorded) "
+            "| 10.0% of all items (answered share not recorded) |") in text
     pngs = sorted(p.name for p in (tmp_path / "report" / "plots").glob("*.png"))
     assert pngs == ["eval_results.png", "pre_metrics.png", "winrate_winrate.png"]
     assert "](plots/pre_metrics.png)" in text

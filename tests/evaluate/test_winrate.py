@@ -103,3 +103,26 @@ def test_annotator_panel_judges_builtin_prompts(suite_dir):
     assert (r.win, r.tie, r.loss) == (6, 0, 0)
     r = win_rate(judge, recs, right, right)
     assert r.tie == 6
+
+
+def test_load_scorer_takes_loaders_and_batches_a_reward_model():
+    """A reward-model folder reaches evaluation through a loader the caller passes (evaluate never imports train);
+    a scorer with `score(prompts, answers)` is called once per batch."""
+    from lmstack.evaluate.winrate import load_scorer
+
+    class BatchScorer:
+        calls = 0
+
+        def score(self, prompts, answers):
+            BatchScorer.calls += 1
+            assert prompts[0] == [{"role": "user", "content": "hi"}]
+            return [float(len(a)) for a in answers]
+
+        def __call__(self, prompt, answer):
+            raise AssertionError("one at a time")
+
+    scorer = load_scorer("some/rm", loaders=[lambda spec: BatchScorer() if spec == "some/rm" else None])
+    r = win_rate(RewardJudge(scorer), ["hi", "hi", "hi"], ["long answer", "a", "b"], ["short", "a", "bb"])
+    assert (r.win, r.tie, r.loss) == (1, 1, 1) and BatchScorer.calls == 2  # A's answers, then B's
+    with pytest.raises(LmstackError, match="reward-model folder"):
+        load_scorer("some/other", loaders=[lambda spec: None])

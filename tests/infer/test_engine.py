@@ -120,3 +120,50 @@ def test_generated_logprobs_are_raw_model_logprobs(tiny_lm):
     want = token_logprobs(lm.model, [p + out.ids])[0][len(p) - 1:]
     assert torch.allclose(torch.tensor(out.logprobs), torch.tensor(want), atol=1e-5)
     assert all(len(t) == 3 for t in out.top_logprobs)
+
+
+def test_finished_and_cancelled_requests_leave_no_state_behind(tiny_lm):
+    # A server's batch lives as long as the server: what a request needed goes when it leaves.
+    import gc
+    import weakref
+
+    from lmstack.infer.engine import Request
+
+    lm = tiny_lm
+    enc = lm.tokenizer.encode
+    pen = SamplingParams(max_new_tokens=3, temperature=0.8, seed=1, ignore_eos=True, repetition_penalty=1.3,
+                         frequency_penalty=0.5, logprobs=2, stop=["zzz"])
+    plain = SamplingParams(max_new_tokens=8, temperature=0, ignore_eos=True)
+    gen = Generation.empty(lm.model, lm.tokenizer, stream_text=True)
+    refs = []
+
+    def drive(request=None):  # until this request (else every request) has finished, forgetting each
+        while not (request.finished if request is not None else gen.done):
+            for ev in gen.step():
+                if ev.finished:
+                    gen.forget(ev.request)
+
+    def empty():
+        assert gen.done and gen.requests == {} and gen.running == []
+        assert gen.cache is None and gen.seen is None and gen.counts is None
+        assert not gen.track_seen and not gen.track_counts
+
+    for _ in range(3):
+        a, b = gen.add([Request(enc("The"), pen), Request(enc("Mina lives"), plain)])
+        refs += [weakref.ref(a), weakref.ref(b)]
+        drive(a)
+        # the penalised row left: its penalty state went with it, the plain row decodes on
+        assert gen.running == [b] and gen.seen is None and gen.counts is None
+        assert not gen.track_seen and not gen.track_counts and list(gen.requests.values()) == [b]
+        drive()
+        empty()
+        assert b.result.ids == generate(lm.model, [enc("Mina lives")], plain)[0].ids
+        (c,) = gen.add([Request(enc("def add"), pen)])
+        refs.append(weakref.ref(c))
+        gen.step()
+        gen.cancel([c])
+        gen.forget(c)
+        empty()
+        del a, b, c
+    gc.collect()
+    assert not [r for r in refs if r() is not None]  # nothing in the engine holds a finished request

@@ -147,7 +147,8 @@ def test_errors_in_openai_shape(server, client):
     code, err = post({"prompt": "x", "max_tokens": "ten"})
     assert code == 400 and err["param"] == "max_tokens"
     for field, value in [("temperature", 5), ("top_p", 0), ("n", 0), ("max_tokens", -1), ("logprobs", 50),
-                         ("presence_penalty", 3), ("echo", "yes"), ("stop", [1]), ("logit_bias", {"x": 1})]:
+                         ("presence_penalty", 3), ("echo", "yes"), ("stop", [1]), ("logit_bias", {"x": 1}),
+                         ("use_beam_search", True), ("num_beams", 4)]:  # beam search: refused, not ignored
         code, err = post({"prompt": "x", field: value})
         assert code == 400 and err["param"] == field, (field, err)
     for prompt in ([], [1, "a"], [[]], [10 ** 6], None):

@@ -128,6 +128,42 @@ def test_encode_adds_only_requested_bos(tok):
     assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
 
 
+@pytest.mark.parametrize("style", ["llama2", "llama3"])
+def test_text_that_starts_with_bos_gets_no_second_bos(style, tmp_path):
+    """"<s>" / "<|begin_of_text|>" in a text is the one special token (added tokens match inside text), so
+    a chat prompt rendered by a template that writes {{ bos_token }} already starts with BOS; adding the
+    tokenizer's BOS must not make it two. Its ids are then the template's, as transformers'
+    apply_chat_template(tokenize=True) gives them (and not transformers' tokenizer(text): two BOS)."""
+    from ..chat_bos import tokenizer
+
+    t = tokenizer(style, add_bos=True)
+    msgs = [{"role": "user", "content": "Is the cat small?"}]
+    text = t.apply_chat_template(msgs, add_generation_prompt=True)
+    assert text.startswith(t.bos_token)
+    ids = t.encode_chat(msgs, add_generation_prompt=True)[0]
+    assert ids[0] == t.bos_id and ids[1] != t.bos_id
+    assert t.encode(text) == t.encode(text, add_bos=True) == t.encode(text, add_bos=False) == ids
+    assert t.encode_batch([text, "The cat"]) == [ids, [t.bos_id] + t.encode("The cat", add_bos=False)]
+    t.save(tmp_path)
+    hf = _hf_tokenizer(tmp_path)
+    assert list(hf.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True, return_dict=False)) == ids
+    assert hf(text)["input_ids"][:2] == [t.bos_id, t.bos_id]  # what encoding the text "as usual" would give
+
+
+def test_template_without_bos_keeps_the_tokenizers_bos():
+    """ChatML writes no BOS: the text gets the tokenizer's BOS if it adds one, as any text does (and
+    lm-evaluation-harness does), none otherwise; encode_chat, like transformers' apply_chat_template(
+    tokenize=True), adds nothing beyond the template's tokens."""
+    from ..chat_bos import tokenizer
+
+    msgs = [{"role": "user", "content": "Is the cat small?"}]
+    for add_bos in (True, False):
+        t = tokenizer("chatml", add_bos=add_bos)
+        ids = t.encode_chat(msgs, add_generation_prompt=True)[0]
+        assert ids[0] == t.token_to_id("<|im_start|>")
+        assert t.encode(t.apply_chat_template(msgs, add_generation_prompt=True)) == [t.bos_id] * add_bos + ids
+
+
 def test_training_errors(tmp_path):
     with pytest.raises(LmstackError, match="nothing-here"):
         train_bpe([str(tmp_path / "nothing-here*.txt")], vocab_size=500)

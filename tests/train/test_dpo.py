@@ -2,6 +2,7 @@
 raises held-out implicit-reward accuracy (full and LoRA, whose reference is the adapters switched off)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 
 from lmstack.errors import LmstackError
 from lmstack.infer.logprobs import score_pairs
-from lmstack.train.dpo import DPOConfig, answer_logprobs, dpo_loss, run, seeded_subset
+from lmstack.train.dpo import DPOConfig, answer_logprobs, chosen_nll, dpo_loss, run, seeded_subset
 from lmstack.train.prefdata import encode_answer
 
 
@@ -78,3 +79,16 @@ def test_pair_subsets_are_seeded_ordered_and_reported(tiny_ckpt, tmp_path):
                       out=str(tmp_path / "dpo"), epochs=1, micro_batch=1, seq_len=128, quiet=True)).summary
     assert s["data"]["pairs_subsampled_from"] == 8 and s["data"]["val_pairs_subsampled_from"] == 6
     assert s["steps"] == 3  # one epoch over the 3 kept pairs
+
+
+def test_rpo_term_is_the_chosen_answers_per_token_nll(tiny_ckpt, tmp_path):
+    assert chosen_nll(torch.tensor([-6.0, -1.0]), [3, 0]).tolist() == [2.0, 1.0]  # an empty answer counts as 1 token
+    # With rpo_alpha the first step's loss is DPO's (log 2 at the reference) plus alpha x the chosen answers' NLL.
+    train = write(tmp_path / "t.jsonl", _pairs(4))
+    losses = {}
+    for alpha in (0.0, 0.5):
+        cfg = DPOConfig(model=str(tiny_ckpt), data=[train], out=str(tmp_path / f"rpo{alpha}"), epochs=0, steps=1,
+                        micro_batch=4, lr=0.0, rpo_alpha=alpha, seq_len=128, quiet=True)
+        losses[alpha] = run(cfg).summary["final_loss"]
+    assert losses[0.0] == pytest.approx(math.log(2), abs=1e-5)
+    assert losses[0.5] > losses[0.0] + 0.5  # a tiny random model's NLL is several nats per token

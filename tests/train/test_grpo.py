@@ -2,8 +2,10 @@
 
 import json
 
+import pytest
 import torch
 
+from lmstack.errors import LmstackError
 from lmstack.lm import load
 from lmstack.train.grpo import GRPOConfig, group_advantages, grpo_loss, run
 from lmstack.train.rewards import Rewards
@@ -37,3 +39,38 @@ def test_grpo_reward_rises(tiny_ckpt, tmp_path):
     r = [x["reward"] for x in recs]
     assert sum(r[-4:]) / 4 > sum(r[:4]) / 4 + 0.1, r
     assert s["kl_last"] > 0 and "reward_best_of_group" in recs[-1]
+
+
+def test_temperature_zero_is_rejected(tiny_ckpt, tmp_path):
+    """GRPO's ratios are of log-probs of logits / temperature: a greedy policy (0) has none."""
+    data = tmp_path / "p.jsonl"
+    data.write_text(json.dumps({"prompt": "Hi"}) + "\n")
+    cfg = GRPOConfig(model=str(tiny_ckpt), data=[str(data)], out=str(tmp_path / "g"), steps=1, prompts_per_step=1,
+                     group_size=2, max_new_tokens=2, seq_len=128, temperature=0.0, quiet=True)
+    with pytest.raises(LmstackError, match=r"^grpo: temperature must be > 0"):
+        run(cfg, rewards=Rewards(rule=lambda rec, text, ids: 0.0))
+
+
+def test_grpo_logs_gold_with_a_reward_model_on_the_suite(tiny_ckpt, tmp_path):
+    """The unbiased simulated annotator's mean score of each iteration's answers, beside the reward model's."""
+    from lmstack.train.prefdata import suite_judge
+    from lmstack.train.rewards import RewardModel, RewardNet
+
+    lm = load(tiny_ckpt)
+    seen = []
+
+    class Capturing(Rewards):
+        def __call__(self, records, texts, ids=None):
+            seen.append((list(records), list(texts)))
+            return super().__call__(records, texts, ids)
+
+    rewards = Capturing(helpful=RewardModel(RewardNet(lm.model, lm.config.d_model).eval(), lm.tokenizer))
+    cfg = GRPOConfig(model=str(tiny_ckpt), clusters=["arithmetic", "safety"], out=str(tmp_path / "g"), steps=2,
+                     prompts_per_step=2, group_size=2, micro_batch=4, inner_steps=1, max_new_tokens=16, seq_len=128,
+                     kl_coef=0.0, quiet=True)
+    run(cfg, rewards=rewards)
+    recs = [json.loads(x) for x in (tmp_path / "g" / "metrics.jsonl").read_text().splitlines()]
+    judge = suite_judge(tmp_path / "g" / "suite")[0]
+    assert len(recs) == len(seen) == 2
+    for rec, (records, texts) in zip(recs, seen):
+        assert rec["gold"] == pytest.approx(sum(judge.score(r, t) for r, t in zip(records, texts)) / len(texts))

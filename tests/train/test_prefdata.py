@@ -50,3 +50,25 @@ def test_prompts_bad_and_overlong(tiny_lm, tmp_path):
     assert len(keep) == 1 and dropped == 1
     with pytest.raises(LmstackError, match="tokens; at most 100"):
         encode_prompts(tiny_lm.tokenizer, recs, 100, overlong="error")
+
+
+@pytest.mark.parametrize("value", ["false", "true", 0, 1, "no", [True]])
+def test_unsafe_must_be_a_json_boolean(tmp_path, value):
+    """bool("false") is True: a non-boolean `unsafe` tag is a one-line error naming the file, line and record (or
+    a bad record, counted, with --skip-bad); true, false, absent and null are read as they say."""
+    ok = [{"id": "t", "prompt": "Q1", "unsafe": True}, {"id": "f", "prompt": "Q2", "unsafe": False},
+          {"id": "n", "prompt": "Q3", "unsafe": None}, {"id": "a", "prompt": "Q4"}]
+    bad = {"id": "x7", "prompt": "Q5", "unsafe": value}
+    path = write(tmp_path / "p.jsonl", ok + [bad])
+    with pytest.raises(LmstackError, match=r"p\.jsonl:5 \(id x7\): 'unsafe' must be true or false") as e:
+        load_prompts(PrefConfig(data=[path], out=str(tmp_path)))
+    assert "\n" not in str(e.value) and json.dumps(value) in str(e.value)
+    recs, st = load_prompts(PrefConfig(data=[path], out=str(tmp_path), skip_bad=True))
+    assert [r["unsafe"] for r in recs] == [True, False, False, False] and st["bad_records"] == 1
+
+    pairs = [{**r, "chosen": "yes", "rejected": "no"} for r in ok + [bad]]
+    path = write(tmp_path / "c.jsonl", pairs)
+    with pytest.raises(LmstackError, match=r"c\.jsonl:5 \(id x7\): 'unsafe' must be true or false"):
+        load_comparisons([path])
+    comps, st = load_comparisons([path], skip_bad=True)
+    assert [c.unsafe for c in comps] == [True, False, False, False] and st["bad_records"] == 1

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from lmstack.errors import LmstackError
 from lmstack.train.rejection import RejectionConfig, best_of_n, run
 from lmstack.train.rewards import Rewards
 
@@ -32,3 +33,13 @@ def test_rounds_keep_the_best_and_fine_tune(tiny_ckpt, tmp_path):
     assert (tmp_path / "rs" / "model" / "model.safetensors").exists()
     assert json.loads((tmp_path / "rs" / "model" / "lmstack.json").read_text())["stage"] == "rejection-sampling"
     assert (tmp_path / "rs" / "rejection_curves.png").exists()
+
+
+def test_temperature_zero_is_rejected(tiny_ckpt, tmp_path):
+    """Best of N needs N different samples: at temperature 0 all N are the one greedy answer."""
+    data = tmp_path / "p.jsonl"
+    data.write_text(json.dumps({"prompt": "Hi"}) + "\n")
+    cfg = RejectionConfig(model=str(tiny_ckpt), data=[str(data)], out=str(tmp_path / "rs"), rounds=1, samples=2,
+                          max_new_tokens=2, sft_epochs=1, micro_batch=2, seq_len=128, temperature=0.0, quiet=True)
+    with pytest.raises(LmstackError, match=r"^rejection-sampling: temperature must be > 0"):
+        run(cfg, rewards=Rewards(rule=lambda rec, text, ids: float(len(ids))))

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lmstack.lm import load
 from lmstack.train.reward import EncodedComparison, RewardConfig, comparison_loss, run
 from lmstack.train.rewards import load_reward_model
 
@@ -61,3 +62,37 @@ def test_reward_model_trains_and_round_trips(tiny_ckpt, tmp_path):
     assert torch.allclose(norm, raw * rm.gain + rm.bias)
     assert rm(msg("Is 7 a number?"), "yes it is") == pytest.approx(float(norm[0]), abs=1e-5)  # a judge callable
     assert norm[0] > norm[1]
+
+
+def test_overlong_answers_are_counted_and_never_forwarded(tiny_ckpt, tmp_path, monkeypatch):
+    """A ranking with one answer longer than --seq-len: its pairs are counted as lost, the other answers' pair is
+    kept, and no forward pass (training or held-out) ever sees the long answer."""
+    from lmstack.train.prefdata import load_comparisons
+    from lmstack.train.reward import encode_comparisons
+    from lmstack.train.rewards import RewardNet
+
+    long_answer = "word " * 300
+    recs = [{"id": f"r{i}", "prompt": msg(f"Is {i} a number?"), "answers": ["yes it is", long_answer, "no"],
+             "ranking": [0, 2, 1]} for i in range(4)]
+    path = write(tmp_path / "train.jsonl", recs)
+    lm_tok = load(tiny_ckpt).tokenizer
+    comps, _ = load_comparisons([path])
+    enc, stats = encode_comparisons(lm_tok, comps, 128, "drop")
+    assert stats == {"overlong_answers": 4, "pairs_lost_overlong": 8}  # reported, not silently dropped
+    assert all(len(c.seqs) == 2 and c.pairs == [(0, 1, 0.0)] for c in enc)  # "yes it is" over "no", re-indexed
+
+    rows = []
+    forward = RewardNet.forward
+
+    def counting(self, ids, lengths):
+        rows.append((ids.shape[0], int(lengths.max())))
+        return forward(self, ids, lengths)
+
+    monkeypatch.setattr(RewardNet, "forward", counting)
+    cfg = RewardConfig(model=str(tiny_ckpt), data=[path], val_data=[path], out=str(tmp_path / "rm"), epochs=0,
+                       steps=2, micro_batch=2, seq_len=128, normalize=False, quiet=True)
+    s = run(cfg).summary
+    assert s["data"]["overlong_answers"] == 4 and s["data"]["pairs_lost_overlong"] == 8
+    assert s["val_data"]["pairs_lost_overlong"] == 8 and s["val_pairs"] == 4
+    assert rows and all(n == 2 * 2 and longest <= 128 for n, longest in rows[:2]), rows  # 2 prompts x 2 answers
+    assert all(longest <= 128 for _, longest in rows), rows

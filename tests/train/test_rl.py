@@ -88,3 +88,27 @@ def test_minibatches_cover_every_rollout_once_per_epoch_in_the_seeded_order():
         perm = torch.randperm(5)
         want += [perm[s:s + 2].tolist() for s in range(0, 5, 2)]
     assert got == want and sorted(sum(got[:3], [])) == list(range(5))
+
+
+def test_gold_judge_needs_reward_models_and_the_suites_records(tmp_path):
+    """The gold judge is the suite's panel[0]; none for a rule reward, --data prompts, or records without `meta`."""
+    from pathlib import Path
+
+    from lmstack.data.builtin import build_suite
+    from lmstack.train.prefdata import PrefConfig, load_prompts
+    from lmstack.train.rewards import Rewards
+    from lmstack.train.rl import gold_judge, reward_trend
+
+    suite = Path(tmp_path / "suite")
+    build_suite(suite, seed=0, size="tiny")
+    recs, _ = load_prompts(PrefConfig(suite=str(suite), out=str(tmp_path)), ["arithmetic"])
+    rm = Rewards(helpful=object())  # stands in for a reward model: the judge never calls it
+    judge = gold_judge(suite, rm, recs)
+    assert judge is not None and judge.bias == 0.0 and judge.name == "annotator-0"
+    assert judge.score(recs[0], recs[0]["target"]) > judge.score(recs[0], "no idea")
+    assert gold_judge(None, rm, recs) is None
+    assert gold_judge(suite, Rewards(rule=lambda rec, text, ids: 0.0), recs) is None
+    assert gold_judge(suite, rm, [{"prompt": [{"role": "user", "content": "Hi"}]}]) is None
+    hist = [{"reward": 1.0, "kl": 0.0, "gold": g} for g in (1.0, 2.0, 3.0, 4.0)]
+    assert reward_trend(hist)["gold_first"] == 1.0 and reward_trend(hist)["gold_last"] == 4.0
+    assert "gold_first" not in reward_trend([{k: v for k, v in h.items() if k != "gold"} for h in hist])

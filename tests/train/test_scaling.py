@@ -33,3 +33,8 @@ def test_bad_points_are_errors():
         fit_power_law([1.0], [2.0])
     with pytest.raises(LmstackError):
         fit_power_law([1.0, -2.0], [2.0, 1.0])
+
+
+def test_a_nearly_flat_curve_reports_an_infinite_scale_not_an_overflow():
+    fit = fit_power_law([1e3, 1e4], [5.0, 4.999])  # alpha ~ 1e-4: x_c = exp(intercept / alpha) is beyond floats
+    assert 0 < fit["alpha"] < 1e-3 and fit["scale"] == float("inf")
