@@ -413,11 +413,16 @@ def _why(failed: set[str], s: dict) -> list[str]:
                    "convergence); more `steps` in the scaling stage.")
     if "win" in failed:
         rm = (s.get("rm_policy") or {}).get("accuracy")
-        acc = f" ranks the SFT policy's own answers {_pct(rm)}% right" if rm is not None else " is weak on the policy's own answers"
-        out.append(f"- PPO / DPO against SFT: the reward model{acc} (chance 50%), so optimising it — or the same "
-                   "preferences, for DPO — moves answers in directions the annotators do not prefer: reward "
-                   "over-optimisation (Gao et al. 2023). InstructGPT's 1.3B PPO model beat its SFT model with a 6B "
-                   "reward model (paper's finding); here a ~1M-parameter model is its own reward model's backbone.")
+        if rm is not None or s.get("rm"):
+            acc = f" ranks the SFT policy's own answers {_pct(rm)}% right" if rm is not None else " is weak on the policy's own answers"
+            out.append(f"- PPO / DPO / rejection sampling against SFT: the reward model{acc} (chance 50%), so optimising "
+                       "it — or the same preferences, for DPO — moves answers in directions the annotators do not prefer: "
+                       "reward over-optimisation (Gao et al. 2023; see the best-of-n table). InstructGPT's 1.3B PPO model "
+                       "beat its SFT model with a 6B reward model (paper's finding).")
+        else:
+            out.append("- DPO against SFT: it learns from the suite's written preference pairs, not from the policy's own "
+                       "ranked answers, and the margin is measured on few prompts (see n); InstructGPT and Llama 2 "
+                       "collected preferences on their own policies' samples (papers' practice).")
     if "kl" in failed:
         out.append("- KL: lower `lr`, a smaller `kl_target` or a larger initial `kl_coef` keep PPO closer to SFT.")
     if "refusal" in failed:
