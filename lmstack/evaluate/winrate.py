@@ -217,10 +217,10 @@ def format_table(results: Sequence[WinRate], pct: bool = True) -> str:
 
 def load_scorer(spec: str, loaders: Sequence[Callable[[str], Callable | None]] = ()) -> Callable[[list, str], float]:
     """A scorer from 'package.module:function' (called as fn(prompt_messages, answer) -> float), or from whatever
-    one of `loaders` (then `SCORER_LOADERS`) recognises: a loader returns a scorer for a spec it knows, None
+    one of `loaders` recognises: a loader returns a scorer for a spec it knows, None
     otherwise. Reward-model folders come in this way: evaluation never imports train, so the command line
     (lmstack.cli.eval) passes `lmstack.train.rewards.reward_model_scorer`."""
-    for loader in [*loaders, *SCORER_LOADERS]:
+    for loader in loaders:
         got = loader(spec)
         if got is not None:
             return got
@@ -235,7 +235,3 @@ def load_scorer(spec: str, loaders: Sequence[Callable[[str], Callable | None]] =
         return obj
     raise LmstackError(f"scorer {spec!r}: give 'module:function' (fn(prompt_messages, answer) -> float) or a "
                        "reward-model folder")
-
-
-SCORER_LOADERS: list[Callable[[str], Callable | None]] = []
-"""Loaders `load_scorer` tries after the ones it is given (a library user's own checkpoint kinds)."""
