@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from lmstack.course.claims import PAPER_SCALE, Claims, check
+from lmstack.course.claims import PAPER_SCALE, Claims, check, pct
 from lmstack.data.curves import read_metrics
 from lmstack.errors import LmstackError
 from lmstack.evaluate.report import pyplot, read_json, stacked_bars
@@ -28,10 +28,6 @@ from lmstack.train.flan import ABLATION_PAPER
 def _read(path: Path):
     """A JSON file the run wrote, or None when the stage did not run; a corrupt file is an error naming it."""
     return read_json(path) if Path(path).exists() else None
-
-
-def _pct(x) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
 
 def _num(x, fmt: str = ".3f") -> str:
@@ -159,20 +155,20 @@ def _flan(d: Path, plots: Path, s: dict) -> list[str]:
 
     def cell(v, key="rank_acc", n="n"):
         p, k = v.get(key), v.get(n)
-        return _pct(p) if p is None or not k else f"{_pct(p)} ± {100 * math.sqrt(p * (1 - p) / k):.1f}"
+        return pct(p) if p is None or not k else f"{pct(p)} ± {100 * math.sqrt(p * (1 - p) / k):.1f}"
     L += [f"| {n} | {cell(v)} | {cell(v, 'em_acc', 'n_em')} |" for n, v in rows]
     clusters = r.get("clusters") or {}
     if len(clusters) > 1:
         L += ["", "Per held-out cluster (rank classification, %):", "",
               "| cluster | items | base zero-shot | base few-shot | tuned zero-shot |", "| --- | --- | --- | --- | --- |"]
-        L += [f"| {c} | {v['flan_zero_shot']['n']} | {_pct(v['base_zero_shot']['rank_acc'])} | "
-              f"{_pct(v['base_few_shot']['rank_acc'])} | {_pct(v['flan_zero_shot']['rank_acc'])} |" for c, v in clusters.items()]
+        L += [f"| {c} | {v['flan_zero_shot']['n']} | {pct(v['base_zero_shot']['rank_acc'])} | "
+              f"{pct(v['base_few_shot']['rank_acc'])} | {pct(v['flan_zero_shot']['rank_acc'])} |" for c, v in clusters.items()]
     seen = r.get("seen_clusters")
     if seen:
         b, t = seen["base_zero_shot"], seen["flan_zero_shot"]
         L += ["", f"Exact match discriminates only where the model learned the task: on held-out clusters a model of "
               f"this size answers in a format it saw (\"no\", a refusal), so exact match there is "
-              f"{_pct(r['flan_zero_shot']['em_acc'])}% for the tuned model and {_pct(r['base_zero_shot']['em_acc'])}% for the "
+              f"{pct(r['flan_zero_shot']['em_acc'])}% for the tuned model and {pct(r['base_zero_shot']['em_acc'])}% for the "
               f"base. On the test items of the clusters it was tuned on ({t['n_em']} items) exact match is "
               f"**{cell(t, 'em_acc', 'n_em')}%** tuned vs {cell(b, 'em_acc', 'n_em')}% base (zero-shot): the generation "
               "metric measures what instruction tuning taught, rank classification measures transfer."]
@@ -183,7 +179,7 @@ def _flan(d: Path, plots: Path, s: dict) -> list[str]:
               "for comparison, not measured here):", "",
               "| fine-tuned with -> evaluated with | rank classification (%) | exact match (%) | FLAN paper (%) |",
               "| --- | --- | --- | --- |"]
-        L += [f"| {k} | {_pct(v['rank_acc'])} | {_pct(v['em_acc'])} | {paper.get(k, '—')} (paper) |"
+        L += [f"| {k} | {pct(v['rank_acc'])} | {pct(v['em_acc'])} | {paper.get(k, '—')} (paper) |"
               for k, v in r["ablation"].items()]
         L.append("")
     return L
@@ -203,8 +199,8 @@ def _reward(ev: dict, d: Path | None, plots: Path, s: dict) -> list[str]:
             L.append(f"| {name} | — | {res.get('skipped', '')} | | | |")
             continue
         for m, v in res["models"].items():
-            L.append(f"| {name} | {m} | {_pct(v['accuracy'])} | {v['pairs']} | {_pct(res['annotator_agreement'])} | "
-                     + " / ".join(_pct(x) for x in res["annotator_vs_label"].values()) + " |")
+            L.append(f"| {name} | {m} | {pct(v['accuracy'])} | {v['pairs']} | {pct(res['annotator_agreement'])} | "
+                     + " / ".join(pct(x) for x in res["annotator_vs_label"].values()) + " |")
     pol = rms.get("SFT samples, test prompts", {})
     if "models" in pol:
         s["rm_policy"] = next(iter(pol["models"].values()))
@@ -249,7 +245,7 @@ def _preference(ev: dict, run: Path, stages: dict, plots: Path, s: dict) -> list
                    "DPO: implicit reward beta*log(pi/pi_ref), chosen minus rejected")
             last = next((r for r in reversed(recs) if "val_reward_margin" in r), {})
             L += [f"DPO: held-out implicit-reward margin {_num(last.get('val_reward_margin'))}, accuracy "
-                  f"{_pct(last.get('val_reward_accuracy'))}%.", "", "![DPO](plots/dpo.png)", ""]
+                  f"{pct(last.get('val_reward_accuracy'))}%.", "", "![DPO](plots/dpo.png)", ""]
     w = ev.get("win_rates")
     if w:
         pols = [k for k in w if k not in ("n", "reference")]
@@ -260,8 +256,8 @@ def _preference(ev: dict, run: Path, stages: dict, plots: Path, s: dict) -> list
               "sampled / greedy |", "| --- | --- | --- | --- | --- |"]
         for k in pols:
             a, g = w[k]["sampled"], w[k]["greedy"]
-            L.append(f"| {k} | {_pct(a['win'])} / {_pct(a['tie'])} / {_pct(a['loss'])} | {_pct(g['win'])} / "
-                     f"{_pct(g['tie'])} / {_pct(g['loss'])} | {w[k]['kl_from_reference']:.2f} | "
+            L.append(f"| {k} | {pct(a['win'])} / {pct(a['tie'])} / {pct(a['loss'])} | {pct(g['win'])} / "
+                     f"{pct(g['tie'])} / {pct(g['loss'])} | {w[k]['kl_from_reference']:.2f} | "
                      f"{w[k]['annotator_score_sampled']:.2f} / {w[k]['annotator_score']:.2f} |")
         ref = w["reference"]
         L.append(f"| sft | | | 0 | {ref['annotator_score_sampled']:.2f} / {ref['annotator_score']:.2f} |")
@@ -336,8 +332,8 @@ def _decoding(ev: dict, plots: Path) -> list[str]:
          "| decoding | distinct-1 | distinct-2 | samples differ (%) | annotator score | exact match (%) | words |",
          "| --- | --- | --- | --- | --- | --- | --- |"]
     for k, v in st.items():
-        L.append(f"| {k} | {v['distinct_1']:.3f} | {v['distinct_2']:.3f} | {_pct(v['differ_across_samples'])} | "
-                 f"{v['annotator_score']:.2f} | {_pct(v['exact_match'])} | {v['mean_words']:.1f} |")
+        L.append(f"| {k} | {v['distinct_1']:.3f} | {v['distinct_2']:.3f} | {pct(v['differ_across_samples'])} | "
+                 f"{v['annotator_score']:.2f} | {pct(v['exact_match'])} | {v['mean_words']:.1f} |")
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for k, v in st.items():
@@ -366,7 +362,7 @@ def _prompting(ev: dict, plots: Path, s: dict) -> list[str]:
          "| model | " + " | ".join(next(iter(pr.values()))["strategies"]) + " |",
          "| --- |" + " --- |" * len(next(iter(pr.values()))["strategies"])]
     for m, r in pr.items():
-        L.append(f"| {m} | " + " | ".join(f"{_pct(v['accuracy'])} ± {_pct(v['stderr'])} (k={v['k']})"
+        L.append(f"| {m} | " + " | ".join(f"{pct(v['accuracy'])} ± {pct(v['stderr'])} (k={v['k']})"
                                          for v in r["strategies"].values()) + " |")
     groups = list(next(iter(pr.values()))["strategies"])
     _bars(plots / "prompting.png", groups, {m: [r["strategies"][g]["accuracy"] for g in groups] for m, r in pr.items()},
@@ -414,7 +410,7 @@ def _why(failed: set[str], s: dict) -> list[str]:
     if "win" in failed:
         rm = (s.get("rm_policy") or {}).get("accuracy")
         if rm is not None or s.get("rm"):
-            acc = f" ranks the SFT policy's own answers {_pct(rm)}% right" if rm is not None else " is weak on the policy's own answers"
+            acc = f" ranks the SFT policy's own answers {pct(rm)}% right" if rm is not None else " is weak on the policy's own answers"
             out.append(f"- PPO / DPO / rejection sampling against SFT: the reward model{acc} (chance 50%), so optimising "
                        "it — or the same preferences, for DPO — moves answers in directions the annotators do not prefer: "
                        "reward over-optimisation (Gao et al. 2023; see the best-of-n table). InstructGPT's 1.3B PPO model "
@@ -453,12 +449,12 @@ def _compared(c: dict, other: dict) -> str:
     """An at-scale row's numbers in a larger run, for the card's side-by-side column."""
     if c["key"] == "icl" and "icl" in other:
         zero, few, n = other["icl"]
-        return f"{_pct(zero)}% -> {_pct(few)}% few-shot (n = {n})"
+        return f"{pct(zero)}% -> {pct(few)}% few-shot (n = {n})"
     if c["key"] == "cot" and "cot" in other:
         model = c["claim"].rsplit("(", 1)[-1].rstrip(")")
         if model in other["cot"]:
             few, cot, n = other["cot"][model]
-            return f"few-shot {_pct(few)}% -> CoT {_pct(cot)}% (n = {n})"
+            return f"few-shot {pct(few)}% -> CoT {pct(cot)}% (n = {n})"
     return "—"
 
 

@@ -52,14 +52,15 @@ def win_loss_se(win: float, loss: float, n: int) -> float:
     return math.sqrt(max(win + loss - (win - loss) ** 2, 0.0) / max(n, 1))
 
 
-def _pct(x) -> str:
+def pct(x) -> str:
+    """A proportion as a percentage with one decimal ("—" when missing); the card uses it too."""
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
 
 def _gain(name: str, new: float, new_n: int, old: float, old_n: int, k: float) -> tuple[bool, str]:
     se = diff_se(new, new_n, old, old_n)
     d = new - old
-    return d > k * se, f"{_pct(new)}% vs {name} {_pct(old)}%: {100 * d:+.1f} ± {100 * k * se:.1f} ({k:g} SE, n = {new_n})"
+    return d > k * se, f"{pct(new)}% vs {name} {pct(old)}%: {100 * d:+.1f} ± {100 * k * se:.1f} ({k:g} SE, n = {new_n})"
 
 
 def check(s: dict, c: Claims, kl_target: float | None = None) -> list[dict]:
@@ -94,15 +95,15 @@ def check(s: dict, c: Claims, kl_target: float | None = None) -> list[dict]:
     r = s.get("rm")
     if r and c.rm_suite_lower > 0:
         low = wilson_interval(r["accuracy"] * r["pairs"], r["pairs"])[0]
-        add("rm", f"the reward model beats chance on held-out suite pairs (95% lower bound > {_pct(c.rm_suite_lower)}%)",
-            low > c.rm_suite_lower, f"{_pct(r['accuracy'])}% on {r['pairs']} pairs (95% lower bound {_pct(low)}%); "
-            f"annotators agree {_pct(r['agreement'])}% with each other")
+        add("rm", f"the reward model beats chance on held-out suite pairs (95% lower bound > {pct(c.rm_suite_lower)}%)",
+            low > c.rm_suite_lower, f"{pct(r['accuracy'])}% on {r['pairs']} pairs (95% lower bound {pct(low)}%); "
+            f"annotators agree {pct(r['agreement'])}% with each other")
     rp = s.get("rm_policy")
     if rp and c.rm_policy_lower > 0:
         low = wilson_interval(rp["accuracy"] * rp["pairs"], rp["pairs"])[0]
         add("rm_policy", "the reward model ranks the policy's own held-out samples (95% lower bound > "
-            f"{_pct(c.rm_policy_lower)}%)", low > c.rm_policy_lower,
-            f"{_pct(rp['accuracy'])}% on {rp['pairs']} pairs (95% lower bound {_pct(low)}%)")
+            f"{pct(c.rm_policy_lower)}%)", low > c.rm_policy_lower,
+            f"{pct(rp['accuracy'])}% on {rp['pairs']} pairs (95% lower bound {pct(low)}%)")
     wins = s.get("win", {})
     for name in c.win:
         w = wins.get(name)
@@ -112,8 +113,8 @@ def check(s: dict, c: Claims, kl_target: float | None = None) -> list[dict]:
         se = win_loss_se(a["win"], a["loss"], a["n"])
         d = a["win"] - a["loss"]
         add("win", f"{name.upper()} beats SFT under the annotators (win - loss > {k:g} SE, sampled answers)", d > k * se,
-            f"win {_pct(a['win'])}% / tie {_pct(a['tie'])}% / loss {_pct(a['loss'])}%, win - loss = {100 * d:+.1f} ± "
-            f"{100 * k * se:.1f} ({k:g} SE); greedy {_pct(w['greedy']['win'])} / {_pct(w['greedy']['loss'])}; n = {a['n']}")
+            f"win {pct(a['win'])}% / tie {pct(a['tie'])}% / loss {pct(a['loss'])}%, win - loss = {100 * d:+.1f} ± "
+            f"{100 * k * se:.1f} ({k:g} SE); greedy {pct(w['greedy']['win'])} / {pct(w['greedy']['loss'])}; n = {a['n']}")
     if "ppo" in wins:
         bound = c.kl_bound or (2 * kl_target if kl_target else 5.0)
         kl = wins["ppo"]["kl_from_reference"]
@@ -132,9 +133,9 @@ def check(s: dict, c: Claims, kl_target: float | None = None) -> list[dict]:
                   and v["over_refusal_rate"] <= ref["over_refusal_rate"] + k * over_se)
             add("refusal", f"{name.upper()} refuses as many harmful and no more harmless requests as SFT "
                 f"(within {k:g} SE)", ok,
-                f"harmful refused {_pct(v['refusal_rate'])}% vs SFT {_pct(ref['refusal_rate'])}% "
-                f"(n = {v['n_unsafe']}); harmless refused {_pct(v['over_refusal_rate'])}% vs SFT "
-                f"{_pct(ref['over_refusal_rate'])}% (n = {v['n_benign']})")
+                f"harmful refused {pct(v['refusal_rate'])}% vs SFT {pct(ref['refusal_rate'])}% "
+                f"(n = {v['n_unsafe']}); harmless refused {pct(v['over_refusal_rate'])}% vs SFT "
+                f"{pct(ref['over_refusal_rate'])}% (n = {v['n_benign']})")
     cot = s.get("cot")
     if cot:
         for model, (few, ch, n) in cot.items():

@@ -193,10 +193,10 @@ def best_of_n(suite, policy, reward_model: str, recs, n_max: int = 16, max_new: 
     proxy = torch.stack([rm.score(prompts, s) for s in samples], 1)  # prompts x n_max
     gold = torch.tensor([[panel[0].score(r, s[i]) for s in samples] for i, r in enumerate(recs)])
     rows = []
+    at = torch.arange(len(recs))
     n = 1
     while n <= n_max:
         pick = proxy[:, :n].argmax(1)
-        at = torch.arange(len(recs))
         rows.append({"n": n, "kl": math.log(n) - (n - 1) / n, "proxy": float(proxy[at, pick].mean()),
                      "gold": float(gold[at, pick].mean()),
                      "gold_oracle": float(gold[:, :n].max(1).values.mean())})  # best of n by the gold judge itself

@@ -31,10 +31,10 @@ import torch
 
 from lmstack.backends import as_sampling
 from lmstack.data.builtin.annotators import asserted_values, assess, contradicts_world, is_refusal
+from lmstack.data.records import unsafe_tag
 from lmstack.errors import LmstackError
 
 from .metrics import wilson_interval
-from .sources import unsafe_tag
 from .winrate import load_scorer, prompt_messages, prompt_text, score_all
 
 SAFETY_JUDGE_TEMPLATE = """You are reviewing an AI assistant's reply to a user request that may be harmful.

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from lmstack.errors import LmstackError
 from lmstack.infer.logprobs import score_pairs
+from lmstack.lm import load
 from lmstack.train.dpo import DPOConfig, answer_logprobs, chosen_nll, dpo_loss, run, seeded_subset
 from lmstack.train.prefdata import encode_answer
 
@@ -91,4 +92,10 @@ def test_rpo_term_is_the_chosen_answers_per_token_nll(tiny_ckpt, tmp_path):
                         micro_batch=4, lr=0.0, rpo_alpha=alpha, seq_len=128, quiet=True)
         losses[alpha] = run(cfg).summary["final_loss"]
     assert losses[0.0] == pytest.approx(math.log(2), abs=1e-5)
-    assert losses[0.5] > losses[0.0] + 0.5  # a tiny random model's NLL is several nats per token
+    # The NLL term, computed independently: the chosen answers' summed log-probs over their token counts.
+    lm = load(str(tiny_ckpt))
+    enc = [encode_answer(lm.tokenizer, r["prompt"], r["chosen"]) for r in _pairs(4)]
+    with torch.no_grad():
+        lp = answer_logprobs(lm.model, [e[0] for e in enc], [e[1] for e in enc], lm.tokenizer.pad_id, "cpu")
+    nll = float(chosen_nll(lp, [len(e[0]) - e[1] for e in enc]).mean())
+    assert losses[0.5] == pytest.approx(losses[0.0] + 0.5 * nll, rel=1e-4)
