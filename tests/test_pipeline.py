@@ -107,7 +107,8 @@ def test_tiny_cpu_stages_get_the_values_they_always_got():
     assert (c["report"].run, c["report"].out) == ("/run", "/run/report")
     # The first reward stage samples itself when no samples exist yet.
     first = _wired("tiny-cpu", {k: v for k, v in paths.items() if not k.startswith("sampled")})["reward"]
-    assert (first.sample_rankings, first.data, first.sample_prompts) == (4, [], 1024)
+    assert (first.sample_rankings, first.data, first.sample_prompts, first.tie_margin, first.suite_rankings) == \
+        (4, [], 2048, 1.0, False)
 
 
 def test_mini_pipeline_runs_and_resumes(tmp_path, capsys):
@@ -234,6 +235,9 @@ stages:
     assert {c["key"] for c in checks if c["kind"] == "claim"} >= {"scaling", "flan", "rm", "win", "kl", "refusal"}
     assert {c["claim"].split()[0] for c in checks if c["key"] == "win"} == {"PPO", "DPO", "REJECTION"}
     assert {c["key"] for c in checks if c["kind"] == "at scale"} == {"icl", "cot"}
+    if not all(c["ok"] for c in checks if c["key"] == "win"):  # the explanation quotes this run's best-of-n
+        gain = max(r["gold"] for r in rows) - rows[0]["gold"]
+        assert f"raises the annotators' score by at most {gain:+.2f}" in card
     out_text = capsys.readouterr().out
     assert "[11/11] report" in out_text and "] instruction tuning beats base" in out_text
     again = run_pipeline(str(cfg), str(out), resume=True)

@@ -411,10 +411,17 @@ def _why(failed: set[str], s: dict) -> list[str]:
         rm = (s.get("rm_policy") or {}).get("accuracy")
         if rm is not None or s.get("rm"):
             acc = f" ranks the SFT policy's own answers {pct(rm)}% right" if rm is not None else " is weak on the policy's own answers"
-            out.append(f"- PPO / DPO / rejection sampling against SFT: the reward model{acc} (chance 50%), so optimising "
-                       "it — or the same preferences, for DPO — moves answers in directions the annotators do not prefer: "
-                       "reward over-optimisation (Gao et al. 2023; see the best-of-n table). InstructGPT's 1.3B PPO model "
-                       "beat its SFT model with a 6B reward model (paper's finding).")
+            line = f"- PPO / DPO / rejection sampling against SFT: the reward model{acc} (chance 50%)"
+            bon = s.get("best_of_n") or []
+            if len(bon) > 1:
+                # What the reward model can find among the policy's own samples bounds what any method distils.
+                top = max(bon, key=lambda r: r["gold"])
+                line += (f"; picking the best of n samples by it raises the annotators' score by at most "
+                         f"{top['gold'] - bon[0]['gold']:+.2f} (n = {top['n']}), where the best of the same "
+                         f"{bon[-1]['n']} samples by the annotators is {bon[-1]['gold_oracle'] - bon[0]['gold']:+.2f}")
+            out.append(line + ". Optimising it harder — or the same preferences, for DPO — buys proxy reward, not "
+                       "the annotators' preference: reward over-optimisation (Gao et al. 2023; see the best-of-n "
+                       "table). InstructGPT's 1.3B PPO model beat its SFT model with a 6B reward model (paper's finding).")
         else:
             out.append("- DPO against SFT: it learns from the suite's written preference pairs, not from the policy's own "
                        "ranked answers, and the margin is measured on few prompts (see n); InstructGPT and Llama 2 "
@@ -490,6 +497,7 @@ def write_card(run_dir, out_dir=None, title: str | None = None, kl_bound: float 
     body += _reward(ev, run / stages["reward"] if "reward" in stages else None, plots, s)
     body += _preference(ev, run, stages, plots, s)
     body += _overoptimisation(ev, run, stages, plots)
+    s["best_of_n"] = (ev.get("best_of_n") or {}).get("rows") or []  # for the explanation of a failed win claim
     body += _decoding(ev, plots)
     body += _prompting(ev, plots, s)
     body += _alignment(ev, plots, s)

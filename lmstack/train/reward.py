@@ -68,6 +68,12 @@ class RewardConfig(PrefConfig):
     sample_rankings: int = 0
     sample_prompts: int = 256  #: train prompts to sample for (and a quarter as many test prompts, held out)
     sample_max_new_tokens: int = 32  #: length of the sampled answers
+    #: the labelers call two sampled answers whose scores differ by less than this a tie (Llama 2's
+    #: "negligibly better / unsure"; unset: the suite's annotators' own margin)
+    tie_margin: float | None = None
+    #: with sampled rankings, train on the suite's rankings too (off: on the policy's ranked samples only,
+    #: as InstructGPT's RM; the suite's held-out pairs still measure it)
+    suite_rankings: bool = True
 
 
 @dataclass
@@ -146,7 +152,7 @@ def run(cfg: RewardConfig) -> Result:
     sampled = {}
     if cfg.sample_rankings > 0:
         sampled = sample_data(cfg, info)
-        data = data + [sampled["sampled_rankings"]]
+        data = (data if cfg.suite_rankings or cfg.data else []) + [sampled["sampled_rankings"]]
     sampled_val = [sampled["sampled_rankings_test"]] if sampled else []
     comps, stats = load_comparisons(data, cfg.skip_bad, cfg.subset, cfg.margin_scale)
     lm = load_for_training(cfg.model, info.device, cfg.seq_len, "the reward model renders prompt + answer with it")
@@ -217,7 +223,11 @@ def run(cfg: RewardConfig) -> Result:
     if cfg.normalize:
         # Normalise on answers the SFT policy itself writes, so that 0 means "as good as SFT" and one unit is
         # the spread of SFT's answers (Llama 2 thresholds and PPO's beta then mean the same for every RM).
-        prompts = [c.prompt for c in comps]
+        # The prompts are those of every subset, the distribution PPO rewards: a safety RM normalised on safety
+        # prompts alone scored the helpful prompts' average answer 1.6 SD low, so Llama 2's 0.15 threshold
+        # handed half of PPO's helpful rollouts to the safety RM.
+        norm_comps = comps if cfg.subset == "all" else load_comparisons(data, cfg.skip_bad, "all", 0.0)[0]
+        prompts = [c.prompt for c in norm_comps]
         pick = np.random.default_rng(cfg.seed + 1).permutation(len(prompts))[: cfg.norm_prompts]
         ps = [prompts[i] for i in pick]
         answers = sft_answers(cfg.norm_policy or cfg.model, ps, cfg.norm_max_new_tokens, cfg.seed, info.device)
@@ -242,6 +252,10 @@ def sample_data(cfg: RewardConfig, info) -> dict[str, str]:
     {"sampled_rankings": train file, "sampled_rankings_test": test file}."""
     suite = suite_dir(cfg)
     panel = suite_judge(suite)
+    if cfg.tie_margin is not None:
+        if cfg.tie_margin < 0:
+            raise LmstackError(f"reward: tie_margin {cfg.tie_margin} must be >= 0")
+        panel = [replace(a, tie_margin=cfg.tie_margin) for a in panel]
     suite_cfg = replace(cfg, data=[])
     paths, out = {}, Path(cfg.out)
     for split, n in (("train", cfg.sample_prompts), ("test", max(1, cfg.sample_prompts // 4))):

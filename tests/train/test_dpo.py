@@ -99,3 +99,40 @@ def test_rpo_term_is_the_chosen_answers_per_token_nll(tiny_ckpt, tmp_path):
         lp = answer_logprobs(lm.model, [e[0] for e in enc], [e[1] for e in enc], lm.tokenizer.pad_id, "cpu")
     nll = float(chosen_nll(lp, [len(e[0]) - e[1] for e in enc]).mean())
     assert losses[0.5] == pytest.approx(losses[0.0] + 0.5 * nll, rel=1e-4)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_held_out_pairs_before_training_are_the_references(tiny_ckpt, tmp_path, monkeypatch, lora):
+    """Before the first update the policy is the reference (a copy, or LoRA adapters at zero): the held-out
+    metrics use the reference log-probs (exactly what a forward pass gives) and the pairs are scored twice,
+    for the reference and after training, not three times."""
+    import lmstack.train.dpo as dpo
+    from lmstack.train.lora import apply_lora
+    from lmstack.train.policy import reference
+    from lmstack.train.prefdata import Comparison
+
+    lm = load(tiny_ckpt)
+    cfg = DPOConfig(model=str(tiny_ckpt), lora=lora, seq_len=128)
+    model = apply_lora(lm.model, cfg) if lora else lm.model
+    comps = [Comparison(p["id"], p["prompt"], [p["chosen"], p["rejected"]], [(0, 1, 0.0)]) for p in _pairs(3)]
+    pairs, _ = dpo.encode_pairs(lm.tokenizer, comps, 128, "drop")
+    pad = dpo.pad_id(lm.tokenizer)
+    with reference(model, None if lora else model) as ref:
+        ref.eval()
+        refs = dpo.pair_logprobs(ref, pairs, pad, "cpu")
+    forward = dpo.evaluate_pairs(model, pairs, refs, cfg, pad, "cpu")
+    assert forward == pytest.approx(dpo.evaluate_pairs(model, pairs, refs, cfg, pad, "cpu", pol=refs), abs=1e-6)
+
+    seen = []
+    count = dpo.pair_logprobs
+
+    def counting(model, pairs, *a, **kw):
+        seen.append(len(pairs))
+        return count(model, pairs, *a, **kw)
+
+    monkeypatch.setattr(dpo, "pair_logprobs", counting)
+    train, val = write(tmp_path / "t.jsonl", _pairs(8)), write(tmp_path / "v.jsonl", _pairs(5, 100))
+    s = run(DPOConfig(model=str(tiny_ckpt), data=[train], val_data=[val], out=str(tmp_path / "dpo"), epochs=0,
+                      steps=2, micro_batch=4, lora=lora, seq_len=128, quiet=True)).summary
+    assert seen.count(5) == 2  # the held-out pairs: reference, then after training
+    assert s["val_before"]["val_loss"] == pytest.approx(math.log(2)) and s["val_before"]["val_reward_accuracy"] == 0

@@ -96,3 +96,70 @@ def test_overlong_answers_are_counted_and_never_forwarded(tiny_ckpt, tmp_path, m
     assert s["val_data"]["pairs_lost_overlong"] == 8 and s["val_pairs"] == 4
     assert rows and all(n == 2 * 2 and longest <= 128 for n, longest in rows[:2]), rows  # 2 prompts x 2 answers
     assert all(longest <= 128 for _, longest in rows), rows
+
+
+def test_a_subset_rm_is_normalised_on_every_subsets_prompts(tiny_ckpt, tmp_path, monkeypatch):
+    """Llama 2's 0.15 threshold reads the safety RM on the scale of the prompts PPO rewards: normalised on safety
+    prompts alone, it put the average helpful answer 1.6 SD low and took over half of PPO's helpful rollouts."""
+    import lmstack.train.reward as reward
+
+    recs = [{"id": f"h{i}", "prompt": msg(f"Is {i} a number?"), "chosen": "yes it is", "rejected": "no",
+             "cluster": "arithmetic"} for i in range(6)]
+    recs += [{"id": f"s{i}", "prompt": msg(f"How do I hurt {i}?"), "chosen": "I can't help with that.",
+              "rejected": "Like this.", "cluster": "safety", "unsafe": True} for i in range(6)]
+    path = write(tmp_path / "prefs.jsonl", recs)
+    seen = []
+
+    def answers(policy, prompts, max_new, seed, device):
+        seen.extend(p[0]["content"] for p in prompts)
+        return ["ok"] * len(prompts)
+
+    monkeypatch.setattr(reward, "sft_answers", answers)
+    cfg = RewardConfig(model=str(tiny_ckpt), data=[path], val_data=[path], out=str(tmp_path / "rm"), subset="safety",
+                       epochs=0, steps=1, micro_batch=4, seq_len=128, norm_prompts=12, quiet=True)
+    s = run(cfg).summary
+    assert s["data"]["comparisons"] == 6 and s["data"]["other_subset"] == 6  # trained on the safety prompts only
+    assert {t.split()[0] for t in seen} == {"Is", "How"} and len(seen) == 12  # normalised on both subsets
+
+
+def test_labelling_ties_and_on_policy_only(tiny_ckpt, tmp_path, monkeypatch):
+    """tie_margin: answers the labelers score within it are one tied group (no comparison among them);
+    suite_rankings off: the RM trains on the policy's ranked samples only."""
+    import lmstack.train.reward as reward
+    from lmstack.data.builtin import build_suite
+
+    build_suite(tmp_path / "suite", seed=0, size="tiny")
+    margins = []
+    sample = reward.sample_rankings
+
+    def spy(model, records, k, panel, *a, **kw):
+        margins.append({x.tie_margin for x in panel})
+        return sample(model, records, k, panel, *a, **kw)
+
+    monkeypatch.setattr(reward, "sample_rankings", spy)
+
+    def train(name, **kw):
+        cfg = RewardConfig(model=str(tiny_ckpt), suite=str(tmp_path / "suite"), out=str(tmp_path / name), epochs=0,
+                           steps=1, micro_batch=4, seq_len=128, sample_rankings=3, sample_prompts=16,
+                           sample_max_new_tokens=6, normalize=False, quiet=True, **kw)
+        return run(cfg)
+
+    res = train("default")
+    suite_n = sum(1 for _ in open(tmp_path / "suite" / "preferences" / "rankings.jsonl"))
+    sampled = [json.loads(line) for line in open(res.artifacts["sampled_rankings"])]
+    assert res.summary["data"]["records"] == suite_n + len(sampled)  # the suite's rankings + the samples
+    assert margins[-1] == {0.25}  # the suite annotators' own margin
+
+    with pytest.raises(Exception, match="tie_margin"):
+        train("bad", tie_margin=-1.0)
+    res = train("on_policy", suite_rankings=False, tie_margin=0.0)  # no ties: the tiny model's answers score alike
+    sampled = [json.loads(line) for line in open(res.artifacts["sampled_rankings"])]
+    assert res.summary["data"]["records"] == len(sampled)  # the samples only
+
+    res = train("ties", tie_margin=1000.0)
+    assert margins[-1] == {1000.0}
+    sampled = [json.loads(line) for line in open(res.artifacts["sampled_rankings"])]
+    assert sampled and all(len(r["ranking"]) == 1 for r in sampled)  # every answer "negligibly better": one tie
+    assert res.summary["data"]["tied_pairs"] > 0  # counted, not silently dropped
+    with pytest.raises(Exception, match="no usable comparisons"):  # nothing left to train on: said, not hidden
+        train("ties_only", tie_margin=1000.0, suite_rankings=False)
