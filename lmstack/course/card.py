@@ -394,8 +394,9 @@ def _alignment(ev: dict, plots: Path, s: dict) -> list[str]:
 
 # ---- checks ------------------------------------------------------------------------------------------------------
 
-def _why(failed: set[str], s: dict) -> list[str]:
-    """What a failed check means at this scale, and what scale shows the effect (papers' findings, labelled)."""
+def _why(failed: set[str], s: dict, bon: list[dict]) -> list[str]:
+    """What a failed check means at this scale, and what scale shows the effect (papers' findings, labelled);
+    `bon`: the run's best-of-n rows (n, gold, gold_oracle), quoted when a win claim fails."""
     out = []
     if "flan" in failed:
         out.append("- Instruction tuning: FLAN (Wei et al. 2022, Figure 7; the paper's finding, not measured here) saw "
@@ -412,7 +413,6 @@ def _why(failed: set[str], s: dict) -> list[str]:
         if rm is not None or s.get("rm"):
             acc = f" ranks the SFT policy's own answers {pct(rm)}% right" if rm is not None else " is weak on the policy's own answers"
             line = f"- PPO / DPO / rejection sampling against SFT: the reward model{acc} (chance 50%)"
-            bon = s.get("best_of_n") or []
             if len(bon) > 1:
                 # What the reward model can find among the policy's own samples bounds what any method distils.
                 top = max(bon, key=lambda r: r["gold"])
@@ -497,7 +497,6 @@ def write_card(run_dir, out_dir=None, title: str | None = None, kl_bound: float 
     body += _reward(ev, run / stages["reward"] if "reward" in stages else None, plots, s)
     body += _preference(ev, run, stages, plots, s)
     body += _overoptimisation(ev, run, stages, plots)
-    s["best_of_n"] = (ev.get("best_of_n") or {}).get("rows") or []  # for the explanation of a failed win claim
     body += _decoding(ev, plots)
     body += _prompting(ev, plots, s)
     body += _alignment(ev, plots, s)
@@ -519,7 +518,7 @@ def write_card(run_dir, out_dir=None, title: str | None = None, kl_bound: float 
         head += [f"| {'yes' if c['ok'] else '**no**'} | {c['claim']} | {c['numbers']} |" for c in claimed]
         failed = {c["key"] for c in claimed if not c["ok"]}
         if failed:
-            head += ["", "Checks that fail are reported, not hidden. What they mean at this scale:", ""] + _why(failed, s)
+            head += ["", "Checks that fail are reported, not hidden. What they mean at this scale:", ""] + _why(failed, s, (ev.get("best_of_n") or {}).get("rows") or [])
             head += ["", "The `smollm2` and `small-gpu` configs run the same stages larger (docs/tutorial.md)."]
     scale = [c for c in checks if c["kind"] == "at scale"]
     if scale:

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lmstack.errors import LmstackError
 from lmstack.lm import load
 from lmstack.train.reward import EncodedComparison, RewardConfig, comparison_loss, run
 from lmstack.train.rewards import load_reward_model
@@ -150,7 +151,7 @@ def test_labelling_ties_and_on_policy_only(tiny_ckpt, tmp_path, monkeypatch):
     assert res.summary["data"]["records"] == suite_n + len(sampled)  # the suite's rankings + the samples
     assert margins[-1] == {0.25}  # the suite annotators' own margin
 
-    with pytest.raises(Exception, match="tie_margin"):
+    with pytest.raises(LmstackError, match="tie_margin"):
         train("bad", tie_margin=-1.0)
     res = train("on_policy", suite_rankings=False, tie_margin=0.0)  # no ties: the tiny model's answers score alike
     sampled = [json.loads(line) for line in open(res.artifacts["sampled_rankings"])]
@@ -161,5 +162,5 @@ def test_labelling_ties_and_on_policy_only(tiny_ckpt, tmp_path, monkeypatch):
     sampled = [json.loads(line) for line in open(res.artifacts["sampled_rankings"])]
     assert sampled and all(len(r["ranking"]) == 1 for r in sampled)  # every answer "negligibly better": one tie
     assert res.summary["data"]["tied_pairs"] > 0  # counted, not silently dropped
-    with pytest.raises(Exception, match="no usable comparisons"):  # nothing left to train on: said, not hidden
+    with pytest.raises(LmstackError, match="no usable comparisons"):  # nothing left to train on: said, not hidden
         train("ties_only", tie_margin=1000.0, suite_rankings=False)
