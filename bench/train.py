@@ -1,91 +1,211 @@
-"""Training speed: lmstack's model against a plain `transformers` training loop, same shapes, one run.
+"""Training speed: lmstack's model against nanoGPT's `GPT` (and a plain `transformers` loop), same shapes, one run.
 
-    python bench/train.py                      # ~6M (6 layers, width 256) and GPT-2-small shapes, CPU fp32
-    python bench/train.py --compile            # also lmstack with torch.compile
+    python bench/train.py --nanogpt ~/src/nanoGPT/model.py        # 4L/128, 6L/256, 12L/768; fp32 and bf16
+    python bench/train.py --shapes 4l128 --precisions fp32 --transformers
+    python bench/train.py --curves runs/tiny/data/tokens --plot curves.png   # AdamW fp32 vs bf16 vs Muon
 
-Both sides run forward, cross-entropy, backward and an AdamW step on the same batch and sequence
-length with the same architecture family (Llama-style for ~6M: transformers' LlamaForCausalLM vs
-lmstack's Transformer loaded from its weights; GPT-2 for the small shape). Reported: tokens/s and
-the ratio lmstack / transformers. On a GPU (if present) it also reports MFU for the gpt3-small preset.
+nanoGPT is MIT-licensed and never vendored: pass the path of its model.py (a checkout of karpathy/nanoGPT, or
+the file alone); without it that column is skipped with a message. Both models are GPT-2 blocks of the same
+shape (LayerNorm, GELU MLP, biases, tied embeddings), the same batch and sequence length, the same AdamW step
+and, per row, the same precision (fp32, or bf16 autocast). Their steps are interleaved in one process (A, B,
+A, B, ...) so that a machine's drift hits both; reported are median step times as tokens/s and the ratios
+lmstack / nanoGPT at equal precision and lmstack bf16 / nanoGPT fp32.
+
+--curves DATA pretrains the default course's llama-mini on prepared token data once per --variants
+(optimizer:precision) for the same steps and prints validation loss against steps and wall time: bf16's
+curve against fp32's, and time to AdamW's final loss with Muon (the same lr schedule; Muon's step is
+matched to AdamW's update size, see lmstack.train.optim).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import platform
-import tempfile
+import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 
+SHAPES = {"4l128": (4, 128, 4, 4096), "6l256": (6, 256, 8, 4096), "12l768": (12, 768, 12, 50304)}
 
-def hf_model(shape: str):
-    import transformers as t
+
+def nanogpt_module(path: str | None):
+    if not path:
+        print("nanoGPT column skipped: pass --nanogpt PATH (nanoGPT's model.py, or a checkout holding it)")
+        return None
+    import os
+
+    file = os.path.join(path, "model.py") if os.path.isdir(path) else path
+    spec = importlib.util.spec_from_file_location("nanogpt_model", file)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def lmstack_gpt(n_layer, d, n_head, vocab, seq):
+    from lmstack.model.config import preset
+    from lmstack.model.transformer import Transformer
 
     torch.manual_seed(0)
-    if shape == "6m":
-        cfg = t.LlamaConfig(vocab_size=4096, hidden_size=256, intermediate_size=688, num_hidden_layers=6,
-                            num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=512,
-                            tie_word_embeddings=True)
-        return t.LlamaForCausalLM(cfg)
-    cfg = t.GPT2Config(n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=1024, resid_pdrop=0,
-                       embd_pdrop=0, attn_pdrop=0)
-    return t.GPT2LMHeadModel(cfg)
+    return Transformer(preset("gpt2-mini", n_layer=n_layer, d_model=d, n_head=n_head, vocab_size=vocab,
+                              max_seq_len=seq))
 
 
-def step_time(model, forward, x, y, steps: int) -> float:
+def stepper(model, forward, x, y, bf16: bool):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
-    def one():
-        logits = forward(model, x)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+    def one() -> float:
+        t = time.perf_counter()
+        with ctx():
+            loss = forward(model, x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        return time.perf_counter() - t
 
-    for _ in range(2):
-        one()  # warm-up (and compilation)
-    t = time.perf_counter()
+    return one
+
+
+def interleaved(steppers: dict, steps: int) -> dict:
+    """Median seconds per step of each, their steps alternating (after two warm-up steps each)."""
+    for s in steppers.values():
+        s(), s()
+    times = {k: [] for k in steppers}
     for _ in range(steps):
-        one()
-    return (time.perf_counter() - t) / steps
+        for k, s in steppers.items():
+            times[k].append(s())
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def speed(args):
+    ng = nanogpt_module(args.nanogpt)
+    print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+          f"batch {args.batch} x seq {args.seq}; median of {args.steps} interleaved steps")
+    print("| shape | params | precision | lmstack tok/s | nanoGPT tok/s | lmstack / nanoGPT |"
+          + (" transformers tok/s |" if args.transformers else ""))
+    print("| --- | ---: | --- | ---: | ---: | ---: |" + (" ---: |" if args.transformers else ""))
+    rows = []
+    for shape in args.shapes:
+        n_layer, d, n_head, vocab = SHAPES[shape]
+        g = torch.Generator().manual_seed(0)
+        x = torch.randint(0, vocab, (args.batch, args.seq), generator=g)
+        y = torch.randint(0, vocab, (args.batch, args.seq), generator=g)
+        tokens = args.batch * args.seq
+        per = {}
+        for prec in args.precisions:
+            bf16 = prec == "bf16"
+            ours = lmstack_gpt(n_layer, d, n_head, vocab, args.seq).train()
+            steppers = {"lmstack": stepper(ours, lambda m, x, y: F.cross_entropy(
+                m(x).float().flatten(0, 1), y.flatten()), x, y, bf16)}
+            if ng is not None:
+                torch.manual_seed(0)
+                peer = ng.GPT(ng.GPTConfig(block_size=args.seq, vocab_size=vocab, n_layer=n_layer, n_head=n_head,
+                                           n_embd=d, dropout=0.0, bias=True)).train()
+                steppers["nanoGPT"] = stepper(peer, lambda m, x, y: m(x, y)[1], x, y, bf16)
+            if args.transformers:
+                import transformers as t
+
+                torch.manual_seed(0)
+                hf = t.GPT2LMHeadModel(t.GPT2Config(n_embd=d, n_layer=n_layer, n_head=n_head, vocab_size=vocab,
+                                                   n_positions=args.seq, resid_pdrop=0, embd_pdrop=0,
+                                                   attn_pdrop=0)).train()
+                steppers["transformers"] = stepper(hf, lambda m, x, y: F.cross_entropy(
+                    m(x).logits.float().flatten(0, 1), y.flatten()), x, y, bf16)
+            t = interleaved(steppers, args.steps)
+            row = {"shape": shape, "params": sum(p.numel() for p in ours.parameters()), "precision": prec,
+                   **{f"{k}_tok_s": round(tokens / v, 1) for k, v in t.items()}}
+            if "nanoGPT" in t:
+                row["ratio_vs_nanogpt"] = round(t["nanoGPT"] / t["lmstack"], 2)
+            per[prec] = row
+            rows.append(row)
+            print(f"| {shape} | {row['params'] / 1e6:.1f}M | {prec} | {row['lmstack_tok_s']:.0f} | "
+                  f"{row.get('nanoGPT_tok_s', float('nan')):.0f} | {row.get('ratio_vs_nanogpt', float('nan')):.2f}x |"
+                  + (f" {row['transformers_tok_s']:.0f} |" if args.transformers else ""), flush=True)
+        if "bf16" in per and "fp32" in per and "nanoGPT_tok_s" in per["fp32"]:
+            r = per["bf16"]["lmstack_tok_s"] / per["fp32"]["nanoGPT_tok_s"]
+            print(f"| {shape} | | lmstack bf16 / nanoGPT fp32 | | | {r:.2f}x |", flush=True)
+    return rows
+
+
+def curves(args):
+    """Pretrain llama-mini on the same data and steps once per VARIANT (optimizer:precision); validation loss
+    against steps and wall time, as a table and a PNG."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from lmstack.train.pretrain import PretrainConfig, run
+
+    print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+          f"llama-mini, {args.curve_steps} steps, lr {args.curve_lr}, one variant after another")
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        for variant in args.variants:
+            opt, prec, *lr = variant.split(":")
+            folder = Path(d) / variant.replace(":", "_")
+            t0 = time.time()
+            run(PretrainConfig(out=str(folder), data=[args.curves], preset="llama-mini", seq_len=256, micro_batch=16,
+                               steps=args.curve_steps, lr=float(lr[0]) if lr else args.curve_lr, warmup=30,
+                               eval_interval=max(1, args.curve_steps // 8), eval_batches=20, ckpt_interval=0, seed=0,
+                               quiet=True, bars=False, optimizer=opt, precision=prec))
+            wall = time.time() - t0
+            recs = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+            t_start = recs[0]["time"]
+            curve = [(r["step"], round(r["time"] - t_start, 1), round(r["val_loss"], 4)) for r in recs if "val_loss" in r]
+            out[variant] = {"wall_s": round(wall, 1), "curve": curve}
+            print(f"{variant}: {wall:.0f} s; (step, s, val loss): {curve}", flush=True)
+    base = args.variants[0]
+    final = out[base]["curve"][-1][2]
+    for v in args.variants[1:]:
+        reach = next((c for c in out[v]["curve"] if c[2] <= final), None)
+        print(f"{v}: final val loss {out[v]['curve'][-1][2]:.4f} vs {base} {final:.4f}; reaches {base}'s final loss "
+              + (f"at step {reach[0]}, {reach[1]} s (vs {out[base]['curve'][-1][1]} s)" if reach else "never"))
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for v, r in out.items():
+            steps, secs, loss = zip(*r["curve"])
+            axes[0].plot(steps, loss, marker="o", label=v)
+            axes[1].plot(secs, loss, marker="o", label=v)
+        for ax, xl in zip(axes, ("step", "wall time (s)")):
+            ax.set_xlabel(xl)
+            ax.set_ylabel("validation loss")
+            ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.suptitle("llama-mini on the built-in corpus (2-core CPU)")
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=110)
+        print(f"wrote {args.plot}")
+    return out
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shapes", nargs="+", default=["6m", "gpt2-small"])
+    ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--nanogpt", default=None, help="nanoGPT's model.py (or a checkout holding it)")
+    ap.add_argument("--transformers", action="store_true", help="also transformers' GPT2LMHeadModel")
+    ap.add_argument("--curves", default=None, metavar="TOKENS",
+                    help="prepared token data (lmstack data prepare): pretrain once per --variants instead")
+    ap.add_argument("--variants", nargs="+", default=["adamw:fp32", "adamw:bf16", "muon:fp32"],
+                    help="optimizer:precision[:lr] per run (the first is the baseline; lr: --curve-lr)")
+    ap.add_argument("--curve-steps", type=int, default=320)
+    ap.add_argument("--curve-lr", type=float, default=3e-3)
+    ap.add_argument("--plot", default=None, help="write the curves to this PNG")
     args = ap.parse_args(argv)
-
-    import transformers
-
-    import lmstack
-
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"transformers {transformers.__version__}; batch {args.batch} x seq {args.seq}, fp32")
-    for shape in args.shapes:
-        hf = hf_model(shape).train()
-        with tempfile.TemporaryDirectory() as d:
-            hf.save_pretrained(d)
-            ours = lmstack.load(d).model.train()
-        n = sum(p.numel() for p in ours.parameters())
-        g = torch.Generator().manual_seed(0)
-        x = torch.randint(0, ours.cfg.vocab_size, (args.batch, args.seq), generator=g)
-        y = torch.randint(0, ours.cfg.vocab_size, (args.batch, args.seq), generator=g)
-        tokens = args.batch * args.seq
-        t_hf = step_time(hf, lambda m, x: m(x).logits, x, y, args.steps)
-        t_lm = step_time(ours, lambda m, x: m(x), x, y, args.steps)
-        line = (f"{shape:>10} ({n / 1e6:.1f}M): transformers {tokens / t_hf:8.0f} tok/s | lmstack {tokens / t_lm:8.0f} "
-                f"tok/s ({t_hf / t_lm:.2f}x)")
-        if args.compile:
-            compiled = torch.compile(ours)
-            t_c = step_time(compiled, lambda m, x: m(x), x, y, args.steps)
-            line += f" | lmstack compiled {tokens / t_c:8.0f} tok/s ({t_hf / t_c:.2f}x)"
-        print(line, flush=True)
+    return curves(args) if args.curves else speed(args)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,8 @@ class LM(Checkpoint):
         return stream(self.model, [prompt_ids], self.sampling(**sampling), self.tokenizer)
 
 
-def load(path_or_name, device="cpu", dtype=torch.float32) -> LM:
-    """Load a checkpoint folder, a .gguf file, or a Hugging Face hub name (downloaded when online)."""
-    return LM.of(checkpoint.load(path_or_name, device, dtype))
+def load(path_or_name, device="cpu", dtype=torch.float32, quantize: str | None = None) -> LM:
+    """Load a checkpoint folder, a .gguf file, or a Hugging Face hub name (downloaded when online).
+
+    quantize: None/"none" dense (what training needs), "auto" (a GGUF file stays int4/int8), "int8", "int4"."""
+    return LM.of(checkpoint.load(path_or_name, device, dtype, quantize))

@@ -253,3 +253,14 @@ def from_dict(cls, mapping: dict, where: str):
     if missing:
         raise LmstackError(f"{where}: {cls.__name__} needs {', '.join(missing)}")
     return cls(**kw)
+
+
+QUANTIZE_HELP = ("weight-only quantisation (CPU): auto keeps a GGUF file's int4/int8 weights quantised, none "
+                 "dequantises them, int8/int4 quantise any checkpoint at load; quantised models compute in bf16 "
+                 "(default: auto)")
+
+
+def add_weights_args(p, dtypes=("fp32", "bf16")) -> None:
+    """--dtype and --quantize: how a local model's weights are held."""
+    p.add_argument("--dtype", default="fp32", choices=list(dtypes), help="weights dtype (default: fp32)")
+    p.add_argument("--quantize", default="auto", choices=["auto", "none", "int8", "int4"], help=QUANTIZE_HELP)

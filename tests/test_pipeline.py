@@ -106,6 +106,9 @@ def test_tiny_cpu_stages_get_the_values_they_always_got():
         ({"base": "B", "sft": "F"}, "R", "SRt", 0.15, 200, 64, 80, 48, 60, 3, 32, True)
     assert (c["report"].run, c["report"].out) == ("/run", "/run/report")
     # The first reward stage samples itself when no samples exist yet.
+    # The claims were measured in fp32: every stage that would autocast on this CPU says so.
+    assert {k: c[k].precision for k in ("pretrain", "sft", "dpo", "rejection")} == dict.fromkeys(
+        ("pretrain", "sft", "dpo", "rejection"), "fp32")
     first = _wired("tiny-cpu", {k: v for k, v in paths.items() if not k.startswith("sampled")})["reward"]
     assert (first.sample_rankings, first.data, first.sample_prompts, first.tie_margin, first.suite_rankings) == \
         (4, [], 2048, 1.0, False)

@@ -14,6 +14,7 @@ so open and closed models run through the same commands.
 from __future__ import annotations
 
 from lmstack.errors import LmstackError
+from lmstack.options import add_weights_args
 
 from .base import Backend, LLResult, as_sampling, is_messages, per_prompt
 from .local import LocalBackend
@@ -25,7 +26,8 @@ __all__ = ["Backend", "LLResult", "LocalBackend", "OpenAIBackend", "add_backend_
 
 def get_backend(model, base_url: str | None = None, api_key_env: str | None = "OPENAI_API_KEY",
                 chat: bool = False, cache_dir=None, concurrency: int = 4, max_retries: int = 5,
-                timeout: float = 60.0, batch_size: int = 16, dtype: str = "fp32") -> Backend:
+                timeout: float = 60.0, batch_size: int = 16, dtype: str = "fp32",
+                quantize: str | None = None) -> Backend:
     """A backend from a model: an object that already is one, a loaded LM, a local path/hub name, or
     (with `base_url`) a model name at an OpenAI-compatible API."""
     if isinstance(model, Backend):
@@ -33,7 +35,7 @@ def get_backend(model, base_url: str | None = None, api_key_env: str | None = "O
     if base_url:
         return OpenAIBackend(str(model), base_url, api_key_env=api_key_env, chat=chat, concurrency=concurrency,
                              max_retries=max_retries, timeout=timeout, cache_dir=cache_dir)
-    return LocalBackend(model, batch_size=batch_size, dtype=dtype)
+    return LocalBackend(model, batch_size=batch_size, dtype=dtype, quantize=quantize)
 
 
 def add_backend_args(p, prefix: str = "", suffix: str = "", required: bool = True, what: str = "model",
@@ -62,7 +64,7 @@ def add_backend_args(p, prefix: str = "", suffix: str = "", required: bool = Tru
         g.add_argument("--max-retries", type=int, default=5, help="retries of a failed remote request (default: 5)")
         g.add_argument("--timeout", type=float, default=60.0, help="seconds per remote request")
         g.add_argument("--batch-size", type=int, default=16, help="local batch size")
-        g.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="weights dtype of a local model (default: fp32)")
+        add_weights_args(g)
 
 
 def backend_from_args(args, prefix: str = "", suffix: str = "", model=None) -> Backend:
@@ -76,4 +78,4 @@ def backend_from_args(args, prefix: str = "", suffix: str = "", model=None) -> B
                        chat=bool(get("chat-api", False)), cache_dir=getattr(args, "cache", None),
                        concurrency=getattr(args, "concurrency", 4), max_retries=getattr(args, "max_retries", 5),
                        timeout=getattr(args, "timeout", 60.0), batch_size=getattr(args, "batch_size", 16),
-                       dtype=getattr(args, "dtype", "fp32"))
+                       dtype=getattr(args, "dtype", "fp32"), quantize=getattr(args, "quantize", None))

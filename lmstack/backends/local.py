@@ -21,12 +21,13 @@ from .base import Backend, LLResult, Messages, Prompt, is_messages, per_prompt
 
 
 class LocalBackend(Backend):
-    def __init__(self, lm_or_path, batch_size: int = 16, dtype: str = "fp32", device: str | None = None):
+    def __init__(self, lm_or_path, batch_size: int = 16, dtype: str = "fp32", device: str | None = None,
+                 quantize: str | None = None):
         if isinstance(lm_or_path, (str, bytes)) or hasattr(lm_or_path, "__fspath__"):
             dt = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(dtype)
             if dt is None:
                 raise LmstackError(f"dtype {dtype!r}: use fp32 or bf16")
-            self.lm = load(lm_or_path, dtype=dt)
+            self.lm = load(lm_or_path, dtype=dt, quantize=quantize)
             self.name = str(lm_or_path)
         else:
             # a checkpoint built by a recipe (no generation methods of its own) gets the LM's

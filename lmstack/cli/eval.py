@@ -58,6 +58,7 @@ from lmstack.infer.prompting import (
     zero_shot_cot,
 )
 from lmstack.lm import load
+from lmstack.options import add_weights_args
 from lmstack.text import extract_answer
 from lmstack.train.rewards import reward_model_scorer
 
@@ -73,7 +74,7 @@ def add_parsers(eval_subparsers, top_subparsers) -> None:
     p.add_argument("--max-length", type=int, default=None, help="window length (default: the model's context)")
     p.add_argument("--stride", type=int, default=None, help="window step (default: max-length, no overlap)")
     p.add_argument("--max-tokens", type=int, default=None, help="score at most this many tokens")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="weights dtype (default: fp32)")
+    add_weights_args(p)
     p.set_defaults(func=cmd_perplexity)
 
     # ---- eval run ----
@@ -114,7 +115,7 @@ def add_parsers(eval_subparsers, top_subparsers) -> None:
     p.add_argument("--max-retries", type=int, default=5, help="retries of a failed remote request (default: 5)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per remote request (default: 60)")
     p.add_argument("--batch-size", type=int, default=16, help="local batch size (default: 16)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="weights dtype (default: fp32)")
+    add_weights_args(p)
     p.add_argument("--prompts", default=None, help="JSONL of requests with `unsafe` flags (default: the built-in suite's)")
     p.add_argument("--suite", default=None, help="built-in suite folder (default: built into the cache)")
     p.add_argument("--suite-size", default="tiny", help="size of the suite built when --suite is not given")
@@ -387,7 +388,7 @@ def _write_out(out, name: str, obj: dict, samples: dict[str, list], ensure_ascii
 
 def cmd_perplexity(args) -> int:
 
-    lm = load(args.model, dtype=args.dtype)
+    lm = load(args.model, dtype=args.dtype, quantize=args.quantize)
     if args.file:
         try:
             text = Path(args.file).read_text(encoding="utf-8")

@@ -8,6 +8,7 @@ from lmstack.errors import LmstackError
 from lmstack.infer.engine import generate, stream
 from lmstack.infer.sampling import SamplingParams
 from lmstack.lm import load
+from lmstack.options import add_weights_args
 
 
 def add_sampling_args(p) -> None:
@@ -49,14 +50,14 @@ def add_parser(sub) -> None:
     g.add_argument("--prompt", action="append", help="prompt text (repeatable: one batch); stdin if omitted")
     g.add_argument("--chat", action="store_true", help="wrap each prompt as a user message in the chat template")
     g.add_argument("--stream", action="store_true", help="print tokens as they are generated")
-    g.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="weights dtype (default: fp32)")
+    add_weights_args(g)
     add_sampling_args(g)
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("chat", help="interactive chat in the terminal (/reset, /exit)")
     c.add_argument("--model", required=True, help="checkpoint folder, .gguf file or hub name")
     c.add_argument("--system", default=None, help="system prompt")
-    c.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="weights dtype (default: fp32)")
+    add_weights_args(c)
     add_sampling_args(c)
     c.set_defaults(func=cmd_chat, max_new_tokens=256)
 
@@ -64,7 +65,7 @@ def add_parser(sub) -> None:
 def cmd_generate(args) -> int:
 
     sp = sampling_from_args(args)
-    lm = load(args.model, dtype=args.dtype)
+    lm = load(args.model, dtype=args.dtype, quantize=args.quantize)
     lm._need_tokenizer()
     prompts = args.prompt if args.prompt else [sys.stdin.read()]
     ids = [lm.chat_ids([{"role": "user", "content": p}]) if args.chat else lm.encode(p) for p in prompts]
@@ -88,7 +89,7 @@ def cmd_generate(args) -> int:
 def cmd_chat(args) -> int:
 
     sp = sampling_from_args(args)
-    lm = load(args.model, dtype=args.dtype)
+    lm = load(args.model, dtype=args.dtype, quantize=args.quantize)
     lm._need_tokenizer()
     system = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(system)

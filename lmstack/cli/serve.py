@@ -11,6 +11,7 @@ import torch
 from lmstack.cli.common import dispatch
 from lmstack.errors import LmstackError
 from lmstack.lm import load
+from lmstack.options import add_weights_args
 
 
 def add_parser(sub) -> None:
@@ -30,7 +31,7 @@ def add_arguments(p) -> None:
                    help="requests that may wait for a batch slot; more are answered 429 (default 256)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take in all (default 600)")
     p.add_argument("--model-name", default=None, help="the model id clients send (default: the folder's name)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="weights dtype (default fp32)")
+    add_weights_args(p, dtypes=("fp32", "bf16", "fp16"))
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for the model (default on CPU: all cores but one, left to the HTTP loop; "
@@ -56,7 +57,8 @@ def build(args):
         # The event loop (parsing, JSON, SSE writes) needs a core of its own: intra-op threads that
         # compete with it for every core stall each other at every operator.
         torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
-    lm = load(args.model, device=device, dtype=args.dtype)
+    quantize = args.quantize if str(device).startswith("cpu") or args.quantize in ("int8", "int4") else "none"
+    lm = load(args.model, device=device, dtype=args.dtype, quantize=quantize)
     api_key = args.api_key if args.api_key is not None else os.environ.get("LMSTACK_API_KEY") or None
     name = args.model_name or Path(str(args.model).rstrip("/")).name or str(args.model)
     cfg = ServerConfig(model_name=name, api_key=api_key, max_batch=args.max_batch, max_queue=args.max_queue,

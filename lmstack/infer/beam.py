@@ -49,7 +49,7 @@ def beam_search(model, prompt: list[int], params: SamplingParams, tokenizer=None
     max_new = min(params.max_new_tokens, ctx - len(prompt))
     stop = stop_token_ids(model.cfg.eos_token_id, tokenizer, params)
     keep = max(2, 1 + len(stop)) * nb
-    cache = KVCache(model.cfg, nb, len(prompt) + max_new, device=device, dtype=model.tok_emb.weight.dtype)
+    cache = KVCache(model.cfg, nb, len(prompt) + max_new, device=device, dtype=model.cache_dtype)
     logits = model(torch.tensor([prompt] * nb, device=device), cache=cache, last_only=True)[:, -1]
     running = torch.zeros(nb, 0, dtype=torch.long, device=device)
     run_scores = torch.full((nb,), -1e9, device=device)

@@ -218,7 +218,7 @@ class Generation:
         max_new = max(r.budget for r in self.running)
         pad = self.tokenizer.pad_id if self.tokenizer is not None and self.tokenizer.pad_id is not None else 0
         self.cache = KVCache(self.model.cfg, len(rows), max(len(t) for t in rows) + max_new, device=self.device,
-                             dtype=self.model.tok_emb.weight.dtype)
+                             dtype=self.model.cache_dtype)
         logits = self._forward_left_padded(rows, self.cache, pad)
         self._prefilled = True
         return logits[:, -1]
@@ -226,7 +226,7 @@ class Generation:
     def _prefill_rows(self, rows: list[list[int]]) -> KVCache:
         """A cache holding these token rows, left-padded to one length (rows may be empty)."""
         T = max(len(r) for r in rows)
-        cache = KVCache(self.model.cfg, len(rows), T, device=self.device, dtype=self.model.tok_emb.weight.dtype)
+        cache = KVCache(self.model.cfg, len(rows), T, device=self.device, dtype=self.model.cache_dtype)
         if T:
             self._forward_left_padded(rows, cache, 0)
         return cache

@@ -1,6 +1,8 @@
-"""The one log-probability kernel: log p(token | tokens before it), for every caller.
+"""Log p(token | tokens before it), for every caller.
 
-`target_logprobs(logits, targets)` is the kernel; everything else here feeds it:
+The kernel is `lmstack.model.logprobs` (`target_logprobs` on logits; the model's `forward(ids, targets=...)`
+runs it a chunk of positions at a time, so no full-vocabulary log-softmax is ever materialised); everything
+here feeds it:
 - `sequence_logprobs(model, ids)`: a right-padded batch of sequences, with gradients when the caller
   trains (DPO, PPO, GRPO, the SFT loss) and at a sampling temperature (PPO's old/new log-probs);
 - `token_logprobs(model, sequences)`: per-token lists (perplexity-style scoring);
@@ -21,20 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from lmstack.errors import LmstackError
-
-
-def target_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
-                    entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log softmax(logits / temperature)[targets] per position ([..., T]), and optionally each position's
-    entropy. Computed in fp32 whatever the logits' dtype, so bf16 models score like fp32 ones."""
-    logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    logp = F.log_softmax(logits, dim=-1)
-    lp = logp.gather(-1, targets[..., None])[..., 0]
-    if not entropy:
-        return lp, None
-    return lp, -(logp.exp() * logp).sum(-1)
+from lmstack.model.logprobs import target_logprobs
 
 
 def sequence_logprobs(model, ids: torch.Tensor, temperature: float = 1.0, entropy: bool = False):
@@ -42,7 +31,7 @@ def sequence_logprobs(model, ids: torch.Tensor, temperature: float = 1.0, entrop
     Right padding needs no mask: causal attention never lets a real token see the padding after it.
     Logits are divided by the sampling temperature, so the log-probabilities are those of the distribution
     the rollouts were drawn from. Keeps gradients: training losses call it."""
-    return target_logprobs(model(ids[:, :-1]), ids[:, 1:], temperature, entropy)
+    return model(ids[:, :-1], targets=ids[:, 1:], temperature=temperature, entropy=entropy)
 
 
 def right_padded(sequences: list[list[int]], device=None) -> torch.Tensor:

@@ -145,17 +145,25 @@ def filter_logits(logits, params: list[SamplingParams]):
 
 def sample(logits, params: list[SamplingParams], generators: list[torch.Generator | None]):
     """One token per row: argmax for greedy rows, a draw from softmax(logits) for the others."""
-    greedy = logits.argmax(dim=-1)
-    if all(p.greedy for p in params):
-        return greedy
-    probs = logits.softmax(dim=-1)
-    out = greedy.clone()
-    shared = generators[0] if all(g is generators[0] for g in generators) else None
     rows = [i for i, p in enumerate(params) if not p.greedy]
+    if not rows:
+        return logits.argmax(dim=-1)
+    shared = generators[0] if all(g is generators[0] for g in generators) else None
+    # Inverse-CDF sampling: one uniform number per row. torch.multinomial draws an exponential per vocabulary
+    # entry (24 ms a row at 49k entries on this CPU: a quarter of a served batch's decode step); a cumulative
+    # sum and a binary search take a millisecond for 32 rows.
+    sub = logits if len(rows) == len(params) else logits[rows]
+    cdf = sub.softmax(dim=-1).cumsum_(dim=-1)
     if shared is not None or all(g is None for g in generators):
-        drawn = torch.multinomial(probs[rows], 1, generator=shared).squeeze(1)
-        out[rows] = drawn
+        u = torch.rand(len(rows), generator=shared, device=logits.device)
     else:
-        for i in rows:
-            out[i] = torch.multinomial(probs[i], 1, generator=generators[i])[0]
+        u = torch.cat([torch.rand(1, generator=generators[i], device=logits.device) for i in rows])
+    # Scaled by the row's total (1 up to rounding); right=True: the first entry whose cumulative mass exceeds u,
+    # never a zero-probability (filtered) one.
+    drawn = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1)
+    drawn = drawn.clamp_(max=logits.shape[-1] - 1)
+    if len(rows) == len(params):
+        return drawn
+    out = logits.argmax(dim=-1)
+    out[rows] = drawn
     return out

@@ -22,6 +22,7 @@ from lmstack.errors import LmstackError
 from lmstack.model.config import ModelConfig
 from lmstack.model.gguf import read_gguf
 from lmstack.model.hf import config_from_hf, config_to_hf, state_from_hf, state_to_hf
+from lmstack.model.quant import quantize_model, refuse_quantized
 from lmstack.model.transformer import Transformer, rope_inv_freq
 from lmstack.tokenizer import Tokenizer
 
@@ -141,6 +142,7 @@ def save(lm: Checkpoint, path, writer=None, state_dict=None, **meta) -> Path:
         else:
             cfg = lm.config
             hf = config_to_hf(cfg)
+            refuse_quantized(lm.model, "save")
             dtype = lm.model.tok_emb.weight.dtype
             hf["torch_dtype"] = str(dtype).replace("torch.", "")
             (tmp / "config.json").write_text(json.dumps(hf, indent=2))
@@ -194,14 +196,16 @@ def _check_tokenizer_fits(tok, cfg: ModelConfig, where):
         )
 
 
-def load_folder(folder: Path, device="cpu", dtype=torch.float32) -> Checkpoint:
+def load_folder(folder: Path, device="cpu", dtype=torch.float32, quantize: str | None = None) -> Checkpoint:
     if (folder / "adapter_config.json").exists() and not (folder / "config.json").exists():
+        if quantize not in (None, "none", "auto"):
+            raise LmstackError(f"{folder}: a LoRA adapter folder; merge it (lmstack merge-lora) to quantise it")
         return load_adapter(folder, device, dtype)
     cfg = config_from_hf(read_json(folder / "config.json"), where=str(folder / "config.json"))
     sd = state_from_hf(read_weights(folder), cfg, where=str(folder))
     model = build_model(cfg, device=device, dtype=dtype, init=False)
     model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=True)
-    model.eval()
+    model = quantize_checkpoint(model, quantize).eval()
     tok = None
     if (folder / "tokenizer.json").exists() or (folder / "vocab.json").exists():
         tok = Tokenizer.load(folder)
@@ -226,13 +230,51 @@ def load_adapter(folder: Path, device="cpu", dtype=torch.float32) -> Checkpoint:
     return Checkpoint(model, lm.tokenizer, lm.generation_config, meta)
 
 
-def load_gguf(path: Path, device="cpu", dtype=torch.float32) -> Checkpoint:
+# GGUF types -> the weight-only kernel that holds them without losing more than the file did: 4-bit
+# types are the int4 grid (Q4_0/Q4_1 exactly, see quant.py), the 5- to 8-bit ones requantise to int8 rows.
+_GGUF_BITS = {"Q4_0": 4, "Q4_1": 4, "Q4_K": 4, "IQ4_NL": 4, "IQ4_XS": 4, "Q2_K": 4, "Q3_K": 4,
+              "Q5_0": 8, "Q5_1": 8, "Q5_K": 8, "Q6_K": 8, "Q8_0": 8, "Q8_K": 8}
+
+
+def gguf_plan(types: dict[str, str], cfg: ModelConfig) -> dict[str, int]:
+    """{linear layer: 4 | 8} for a GGUF file's quantised tensors (a fused layer takes its widest part; a
+    layer with a float part stays dense). Empty for a float file."""
+    def bits(*names):
+        b = [_GGUF_BITS.get(types.get(n, "F32")) for n in names]
+        return None if None in b else max(b)
+
+    plan = {}
+    for i in range(cfg.n_layer):
+        a, m = f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp."
+        parts = {"attn.qkv": [a + f"{p}_proj.weight" for p in "qkv"], "attn.o_proj": [a + "o_proj.weight"],
+                 "mlp.up": [m + "gate_proj.weight", m + "up_proj.weight"], "mlp.down": [m + "down_proj.weight"]}
+        for dst, names in parts.items():
+            if (b := bits(*names)) is not None:
+                plan[f"blocks.{i}.{dst}"] = b
+    head = bits("model.embed_tokens.weight" if cfg.tie_embeddings else "lm_head.weight")
+    if head is not None:
+        plan["lm_head"] = head
+    return plan
+
+
+def quantize_checkpoint(model, quantize: str, plan: dict[str, int] | None = None):
+    """Apply `--quantize`: none, int8, int4, or auto (a GGUF file's own plan; nothing for a dense folder)."""
+    if quantize in (None, "none") or (quantize == "auto" and not plan):
+        return model
+    if quantize not in ("auto", "int8", "int4"):
+        raise LmstackError(f"--quantize {quantize!r}: use auto, none, int8 or int4")
+    return quantize_model(model, plan if quantize == "auto" else int(quantize[3:]))
+
+
+def load_gguf(path: Path, device="cpu", dtype=torch.float32, quantize: str | None = None) -> Checkpoint:
     g = read_gguf(path, dtype=dtype)
     cfg = config_from_hf(g.hf_config, where=str(path))
     sd = state_from_hf(g.state_dict, cfg, where=str(path))
+    g.state_dict = None
     model = build_model(cfg, device=device, dtype=dtype, init=False)
     model.load_state_dict(sd, strict=True)
-    model.eval()
+    del sd
+    model = quantize_checkpoint(model, quantize, gguf_plan(g.tensor_types, cfg)).eval()
     extra_stop = []
     if g.chat_template and "<|im_end|>" in g.chat_template:
         extra_stop = ["<|im_end|>"]
@@ -243,22 +285,26 @@ def load_gguf(path: Path, device="cpu", dtype=torch.float32) -> Checkpoint:
     return Checkpoint(model, tok, gen, {"source": str(path), "gguf": g.metadata})
 
 
-def load(path_or_name, device="cpu", dtype=torch.float32) -> Checkpoint:
-    """Load a checkpoint folder, a .gguf file, or a Hugging Face hub name (downloaded when online)."""
+def load(path_or_name, device="cpu", dtype=torch.float32, quantize: str | None = None) -> Checkpoint:
+    """Load a checkpoint folder, a .gguf file, or a Hugging Face hub name (downloaded when online).
+
+    quantize: None or "none" dense weights in `dtype` (a GGUF file dequantised: what training needs);
+    "auto" a GGUF file's quantised tensors stay int4/int8 (a dense folder stays dense); "int8" or
+    "int4" every linear layer (quant.py). A quantised model computes in bf16 on the CPU."""
     p = Path(str(path_or_name)).expanduser()
     if isinstance(dtype, str):
         dtype = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
                  "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}[dtype]
     if p.is_dir():
-        return load_folder(p, device, dtype)
+        return load_folder(p, device, dtype, quantize)
     if p.is_file():
         if p.suffix == ".gguf":
-            return load_gguf(p, device, dtype)
+            return load_gguf(p, device, dtype, quantize)
         raise LmstackError(f"{p}: not a checkpoint folder or .gguf file")
     name = str(path_or_name)
     if name.startswith((".", "/", "~")) or name.endswith(".gguf") or name.count("/") > 1:
         raise LmstackError(f"{name}: no such file or folder")
-    return load_folder(Path(download(name)), device, dtype)
+    return load_folder(Path(download(name)), device, dtype, quantize)
 
 
 def download(name: str) -> str:

@@ -63,6 +63,7 @@ class GGUFContents:
     pad_token: str | None = None
     chat_template: str | None = None
     metadata: dict = field(default_factory=dict)
+    tensor_types: dict[str, str] = field(default_factory=dict)  # HF tensor name -> GGUF type (Q4_1, F32, ...)
 
 
 # --------------------------------------------------------------------------------------- metadata
@@ -427,4 +428,5 @@ def read_gguf(path, dtype: torch.dtype = torch.float32) -> GGUFContents:
         pad_token=_token(meta, tokens, "padding_token_id"),
         chat_template=meta.get("tokenizer.chat_template"),
         metadata=metadata,
+        tensor_types={_hf_name(path, t.name): t.tensor_type.name for t in reader.tensors},
     )

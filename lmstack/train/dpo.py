@@ -16,6 +16,7 @@ beta (log pi - log ref) is the implicit reward; its accuracy and margin on held-
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -35,6 +36,7 @@ from lmstack.train.common import (
     pad_id,
     resume_point,
     start_run,
+    uses_bf16,
 )
 from lmstack.train.lora import load_adapter_state
 from lmstack.train.policy import final_lm, load_policy, reference
@@ -152,6 +154,13 @@ def evaluate_pairs(model, pairs, refs, cfg: DPOConfig, pad, device, pol=None) ->
             "val_reward_margin": float((rc - rr).mean())}
 
 
+def same_precision(cfg: DPOConfig, info):
+    """The autocast the training steps run under (--precision), for the passes that score pairs outside them."""
+    if uses_bf16(cfg.precision, info.device):
+        return torch.autocast(torch.device(info.device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def run(cfg: DPOConfig, step_hook=None) -> Result:
     """Run (or resume) DPO. step_hook(step) is called after each step (tests)."""
     if cfg.loss not in LOSSES:
@@ -174,8 +183,9 @@ def run(cfg: DPOConfig, step_hook=None) -> Result:
     pairs = seeded_subset(pairs, cfg.max_pairs, cfg.seed, stats, "pairs_subsampled_from")
     val_pairs = seeded_subset(val_pairs, cfg.max_val_pairs, cfg.seed, stats, "val_pairs_subsampled_from")
     pad = pad_id(tok)
-    # The reference log-probabilities, once: the policy before any update (LoRA: with its adapters off).
-    with reference(model, None if cfg.lora else model) as ref_model:
+    # The reference log-probabilities, once: the policy before any update (LoRA: with its adapters off), in the
+    # precision the policy trains in, so that policy and reference start equal (bf16 against fp32 would not).
+    with reference(model, None if cfg.lora else model) as ref_model, same_precision(cfg, info):
         ref_model.eval()
         refs = pair_logprobs(ref_model, pairs, pad, info.device)
         val_refs = pair_logprobs(ref_model, val_pairs, pad, info.device)
@@ -232,7 +242,8 @@ def run(cfg: DPOConfig, step_hook=None) -> Result:
             log_step(run, done, 0, loss=loss_v, reward_accuracy=tot["acc"], reward_margin=tot["margin"],
                      reward_chosen=tot["chosen"], reward_rejected=tot["rejected"], lr=lr, grad_norm=gnorm)
         if val_pairs and (done == cfg.steps or (cfg.eval_interval and done % cfg.eval_interval == 0)):
-            val = evaluate_pairs(model, val_pairs, val_refs, cfg, pad, info.device)
+            with same_precision(cfg, info):
+                val = evaluate_pairs(model, val_pairs, val_refs, cfg, pad, info.device)
             run.log.log(done, **val)
         run.log.progress(1, loss=loss_v, acc=tot["acc"])
         checkpoint_if_due(run, save_lm, done)

@@ -67,6 +67,7 @@ class FlanConfig(LoraOptions):
     resume: bool = False  #: a tuning run that was killed continues from its last checkpoint
     ckpt_interval: int = 0  #: SFT checkpoint interval (0: only the final model)
     bars: bool = False  #: transient progress bars (how lmstack run displays a stage)
+    precision: str = "auto"  #: of the pretraining and tuning runs: auto (bf16 where the hardware runs it), bf16, fp32
 
 
 # FLAN's instruction ablation (Wei et al., "Finetuned Language Models Are Zero-Shot Learners", Section 4.3,
@@ -220,7 +221,7 @@ def run(cfg: FlanConfig) -> Result:
                 pretrain.run(pretrain.PretrainConfig(out=str(out / "base"), data=[str(tokens)], preset=cfg.pretrain_preset,
                                         seq_len=cfg.seq_len, micro_batch=16, steps=cfg.pretrain_steps, lr=3e-3,
                                         warmup=50, eval_interval=cfg.pretrain_steps, ckpt_interval=0,
-                                        seed=cfg.seed, quiet=cfg.quiet, bars=cfg.bars))
+                                        seed=cfg.seed, quiet=cfg.quiet, bars=cfg.bars, precision=cfg.precision))
     eval_styles = {"instruction"} | ({e for _, e in ABLATION.values()} if cfg.ablation else set())
     # Each cluster's sample is drawn on its own, so it is the same whichever other clusters are held out.
     held = {s: [r for c in hold for r in _sample(read_records(suite, "test", [c], s), cfg.eval_items, cfg.seed)]
@@ -250,7 +251,7 @@ def run(cfg: FlanConfig) -> Result:
         sft.run(sft.SFTConfig(out=str(path), model=base, data=[str(data)], seq_len=cfg.seq_len,
                               micro_batch=cfg.micro_batch, steps=steps, lr=cfg.lr, warmup=max(1, steps // 20),
                               eval_interval=0, ckpt_interval=cfg.ckpt_interval, resume=cfg.resume, seed=cfg.seed,
-                              quiet=cfg.quiet, bars=cfg.bars, **lora_options(cfg)))
+                              quiet=cfg.quiet, bars=cfg.bars, precision=cfg.precision, **lora_options(cfg)))
         return str(path / "model")
 
     def ev(model_path: str, style: str, fmt: str, k: int = 0, recs: list[dict] | None = None) -> dict:

@@ -118,7 +118,7 @@ def run(cfg: RejectionConfig, rewards=None) -> Result:
         s = sft.run(sft.SFTConfig(out=str(out / f"round_{r + 1}"), model=current, data=[str(data)],
                                   seq_len=cfg.seq_len, epochs=cfg.sft_epochs, micro_batch=cfg.micro_batch, lr=cfg.lr,
                                   warmup=cfg.warmup, schedule=cfg.schedule, seed=cfg.seed + r, device=cfg.device,
-                                  quiet=True, bars=cfg.bars, ckpt_interval=0, eval_interval=0,
+                                  precision=cfg.precision, quiet=True, bars=cfg.bars, ckpt_interval=0, eval_interval=0,
                                   **lora_options(cfg))).summary
         current = str(out / f"round_{r + 1}" / "model")
         rec.update(sft_loss_first=s.get("first_loss"), sft_loss_last=s.get("final_loss"),

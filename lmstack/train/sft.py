@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from lmstack.data.instructions import load_conversations
 from lmstack.errors import LmstackError
@@ -161,10 +160,9 @@ class Batches:
 def nll_sum(model, batch, device, autocast):
     """Sum of target-token negative log-likelihoods, and their count."""
     x, y, m, pos, attn = (t.to(device) if t is not None else None for t in batch)
-    with autocast():
-        logits = model(x, positions=pos, attn_mask=attn)
-    nll = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").view_as(y)
-    return (nll * m).sum(), m.sum()
+    with autocast():  # the chunked log-prob kernel: no full-vocabulary logits (masked targets clamped, weight 0)
+        lp, _ = model(x, positions=pos, attn_mask=attn, targets=y.clamp(min=0))
+    return -(lp * m).sum(), m.sum()
 
 
 def run(cfg: SFTConfig, step_hook=None) -> Result:

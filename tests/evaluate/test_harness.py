@@ -183,6 +183,17 @@ def test_remote_chat_model_cannot_score_multiple_choice_but_can_generate(fixture
     assert res.metrics == {"acc": 0.5, "acc_stderr": res.metrics["acc_stderr"]} and res.scored_by == "generation"
 
 
+def _close(x, y, tol=1e-4) -> bool:
+    """Equal structures, floats within tol (relative to their size), everything else exactly."""
+    if isinstance(x, dict):
+        return isinstance(y, dict) and x.keys() == y.keys() and all(_close(x[k], y[k], tol) for k in x)
+    if isinstance(x, (list, tuple)):
+        return isinstance(y, (list, tuple)) and len(x) == len(y) and all(_close(a, b, tol) for a, b in zip(x, y))
+    if isinstance(x, float) and isinstance(y, float):
+        return abs(x - y) <= tol * max(1.0, abs(x), abs(y))
+    return x == y
+
+
 def test_evaluate_batches_across_tasks_with_per_task_results(tiny_lm, fixture_file, scripted):
     """evaluate() sends all tasks' requests together, one call per type, and each task's samples and
     metrics are those run_task gives for it alone (here on a real local model)."""
@@ -194,7 +205,9 @@ def test_evaluate_batches_across_tasks_with_per_task_results(tiny_lm, fixture_fi
     alone = [run_task(load_task(n), be, data=files[n], bootstrap_iters=50, generation={"max_new_tokens": 4})
              for n in names]
     for a, b in zip(together, alone):
-        assert a.task == b.task and a.metrics == b.metrics and a.samples == b.samples and a.scored_by == b.scored_by
+        # Equal up to float rounding: batches of other lengths run other matmul blockings (1e-6 in a log-prob).
+        assert a.task == b.task and a.scored_by == b.scored_by
+        assert _close(a.metrics, b.metrics) and _close(a.samples, b.samples)
     counter = scripted(ll=_len_ll)
     batches = []
     score = counter.loglikelihood
