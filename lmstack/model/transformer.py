@@ -115,7 +115,7 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:  # keys/values of the earlier tokens too: [B, n_kv, S, hd]
             k, v = cache.update(self.layer, k, v)
-        if T == 1 and not self.training:
+        if T == 1 and not self.training and q.device.type == "cpu":  # GPUs keep SDPA's decoding kernels
             y = decode_attention(q, k, v, mask)
         else:
             p = self.cfg.dropout if self.training else 0.0

@@ -105,8 +105,9 @@ class Run:
 
 
 def cpu_runs_bf16() -> bool:
-    """Does this CPU multiply bf16 natively (AVX-512 BF16 or AMX tiles)? Measured here: 1.2x fp32's training
-    tokens/s at 4 layers x 128, 1.5x at 6 x 256, 2.1-2.6x from GPT-2-small's shape up (docs/benchmarks.md)."""
+    """Does this CPU multiply bf16 natively (AVX-512 BF16 or AMX tiles)? Measured on a 2-core AVX-512 BF16 VM: bf16
+    autocast trains 1.25x fp32's speed at llama-mini, 1.3-1.4x at 4 x 128 and 6 x 256 GPT-2 blocks, 1.9x at GPT-2
+    small's shape (docs/benchmarks.md)."""
     cpu = torch.cpu
     return any(getattr(cpu, f, lambda: False)() for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
