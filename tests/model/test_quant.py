@@ -167,9 +167,13 @@ def test_training_and_saving_refuse_a_quantized_model(tiny_lm, tmp_path):
         quantize_checkpoint(tiny_lm.model, "int3")
 
 
-def test_cli_generate_quantized(tiny_ckpt, capsys):
+def test_cli_generate_quantized(tiny_ckpt, capsys, monkeypatch):
+    import lmstack.cli.infer as infer
     from lmstack.cli import main
 
+    loaded = []
+    monkeypatch.setattr(infer, "load", lambda *a, **kw: loaded.append(load(*a, **kw)) or loaded[-1])
     assert main(["generate", "--model", str(tiny_ckpt), "--prompt", "The small cat", "--max-new-tokens", "4",
                  "--temperature", "0", "--quantize", "int8"]) == 0
     assert capsys.readouterr().out.startswith("The small cat")
+    assert isinstance(loaded[0].model.blocks[0].attn.qkv, Int8Linear)  # --quantize reached the loader
