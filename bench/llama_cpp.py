@@ -56,6 +56,14 @@ def binaries(spec: str | None, src: str | None = None) -> Path | None:
         return d
     source = Path(src) if src else _sdist_source()
     tag = "custom-" + source.resolve().name if src else source.resolve().parent.parent.name
+    flags = ["-DGGML_NATIVE=ON"]
+    cpu = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    if " amx_tile" in cpu:
+        # A native build on a VM that advertises AMX dies at start-up (Illegal instruction / segfault in
+        # llama-server and llama-batched-bench, 2-core Xeon VM, 2026-12-07): the AVX-512 paths without AMX.
+        flags = ["-DGGML_NATIVE=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON",
+                 "-DGGML_AVX512=ON", "-DGGML_AVX512_VBMI=ON", "-DGGML_AVX512_VNNI=ON", "-DGGML_AVX512_BF16=ON"]
+        tag += "-noamx"
     build = CACHE / tag / "build"
     out = build / "bin"
     if all((out / t).exists() for t in TARGETS):
@@ -65,7 +73,7 @@ def binaries(spec: str | None, src: str | None = None) -> Path | None:
             raise SystemExit(f"building llama.cpp needs {tool}")
     print(f"building llama.cpp from {source} into {build} (a few minutes) ...", file=sys.stderr)
     subprocess.run(["cmake", "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF",
-                    "-DGGML_NATIVE=ON", "-DLLAMA_BUILD_TESTS=OFF"], check=True, stdout=subprocess.DEVNULL)
+                    *flags, "-DLLAMA_BUILD_TESTS=OFF"], check=True, stdout=subprocess.DEVNULL)
     subprocess.run(["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2), "--target", *TARGETS],
                    check=True, stdout=subprocess.DEVNULL)
     return out

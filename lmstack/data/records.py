@@ -24,14 +24,17 @@ ROLES = ("system", "user", "assistant")
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
-    """Write one JSON object per line (UTF-8, Korean kept readable); returns the count."""
+    """Write one JSON object per line (UTF-8, Korean kept readable); returns the count. Atomic: the file appears
+    whole or not at all (written beside, then renamed), so a killed run never leaves half a file to resume from."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
         for rec in records:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             n += 1
+    tmp.replace(path)
     return n
 
 

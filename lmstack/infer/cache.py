@@ -163,3 +163,89 @@ def _placed(t: torch.Tensor, slots: int, off: int, n: int, fill) -> torch.Tensor
     new = torch.full(shape, fill, dtype=t.dtype, device=t.device)
     new.narrow(dim, off, n).copy_(t.narrow(dim, 0, n))
     return new
+
+
+class PrefixCache:
+    """Keys and values of recently prefilled prompts, reused by prompts that start the same way (a few-shot
+    prefix, a long system prompt, a client repeating a request), as vLLM's automatic prefix caching and
+    llama-server's prompt cache do.
+
+    A token's keys and values depend only on the tokens up to it (causal attention) and on its position, and
+    every prompt starts at position 0: the first m slots of a stored prompt serve any prompt whose first m
+    tokens are the same. The longest such match over the stored prompts is reused; the least recently used
+    prompts go once more than `max_tokens` tokens are stored. Tensors are [1, kv_heads, tokens, head_dim] per
+    layer, copies owned by the cache (the running batch moves and drops its own)."""
+
+    def __init__(self, max_tokens: int):
+        self.max_tokens = max_tokens
+        self.entries: dict[tuple[int, ...], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}  # in LRU order
+        self.tokens = 0
+        self.lookups = self.hits = self.hit_tokens = 0
+        self._table: tuple[list[tuple], torch.Tensor] | None = None  # the stored prompts as one padded matrix
+
+    @staticmethod
+    def bytes_per_token(cfg: ModelConfig, dtype=torch.float32) -> int:
+        return 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * torch.empty(0, dtype=dtype).element_size()
+
+    def _common(self, tokens: list[int]) -> torch.Tensor:
+        """Leading tokens each stored prompt shares with `tokens`, in one vectorised comparison (a scan of
+        thousands of prompts in Python would cost milliseconds per request)."""
+        if self._table is None:
+            keys = list(self.entries)
+            mat = torch.full((len(keys), max(map(len, keys))), -1, dtype=torch.long)
+            for i, k in enumerate(keys):
+                mat[i, :len(k)] = torch.tensor(k)
+            self._table = (keys, mat)
+        keys, mat = self._table
+        n = min(len(tokens), mat.shape[1])
+        return (mat[:, :n] == torch.tensor(tokens[:n])).cumprod(1).sum(1)
+
+    def match(self, tokens: list[int]) -> tuple[int, tuple | None]:
+        """(m, key): the longest run of leading `tokens` whose keys/values are stored, and where."""
+        self.lookups += 1
+        if not tokens or not self.entries:
+            return 0, None
+        common = self._common(tokens)
+        best = int(common.max())
+        if not best:
+            return 0, None
+        self.hits += 1
+        self.hit_tokens += best
+        return best, self._table[0][int(common.argmax())]
+
+    def get(self, key, m: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The first m slots of a stored prompt (views); marks it recently used."""
+        k, v = self.entries.pop(key)
+        self.entries[key] = (k, v)
+        return [t[:, :, :m] for t in k], [t[:, :, :m] for t in v]
+
+    def put(self, tokens: list[int], k: list[torch.Tensor], v: list[torch.Tensor]) -> None:
+        """Store a prompt's keys/values (tensors the cache may keep: copies, not views of a running batch). A
+        stored prompt that this one extends is replaced; one that already extends this one makes storing it
+        pointless."""
+        n = len(tokens)
+        if n == 0 or n > self.max_tokens:
+            return
+        key = tuple(tokens)
+        if self.entries:
+            common = self._common(tokens).tolist()
+            for other, m in zip(self._table[0], common):  # the table's own key order (LRU moves keep it valid)
+                if m == n:  # `other` starts with this whole prompt
+                    self.get(other, 0)
+                    return
+                if m == len(other):  # this prompt extends `other`
+                    self._drop(other)
+        self.entries[key] = (list(k), list(v))
+        self._table = None
+        self.tokens += n
+        while self.tokens > self.max_tokens:
+            self._drop(next(iter(self.entries)))
+
+    def _drop(self, key) -> None:
+        del self.entries[key]
+        self._table = None
+        self.tokens -= len(key)
+
+    def stats(self) -> dict:
+        return {"entries": len(self.entries), "tokens": self.tokens, "lookups": self.lookups, "hits": self.hits,
+                "hit_tokens": self.hit_tokens}

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from lmstack.errors import LmstackError
 from lmstack.infer.beam import beam_search, check_beam_params
-from lmstack.infer.cache import KVCache
+from lmstack.infer.cache import KVCache, PrefixCache
 from lmstack.infer.request import Completion, Request, StreamEvent
 from lmstack.infer.sampling import SamplingParams, apply_penalties, filter_logits, sample
 from lmstack.infer.stop import StopText, stop_token_ids
@@ -30,28 +30,31 @@ class Generation:
     prompts; `Generation.empty(...)` with none, for requests to join with `add`."""
 
     def __init__(self, model, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
-                 tokenizer=None, stream_text: bool = False):
+                 tokenizer=None, stream_text: bool = False, prefix_cache: PrefixCache | None = None):
         if not prompts:
             raise LmstackError("generate: no prompts given")
         if isinstance(params, SamplingParams):
             params = [params] * len(prompts)
-        self._start(model, tokenizer, stream_text, "stop strings and streaming text need a tokenizer")
+        self._start(model, tokenizer, stream_text, "stop strings and streaming text need a tokenizer", prefix_cache)
         reqs = self.add([Request(p, sp) for p, sp in zip(prompts, params)])
         if all(r.params.seed == reqs[0].params.seed for r in reqs) and reqs[0].params.seed is not None:
             for r in reqs:  # one seed: one random stream for the batch, as HF
                 r.generator = reqs[0].generator
 
     @classmethod
-    def empty(cls, model, tokenizer=None, stream_text: bool = False) -> Generation:
-        """A generation with no request yet; requests join with `add` (a server's running batch)."""
+    def empty(cls, model, tokenizer=None, stream_text: bool = False,
+              prefix_cache: PrefixCache | None = None) -> Generation:
+        """A generation with no request yet; requests join with `add` (a server's running batch). With a
+        `prefix_cache`, joining prompts reuse the keys/values of earlier prompts that start the same way."""
         gen = cls.__new__(cls)
-        gen._start(model, tokenizer, stream_text, "streaming text needs a tokenizer")
+        gen._start(model, tokenizer, stream_text, "streaming text needs a tokenizer", prefix_cache)
         return gen
 
-    def _start(self, model, tokenizer, stream_text: bool, why: str):
+    def _start(self, model, tokenizer, stream_text: bool, why: str, prefix_cache: PrefixCache | None = None):
         if stream_text and tokenizer is None:
             raise LmstackError(f"generate: {why}")
         self.model, self.tokenizer, self.need_text = model, tokenizer, stream_text
+        self.prefix_cache = prefix_cache
         self.device = next(model.parameters()).device
         self.requests: dict[int, Request] = {}  # by index, until forgotten
         self.running: list[Request] = []  # the batch, in the cache's row order
@@ -112,8 +115,12 @@ class Generation:
             return requests
         if self.done:  # the old cache holds only finished rows: start afresh
             self.cache, self._prefilled, self._merged = None, False, False
-        if self._prefilled:
-            self.cache.merge(self._prefill_rows([r.prompt[:-1] for r in new]))
+        if self._prefilled or self.prefix_cache is not None:
+            joining, new = self._prefill_joining(new)
+            if self._prefilled:
+                self.cache.merge(joining)
+            else:
+                self.cache, self._prefilled = joining, True
             self._merged = True
         old = list(self.running)
         self.running = old + new
@@ -223,6 +230,37 @@ class Generation:
         self._prefilled = True
         return logits[:, -1]
 
+    def _prefill_joining(self, new: list[Request]) -> tuple[KVCache, list[Request]]:
+        """A cache holding the joining requests' prompts but their last token (which the next step feeds), and
+        the requests in its row order. With a prefix cache each row starts from the longest stored run of its
+        prompt's first tokens, right-aligned to the longest such run, and only the rest is computed (one
+        left-padded forward for all rows); the prompts are then stored for later requests."""
+        rows = [r.prompt[:-1] for r in new]
+        pc = self.prefix_cache
+        if pc is None:
+            return self._prefill_rows(rows), new
+        hits = [pc.match(t) for t in rows]
+        M = max(m for m, _ in hits)
+        rest = [t[m:] for t, (m, _) in zip(rows, hits)]
+        R = max(len(t) for t in rest)
+        cache = KVCache(self.model.cfg, len(rows), M + R, device=self.device, dtype=self.model.cache_dtype)
+        for j, (m, key) in enumerate(hits):
+            if m:
+                ks, vs = pc.get(key, m)
+                for layer, (k, v) in enumerate(zip(ks, vs)):
+                    cache.k[layer][j, :, M - m:M] = k[0]
+                    cache.v[layer][j, :, M - m:M] = v[0]
+                cache.key_pos[j, M - m:M] = torch.arange(m, device=self.device)
+        cache.length, cache.padded = M, any(m < M for m, _ in hits)
+        if R:
+            self._forward_left_padded(rest, cache, 0)
+        L = cache.length
+        for j, ((m, _), t) in enumerate(zip(hits, rest)):
+            if t:  # something new was computed: keep the whole prompt (its slots gathered into copies)
+                idx = torch.cat([torch.arange(M - m, M), torch.arange(L - len(t), L)]).to(self.device)
+                pc.put(rows[j], [k[j:j + 1, :, idx] for k in cache.k], [v[j:j + 1, :, idx] for v in cache.v])
+        return cache, new
+
     def _prefill_rows(self, rows: list[list[int]]) -> KVCache:
         """A cache holding these token rows, left-padded to one length (rows may be empty)."""
         T = max(len(r) for r in rows)
@@ -232,7 +270,8 @@ class Generation:
         return cache
 
     def _forward_left_padded(self, rows: list[list[int]], cache: KVCache, pad: int):
-        """Run token rows, left-padded with `pad` to one length, into `cache`; the last position's logits."""
+        """Run token rows, left-padded with `pad` to one length, into `cache` (each row continuing from its
+        cached tokens, if any); the last position's logits."""
         T, B = max(len(r) for r in rows), len(rows)
         ids = torch.full((B, T), pad, dtype=torch.long)
         mask = torch.zeros((B, T), dtype=torch.bool)
@@ -242,6 +281,8 @@ class Generation:
                 mask[k, T - len(toks):] = True
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        if cache.length:
+            positions = positions + cache.next_positions()[:, None]
         padded = not bool(mask.all())
         return self.model(ids, positions=positions, cache=cache, pad_mask=mask if padded else None, last_only=True)
 

@@ -106,9 +106,12 @@ def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def quantize_int4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """4-bit codes in groups of GROUP: (codes [N, K] 0..15, scale, zero [N, K // GROUP]).
 
-    Two grids per group, the better kept: min/max (Q4_1's: the smallest weight is code 0, the
-    largest code 15) and symmetric (Q4_0's: the weight of largest magnitude is code 0, zero 0).
-    Weights read from a Q4_0 or Q4_1 file lie on one of them, so their codes come back exactly."""
+    Three grids per group, the best kept: min/max (Q4_1's: the smallest weight is code 0, the
+    largest code 15), symmetric (Q4_0's: the weight of largest magnitude is code 0, zero 0), and the
+    lattice the group already lies on (step = the smallest gap between its distinct values, code 0 at
+    the smallest): a Q4_K group (scale x 6-bit sub-scale, minus a 6-bit min) need not use codes 0 and
+    15, so only the lattice finds its codes. Weights read from a Q4_0, Q4_1 or Q4_K file lie on one of
+    these grids, so their codes come back exactly (the scales rounded to bf16)."""
     N, K = w.shape
     g = w.float().reshape(N, K // GROUP, GROUP)
     lo, hi = g.amin(-1), g.amax(-1)
@@ -119,8 +122,14 @@ def quantize_int4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     ext = torch.where(hi.abs() > lo.abs(), hi, lo)
     s2 = torch.where(ext == 0, torch.full_like(ext, 1e-12), -ext / 8)
     z2 = torch.zeros_like(s2)
+    # Lattice grid: the smallest gap between distinct values (float noise of the dequantisation ignored).
+    srt = g.sort(-1).values
+    gap = srt.diff(dim=-1)
+    gap = torch.where(gap > 1e-5 * (hi - lo)[..., None], gap, torch.full_like(gap, float("inf"))).amin(-1)
+    s3 = torch.where(torch.isfinite(gap), gap, s1)
+    z3 = lo + 8 * s3
     best = None
-    for s, z in ((s1, z1), (s2, z2)):
+    for s, z in ((s1, z1), (s2, z2), (s3, z3)):
         s, z = s.to(ACT_DTYPE).float(), z.to(ACT_DTYPE).float()  # as the kernel will see them
         q = torch.round((g - z[..., None]) / s[..., None] + 8).clamp(0, 15)
         err = ((q - 8) * s[..., None] + z[..., None] - g).abs().amax(-1)

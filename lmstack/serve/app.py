@@ -52,6 +52,7 @@ class ServerConfig:
     max_queue: int = 256
     timeout: float = 600.0  # seconds from arrival to the last token
     max_body: int = 4 << 20  # bytes of request body
+    prefix_cache_mb: float = 256.0  # memory for the keys/values of recent prompts, reused by shared prefixes (0: off)
 
 
 class Guard:
@@ -137,7 +138,7 @@ class Server:
         ids = list(self.tok.stop_ids) if self.tok is not None else []
         ids += [e for e in (eos if isinstance(eos, list) else [eos]) if e is not None and e not in ids]
         self.stop_ids = ids
-        self.sched = Scheduler(lm, cfg.max_batch, cfg.max_queue, cfg.timeout)
+        self.sched = Scheduler(lm, cfg.max_batch, cfg.max_queue, cfg.timeout, cfg.prefix_cache_mb)
         self._piece: dict[int, str] = {}
 
     # ---- helpers ----------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lmstack.errors import LmstackError
+from lmstack.infer.cache import PrefixCache
 from lmstack.infer.engine import Generation, Request
 
 log = logging.getLogger("lmstack.serve")
@@ -57,10 +58,17 @@ class Group:
 
 
 class Scheduler:
-    def __init__(self, lm, max_batch: int = 32, max_queue: int = 256, timeout: float = 600.0):
+    def __init__(self, lm, max_batch: int = 32, max_queue: int = 256, timeout: float = 600.0,
+                 prefix_cache_mb: float = 0.0):
         self.lm, self.model, self.tokenizer = lm, lm.model, lm.tokenizer
         self.max_batch, self.max_queue, self.timeout = max_batch, max_queue, timeout
-        self.gen = Generation.empty(self.model, self.tokenizer, stream_text=True)
+        # Keys/values of recent prompts, reused by requests that start the same way (few-shot prompts, a shared
+        # system prompt); its size is a memory budget, in tokens of this model's cache.
+        self.prefix_cache = None
+        if prefix_cache_mb > 0:
+            tokens = int(prefix_cache_mb * 2**20) // PrefixCache.bytes_per_token(self.model.cfg, self.model.cache_dtype)
+            self.prefix_cache = PrefixCache(tokens) if tokens > 0 else None
+        self.gen = self._generation()
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.waiting: deque[Row] = deque()
@@ -109,7 +117,10 @@ class Scheduler:
 
     def stats(self) -> dict:
         with self.lock:
-            return {"running": len(self.running), "waiting": len(self.waiting_groups), "steps": self.steps}
+            out = {"running": len(self.running), "waiting": len(self.waiting_groups), "steps": self.steps}
+        if self.prefix_cache is not None:
+            out["prefix_cache"] = self.prefix_cache.stats()
+        return out
 
     def stop(self):
         self.stopped = True
@@ -240,7 +251,10 @@ class Scheduler:
             self.admitting = []
         for r in rows:
             self._deliver(r.group, [("error", r.choice, status, message, kind, None)])
-        self.gen = Generation.empty(self.model, self.tokenizer, stream_text=True)
+        self.gen = self._generation()
+
+    def _generation(self) -> Generation:
+        return Generation.empty(self.model, self.tokenizer, stream_text=True, prefix_cache=self.prefix_cache)
 
 
 def make_group(loop, deliver, timeout: float) -> Group:

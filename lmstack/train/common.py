@@ -227,11 +227,14 @@ def log_step(run: Run, done: int, tokens: int, **metrics) -> None:
     run.log.log(done, **rec)
 
 
-def checkpoint_if_due(run: Run, lm, done: int, extra: dict | None = None) -> None:
+def checkpoint_if_due(run: Run, lm, done: int, extra: dict | None = None, blobs=None) -> None:
+    """Save a resumable checkpoint every --ckpt-interval steps and at the end. `blobs`: the recipe's own state
+    (see write_trainer_state), or a function returning it (only called when a checkpoint is written)."""
     cfg = run.cfg
     if (cfg.ckpt_interval and done % cfg.ckpt_interval == 0) or done == cfg.steps:
         save_checkpoint(lm, run.out, done, run.opt, {"counters": run.counters, **(extra or {})},
-                        keep_last=cfg.keep_last, meta=run.meta, dist_info=run.info, sharded=cfg.fsdp)
+                        keep_last=cfg.keep_last, meta=run.meta, dist_info=run.info, sharded=cfg.fsdp,
+                        blobs=blobs() if callable(blobs) else blobs)
 
 
 def finish_run(run: Run, lm, summary: dict, plot_keys: list[str], title: str, png: str = "loss_curve.png") -> dict:

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from lmstack.errors import LmstackError
+from lmstack.lm import LM
 from lmstack.train import dist
-from lmstack.train.common import finish_run, log_step, optimizer_step, pad_id, start_run
+from lmstack.train.common import checkpoint_if_due, finish_run, log_step, optimizer_step, pad_id, start_run
 from lmstack.train.policy import final_lm, reference
 from lmstack.train.prefdata import PrefConfig
 from lmstack.train.recipe import Result
@@ -31,9 +32,12 @@ from lmstack.train.rl import (
     RolloutOptions,
     Rollouts,
     gather,
+    loop_state,
     masked_mean,
     means,
     policy_logprobs,
+    restore_rng,
+    resume_state,
     reward_trend,
     rollout_seed,
     setup,
@@ -88,13 +92,16 @@ def run(cfg: GRPOConfig, rewards=None, step_hook=None) -> Result:
     if not cfg.quiet:
         print(f"grpo: {len(s.records)} prompts ({s.pstats['dropped_overlong']} too long dropped), {cfg.steps} "
               f"iterations x {cfg.prompts_per_step} prompts x {cfg.group_size} answers")
+    resume_from, blob = resume_state(cfg, "grpo", policy, info.device)  # --resume: see ppo.run
     run = start_run(cfg, policy, info, "grpo", {"parent": cfg.model, "reward_model": cfg.reward_model,
                                                 "reward_rule": cfg.reward_rule, "prompts": s.pstats, "lora": cfg.lora},
-                    params=s.params)
+                    params=s.params, resume_from=resume_from)
     pad = pad_id(s.tok)
     rng = np.random.default_rng(cfg.seed)
-    history = []
-    for it in range(cfg.steps):
+    restore_rng(rng, blob)
+    history = list(blob.get("history", []))
+    save_lm = LM(policy, s.tok, s.lm.generation_config, {})
+    for it in range(run.start, cfg.steps):
         lr = run.lr(it)
         t0 = time.perf_counter()
         pick = s.draw(rng, cfg.prompts_per_step)
@@ -133,6 +140,8 @@ def run(cfg: GRPOConfig, rewards=None, step_hook=None) -> Result:
         history.append(rec)
         log_step(run, it + 1, int(ro.rlen.sum()), **rec)
         run.log.progress(1, reward=rec["reward"])
+        if cfg.ckpt_interval:
+            checkpoint_if_due(run, save_lm, it + 1, blobs=lambda: loop_state(cfg, "grpo", rng, history))
         if step_hook is not None:
             step_hook(it + 1, rec)
     summary = {"steps": cfg.steps, **reward_trend(history), "prompts": s.pstats}

@@ -25,6 +25,8 @@ class MetricsLogger:
         if not enabled:
             return
         Path(run_dir).mkdir(parents=True, exist_ok=True)
+        if start_step > 0 and self.path.exists():
+            self._truncate(start_step)
         if console or bars:
             self.bar = tqdm(total=total_steps, initial=start_step, desc=f"  {desc}" if bars else desc,
                             unit="step", dynamic_ncols=True, leave=not bars)
@@ -34,6 +36,21 @@ class MetricsLogger:
             except ImportError:
                 raise LmstackError("--tensorboard needs the tensorboard package (pip install tensorboard)") from None
             self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+    def _truncate(self, start_step: int) -> None:
+        """A resumed run: drop what was logged after its checkpoint (those steps run again) and a line a kill
+        cut short, so that the log reads as an uninterrupted run's."""
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if rec.get("step", 0) <= start_step:
+                kept.append(line)
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(x + "\n" for x in kept))
+        tmp.replace(self.path)
 
     def log(self, step: int, **metrics) -> None:
         if not self.enabled:

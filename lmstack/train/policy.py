@@ -52,6 +52,30 @@ def generation_model(model):
     return model.get_base_model() if is_peft(model) else model
 
 
+ROLLOUT_QUANTIZE = {"none": 0, "int8": 8, "int4": 4}
+
+
+def check_rollout_quantize(value: str) -> None:
+    if value not in ROLLOUT_QUANTIZE:
+        raise LmstackError(f"--rollout-quantize must be one of {', '.join(ROLLOUT_QUANTIZE)}, not {value!r}")
+
+
+def rollout_model(model, quantize: str = "none"):
+    """What rollouts are sampled with: the policy itself, or (int8 / int4, CPU) a weight-only quantised copy of
+    its current weights, LoRA merged in, made afresh for each rollout batch. Decoding reads a quarter / an eighth
+    of the bytes; the losses still use the dense policy's log-probabilities (PPO and GRPO recompute the old
+    log-probs of every rollout), so the copy only makes the samples slightly off-policy, as a vLLM sampler does
+    for TRL."""
+    check_rollout_quantize(quantize)
+    if quantize == "none":
+        return generation_model(model)
+    from lmstack.model.quant import quantize_model  # CPU kernels; refuses a GPU model with its own message
+
+    copy_ = copy.deepcopy(model)
+    copy_ = copy_.merge_and_unload() if is_peft(copy_) else copy_
+    return quantize_model(copy_.eval(), ROLLOUT_QUANTIZE[quantize])
+
+
 def final_lm(lm, model, cfg: PrefConfig) -> LM:
     """The LM to save at the end: LoRA merged into the weights (a plain checkpoint any tool reads)."""
     if cfg.lora and is_peft(model):

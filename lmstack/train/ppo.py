@@ -30,9 +30,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmstack.errors import LmstackError
-from lmstack.lm import load
+from lmstack.lm import LM, load
 from lmstack.train import dist
-from lmstack.train.common import finish_run, log_step, optimizer_step, pad_id, start_run
+from lmstack.train.common import checkpoint_if_due, finish_run, log_step, optimizer_step, pad_id, start_run
 from lmstack.train.policy import final_lm, reference
 from lmstack.train.prefdata import PrefConfig
 from lmstack.train.recipe import Result
@@ -44,11 +44,14 @@ from lmstack.train.rl import (
     gae,
     gather,
     kl_controller,
+    loop_state,
     masked_mean,
     means,
     policy_logprobs,
     ppo_losses,
     response_index,
+    restore_rng,
+    resume_state,
     reward_trend,
     rollout_seed,
     setup,
@@ -166,14 +169,24 @@ def run(cfg: PPOConfig, rewards=None, step_hook=None) -> Result:
               f"rollouts, value model from the {value_from}")
     both = nn.ModuleDict({"policy": policy, "value": value})
     train_params = s.params + list(value.parameters())
+    # --resume: weights, value model, KL coefficient, prompt sampler, PTX sampler and history from the checkpoint;
+    # start_run restores the optimizer, torch's RNG (minibatch order) and the iteration.
+    resume_from, blob = resume_state(cfg, "ppo", policy, info.device)
+    if blob:
+        value.load_state_dict(blob["value"])
+        kl_ctl.beta = blob["kl_beta"]
+        if ptx is not None:
+            ptx.gen.set_state(blob["ptx"])
     run = start_run(cfg, both, info, "ppo", {"parent": cfg.model, "reward_model": cfg.reward_model,
                                              "safety_reward_model": cfg.safety_reward_model,
                                              "reward_rule": cfg.reward_rule, "prompts": s.pstats, "lora": cfg.lora},
-                    params=train_params)
+                    params=train_params, resume_from=resume_from)
     pad = pad_id(tok)
     rng = np.random.default_rng(cfg.seed)
-    history = []
-    for it in range(cfg.steps):
+    restore_rng(rng, blob)
+    history = list(blob.get("history", []))
+    save_lm = LM(policy, tok, s.lm.generation_config, {})
+    for it in range(run.start, cfg.steps):
         lr = run.lr(it)
         # 1. Rollouts through the generation engine.
         t0 = time.perf_counter()
@@ -239,6 +252,10 @@ def run(cfg: PPOConfig, rewards=None, step_hook=None) -> Result:
         done = it + 1
         log_step(run, done, int(ro.rlen.sum()), **rec)
         run.log.progress(1, reward=rec["reward"], kl=kl)
+        if cfg.ckpt_interval:
+            checkpoint_if_due(run, save_lm, done, blobs=lambda: loop_state(
+                cfg, "ppo", rng, history, value=value.state_dict(), kl_beta=kl_ctl.beta,
+                ptx=ptx.gen.get_state() if ptx is not None else None))
         if step_hook is not None:
             step_hook(done, rec)
     summary = {"steps": cfg.steps, **reward_trend(history), "kl_coef_final": kl_ctl.beta,

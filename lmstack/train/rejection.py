@@ -29,10 +29,12 @@ from lmstack.train import sft
 from lmstack.train.common import load_for_training
 from lmstack.train.log import MetricsLogger, plot_curves, read_metrics
 from lmstack.train.lora import lora_options
+from lmstack.train.policy import check_rollout_quantize
 from lmstack.train.prefdata import PrefConfig, suite_dir
 from lmstack.train.recipe import Result
 from lmstack.train.rewards import load_rewards
 from lmstack.train.rl import RolloutOptions, rollout_prompts, rollout_seed, sample
+from lmstack.train.state import check_resumable, config_fingerprint
 
 
 @dataclass
@@ -56,14 +58,25 @@ def best_of_n(scores: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]
     return best, s.max(1).values
 
 
+def finished_rounds(cfg: RejectionConfig) -> int:
+    """The rounds a killed run finished (each leaves round_k/state.json last); a state written with other options
+    is refused in one line."""
+    out, done = Path(cfg.out), 0
+    while (out / f"round_{done + 1}" / "state.json").exists():
+        done += 1
+    if done:
+        st = json.loads((out / f"round_{done}" / "state.json").read_text())
+        check_resumable(out / f"round_{done}", st.get("recipe"), st.get("config"), "rejection-sampling", cfg)
+    return min(done, cfg.rounds)
+
+
 def run(cfg: RejectionConfig, rewards=None) -> Result:
     """Run the rounds. `rewards` (a lmstack.train.rewards.Rewards) overrides the reward options (tests)."""
     if not cfg.model:
         raise LmstackError("rejection-sampling: --model is required (the SFT checkpoint to start from)")
     if cfg.samples < 2:
         raise LmstackError("--samples must be at least 2 (best of N)")
-    if cfg.resume:
-        raise LmstackError("rejection-sampling: --resume is not supported; start again")
+    check_rollout_quantize(cfg.rollout_quantize)
     if not cfg.temperature > 0:
         raise LmstackError(f"rejection-sampling: temperature must be > 0, got {cfg.temperature} (best of N picks "
                            "among N sampled answers; at 0 all N are the same greedy answer)")
@@ -78,15 +91,21 @@ def run(cfg: RejectionConfig, rewards=None) -> Result:
         # No whitening over a round's batch: the kept answers of different rounds are compared by their scores.
         rewards = load_rewards(cfg, device, suite, lm.tokenizer, whiten=False)
     records, pids, pstats = rollout_prompts(cfg, lm.tokenizer)
-    if (out / "metrics.jsonl").exists():
-        (out / "metrics.jsonl").unlink()
-    log = MetricsLogger(out, cfg.rounds, enabled=True, console=not cfg.quiet, desc="rejection-sampling",
-                        bars=cfg.bars)
     rng = np.random.default_rng(cfg.seed)
     kept: dict[int, tuple[float, str]] = {}  # prompt index -> best (score, answer) over all rounds
     current = cfg.model
     rounds = []
-    for r in range(cfg.rounds):
+    done = finished_rounds(cfg) if cfg.resume else 0
+    if done:  # --resume: continue after the last round whose model and state were written
+        st = json.loads((out / f"round_{done}" / "state.json").read_text())
+        rng.bit_generator.state = st["prompt_rng"]
+        kept = {int(i): (s, a) for i, s, a in st["kept"]}
+        rounds, current = st["rounds"], str(out / f"round_{done}" / "model")
+    elif (out / "metrics.jsonl").exists():
+        (out / "metrics.jsonl").unlink()
+    log = MetricsLogger(out, cfg.rounds, start_step=done, enabled=True, console=not cfg.quiet,
+                        desc="rejection-sampling", bars=cfg.bars)
+    for r in range(done, cfg.rounds):
         t0 = time.perf_counter()
         lm = load(current, device=device)
         n_p = len(records) if cfg.prompts_per_round <= 0 else min(cfg.prompts_per_round, len(records))
@@ -124,6 +143,12 @@ def run(cfg: RejectionConfig, rewards=None) -> Result:
         rec.update(sft_loss_first=s.get("first_loss"), sft_loss_last=s.get("final_loss"),
                    time_round=time.perf_counter() - t0)
         rounds.append(rec)
+        # The round's state, written last and atomically: its presence means the round is whole (--resume).
+        tmp = out / f"round_{r + 1}" / "state.json.tmp"
+        tmp.write_text(json.dumps({"recipe": "rejection-sampling", "config": config_fingerprint(cfg),
+                                   "prompt_rng": rng.bit_generator.state, "rounds": rounds,
+                                   "kept": [[i, s, a] for i, (s, a) in sorted(kept.items())]}, default=str))
+        tmp.replace(out / f"round_{r + 1}" / "state.json")
         log.log(r + 1, **rec)
         log.progress(1, best=rec["reward_best_of_n"], mean=rec["reward_mean"])
     log.close()

@@ -27,10 +27,20 @@ import torch.nn.functional as F
 
 from lmstack.data.records import write_jsonl
 from lmstack.errors import LmstackError
+from lmstack.lm import LM, load
 from lmstack.train import dist
-from lmstack.train.common import finish_run, load_for_training, log_step, optimizer_step, pad_id, start_run
+from lmstack.train.common import (
+    checkpoint_if_due,
+    finish_run,
+    load_for_training,
+    log_step,
+    optimizer_step,
+    pad_id,
+    resume_point,
+    start_run,
+)
 from lmstack.train.labelling import sample_rankings, sft_answers
-from lmstack.train.lora import apply_lora
+from lmstack.train.lora import apply_lora, load_adapter_state
 from lmstack.train.prefdata import (
     Comparison,
     PrefConfig,
@@ -45,6 +55,7 @@ from lmstack.train.prefdata import (
 )
 from lmstack.train.recipe import Result
 from lmstack.train.rewards import RewardModel, RewardNet, save_reward_model
+from lmstack.train.state import check_resumable, config_fingerprint, read_trainer_state
 
 
 @dataclass
@@ -144,8 +155,6 @@ def evaluate_comparisons(net, comps: list[EncodedComparison], pad: int, device, 
 def run(cfg: RewardConfig) -> Result:
     if not cfg.model:
         raise LmstackError("reward: --model is required (the SFT or base checkpoint to start from)")
-    if cfg.resume:
-        raise LmstackError("reward: --resume is not supported (runs are minutes long); start again")
     info = dist.init(cfg.device)
     torch.manual_seed(cfg.seed)
     data, val_data = preference_files(cfg, "rankings.jsonl")
@@ -189,13 +198,27 @@ def run(cfg: RewardConfig) -> Result:
     net = RewardNet(backbone, lm.config.d_model)
     if cfg.lora:
         params = [p for p in net.parameters() if p.requires_grad]
-    run = start_run(cfg, net, info, "reward", {"parent": cfg.model, "data": data, "data_stats": stats,
-                                                "subset": cfg.subset, "lora": cfg.lora}, params=params)
-    pad = pad_id(tok)
     rng = np.random.default_rng(cfg.seed)
     order: list[int] = []
+    # --resume: the backbone (or its adapters) from the checkpoint's model folder, the head and the data order from
+    # its trainer state; start_run restores the optimizer, the RNG and the step.
+    resume_from = resume_point(cfg)
+    if resume_from is not None:
+        blob, _ = read_trainer_state(resume_from, info.rank)
+        check_resumable(resume_from, blob.get("recipe"), blob.get("config"), "reward", cfg)
+        if cfg.lora:
+            load_adapter_state(backbone, resume_from)
+        else:
+            backbone.load_state_dict(load(resume_from, device=info.device).model.state_dict())
+        net.head.load_state_dict(blob["head"])
+        rng.bit_generator.state, order = blob["order_rng"], list(blob["order"])
+    run = start_run(cfg, net, info, "reward", {"parent": cfg.model, "data": data, "data_stats": stats,
+                                                "subset": cfg.subset, "lora": cfg.lora}, params=params,
+                    resume_from=resume_from)
+    pad = pad_id(tok)
+    save_lm = LM(backbone, tok, lm.generation_config, {})
     val_metrics, sampled_metrics = {}, {}
-    for step in range(cfg.steps):
+    for step in range(run.start, cfg.steps):
         lr = run.lr(step)
         # Each batch element is one prompt with all its comparisons (never split across batches).
         need = cfg.micro_batch * info.world
@@ -217,6 +240,10 @@ def run(cfg: RewardConfig) -> Result:
         if sval and done == cfg.steps:
             sampled_metrics = evaluate_comparisons(net, sval, pad, info.device)
         run.log.progress(1, loss=loss_v, acc=correct / max(n, 1))
+        if cfg.ckpt_interval:
+            checkpoint_if_due(run, save_lm, done, blobs=lambda order=order: {
+                "recipe": "reward", "config": config_fingerprint(cfg), "head": net.head.state_dict(),
+                "order_rng": rng.bit_generator.state, "order": list(order)})
 
     rm = RewardModel(net, tok)
     norm = {}
@@ -259,11 +286,13 @@ def sample_data(cfg: RewardConfig, info) -> dict[str, str]:
     suite_cfg = replace(cfg, data=[])
     paths, out = {}, Path(cfg.out)
     for split, n in (("train", cfg.sample_prompts), ("test", max(1, cfg.sample_prompts // 4))):
+        paths[split] = out / f"sampled_rankings_{split}.jsonl"
+        if cfg.resume and paths[split].exists():  # written whole (atomically) by the run being resumed
+            continue
         recs, _ = load_prompts(suite_cfg, split=split)
         pick = np.random.default_rng([cfg.seed, len(split)]).permutation(len(recs))[:n]
         ranks, st = sample_rankings(cfg.model, [recs[i] for i in pick], cfg.sample_rankings, panel,
                                     cfg.sample_max_new_tokens, cfg.seed, info.device, split, cfg.bars)
-        paths[split] = out / f"sampled_rankings_{split}.jsonl"
         if info.main:
             write_jsonl(paths[split], ranks)
             if not cfg.quiet:

@@ -21,11 +21,15 @@ from lmstack.errors import LmstackError
 from lmstack.infer.engine import generate
 from lmstack.infer.logprobs import sequence_logprobs
 from lmstack.infer.sampling import SamplingParams
+from lmstack.lm import load
 from lmstack.train import dist
+from lmstack.train.common import resume_point
 from lmstack.train.dist import DistInfo
-from lmstack.train.policy import generation_model, load_policy
+from lmstack.train.lora import load_adapter_state
+from lmstack.train.policy import check_rollout_quantize, load_policy, rollout_model
 from lmstack.train.prefdata import PrefConfig, encode_prompts, load_prompts, right_pad, suite_dir, suite_judge
 from lmstack.train.rewards import RewardOptions, Rewards, load_rewards
+from lmstack.train.state import check_resumable, config_fingerprint, read_trainer_state
 
 
 @dataclass
@@ -35,6 +39,9 @@ class RolloutOptions(RewardOptions):
     max_new_tokens: int = 48  #: longest sampled answer, in tokens
     temperature: float = 1.0  #: sampling temperature, > 0 (PPO, GRPO: also of every log-probability)
     clusters: list[str] = field(default_factory=list)  #: only prompts of these suite clusters (e.g. arithmetic)
+    #: none, int8 or int4: sample rollouts from a weight-only quantised copy of the policy (CPU; faster decoding,
+    #: the losses keep the dense policy's log-probabilities)
+    rollout_quantize: str = "none"
 
 
 @dataclass
@@ -108,9 +115,8 @@ def check_temperature(cfg, stage: str) -> None:
 def setup(cfg: PrefConfig, stage: str, rewards: Rewards | None = None, need_reference: bool = True) -> Setup:
     """One process, the seed, the policy (and reference), the rewards (`rewards`, or the config's reward options)
     and the prompts."""
-    if cfg.resume:
-        raise LmstackError(f"{stage}: --resume is not supported; start again (runs are short)")
     check_temperature(cfg, stage)
+    check_rollout_quantize(cfg.rollout_quantize)
     info = dist.init(cfg.device)
     single_process(info, stage)
     torch.manual_seed(cfg.seed)
@@ -132,6 +138,36 @@ def gold_judge(suite: Path | None, rewards: Rewards, records: list[dict]):
     if suite is None or getattr(rewards, "rule", None) is not None or not all("meta" in r for r in records):
         return None
     return suite_judge(suite)[0]
+
+
+# ---- resume ----------------------------------------------------------------------------------------------------
+
+def resume_state(cfg, stage: str, policy, device) -> tuple[Path | None, dict]:
+    """With --resume and a checkpoint in --out: (its folder, its trainer state), the policy's weights (or LoRA
+    adapters) restored from it; else (None, {}). A checkpoint of another recipe, or one written with other
+    options, is refused in one line naming what differs."""
+    resume_from = resume_point(cfg)
+    if resume_from is None:
+        return None, {}
+    blob, _ = read_trainer_state(resume_from)
+    check_resumable(resume_from, blob.get("recipe"), blob.get("config"), stage, cfg)
+    if cfg.lora:
+        load_adapter_state(policy, resume_from)
+    else:
+        policy.load_state_dict(load(resume_from, device=device).model.state_dict())
+    return resume_from, blob
+
+
+def loop_state(cfg, stage: str, rng: np.random.Generator, history: list[dict], **more) -> dict:
+    """What a policy-gradient loop carries between iterations beyond weights, optimizer and torch's RNG (which
+    every checkpoint holds): the recipe and options, the prompt sampler's state and the logged history."""
+    return {"recipe": stage, "config": config_fingerprint(cfg), "prompt_rng": rng.bit_generator.state,
+            "history": list(history), **more}
+
+
+def restore_rng(rng: np.random.Generator, blob: dict) -> None:
+    if blob:
+        rng.bit_generator.state = blob["prompt_rng"]
 
 
 def check_unsafe_tags(rewards: Rewards, records: list[dict], stage: str) -> None:
@@ -157,7 +193,7 @@ def rollout_seed(cfg: PrefConfig, it: int) -> int:
 @torch.no_grad()
 def sample(policy, tok, prompt_ids: list[list[int]], cfg, seed: int):
     sp = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed)
-    return generate(generation_model(policy), prompt_ids, sp, tok)
+    return generate(rollout_model(policy, getattr(cfg, "rollout_quantize", "none")), prompt_ids, sp, tok)
 
 
 @dataclass

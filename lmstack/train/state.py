@@ -11,6 +11,7 @@ import json
 import random
 import re
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,27 @@ from lmstack.model.checkpoint import save
 from lmstack.train import dist
 
 STEP_DIR = re.compile(r"^step_(\d{7})$")
+# Options that may change between a run and its resumption: they change nothing the run computes.
+RESUME_FREE = {"resume", "quiet", "bars", "tensorboard", "log_interval", "keep_last", "out", "device"}
+
+
+def config_fingerprint(cfg) -> dict:
+    """The options a run was started with (as JSON round-trips them), less those free to change on --resume."""
+    return {k: v for k, v in json.loads(json.dumps(asdict(cfg), default=str)).items() if k not in RESUME_FREE}
+
+
+def check_resumable(where, recipe: str | None, config: dict | None, stage: str, cfg) -> None:
+    """A checkpoint (or round state) at `where` written by `recipe` with options `config` may be resumed by a
+    `stage` run with options `cfg`; else a one-line error naming what differs."""
+    if recipe != stage:
+        raise LmstackError(f"{where}: a checkpoint of {recipe or 'another recipe'}, not of {stage}; resume in the "
+                           f"folder a {stage} run wrote, or give a new --out")
+    saved, now = config or {}, config_fingerprint(cfg)
+    diff = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    if diff:
+        shown = ", ".join(f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:3])
+        raise LmstackError(f"{where}: written with other options ({shown}{', ...' if len(diff) > 3 else ''}); "
+                           "resume with the options of the run, or give a new --out")
 
 
 def rng_state() -> dict:
@@ -39,16 +61,18 @@ def set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def write_trainer_state(folder: Path, optimizer, step: int, extra: dict) -> None:
+def write_trainer_state(folder: Path, optimizer, step: int, extra: dict, blobs: dict | None = None) -> None:
+    """`extra`: JSON-able counters; `blobs`: tensors and other state of the recipe's own (a value model, a
+    random generator's state), saved beside the optimizer's."""
     d = folder / "trainer_state"
     d.mkdir(parents=True, exist_ok=True)
-    torch.save({"optimizer": optimizer.state_dict() if optimizer is not None else None, "rng": rng_state()},
-               d / "state.pt")
+    torch.save({"optimizer": optimizer.state_dict() if optimizer is not None else None, "rng": rng_state(),
+                **(blobs or {})}, d / "state.pt")
     (d / "state.json").write_text(json.dumps({"step": step, **extra}, indent=2, default=str))
 
 
 def save_checkpoint(lm, run_dir: Path, step: int, optimizer, extra: dict, keep_last: int = 2, meta=None,
-                    dist_info=None, sharded: bool = False) -> Path:
+                    dist_info=None, sharded: bool = False, blobs: dict | None = None) -> Path:
     """Write run_dir/checkpoints/step_NNNNNNN atomically (model folder + trainer_state), prune old ones.
 
     Every rank calls this. Unsharded (single process, DDP): rank 0 writes everything. Sharded (FSDP):
@@ -60,8 +84,10 @@ def save_checkpoint(lm, run_dir: Path, step: int, optimizer, extra: dict, keep_l
     if sharded:
         full = get_model_state_dict(lm.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
+        for stale in path.parent.glob(".step_*.tmp-*"):  # a checkpoint a kill interrupted before its rename
+            shutil.rmtree(stale, ignore_errors=True)
         save(lm, path, state_dict=full, **(meta or {}),
-             writer=lambda tmp: write_trainer_state(tmp, None if sharded else optimizer, step, extra))
+             writer=lambda tmp: write_trainer_state(tmp, None if sharded else optimizer, step, extra, blobs))
     if dist_info is not None:
         dist.barrier(dist_info)
     if sharded:

@@ -45,10 +45,12 @@ def _tiny_vocab():
     return tokens, types, merges
 
 
-def _write_tiny(path, *, arch="llama", quant=None, tokenizer_model="gpt2", tied=True, extra_tensor=None):
-    """A 2-layer GQA Llama with random weights, written the way llama.cpp's converter would."""
+def _write_tiny(path, *, arch="llama", quant=None, tokenizer_model="gpt2", tied=True, extra_tensor=None,
+                hidden=32, ff=64):
+    """A 2-layer GQA Llama with random weights, written the way llama.cpp's converter would. `quant`: a GGML type
+    for every matrix, or a function (GGUF name, float matrix) -> (raw blocks, type) or None (kept float)."""
     rng = np.random.default_rng(0)
-    hidden, ff, n_layer, n_head, n_kv = 32, 64, 2, 4, 2
+    n_layer, n_head, n_kv = 2, 4, 2
     head_dim = hidden // n_head
     tokens, types, merges = _tiny_vocab()
     vocab = len(tokens)
@@ -112,8 +114,13 @@ def _write_tiny(path, *, arch="llama", quant=None, tokenizer_model="gpt2", tied=
             value = _llama_cpp_permute(value, n_head)
         elif "k_proj" in name:
             value = _llama_cpp_permute(value, n_kv)
-        if quant is not None and value.ndim == 2:
-            w.add_tensor(gname, gguf.quants.quantize(value, quant), raw_dtype=quant)
+        raw = None
+        if callable(quant) and value.ndim == 2:
+            raw = quant(gname, value)
+        elif quant is not None and value.ndim == 2:
+            raw = gguf.quants.quantize(value, quant), quant
+        if raw is not None:
+            w.add_tensor(gname, raw[0], raw_dtype=raw[1])
         else:
             w.add_tensor(gname, value)
     if extra_tensor:

@@ -149,6 +149,49 @@ def test_gguf_auto_keeps_the_files_quantisation(tmp_path):
     assert isinstance(load(f32, quantize="int8").model.blocks[0].mlp.up, Int8Linear)
 
 
+def _k_blocks(rows: int, cols: int, qtype, rng) -> np.ndarray:
+    """Random but well-formed K-quant blocks (256 weights each) with small fp16 super-block scales: gguf-py reads
+    K-quants but cannot write them, and llama.cpp is not a test dependency."""
+    size, fp16_at = {Q.Q4_K: (144, (0, 2)), Q.Q6_K: (210, (208,)), Q.Q5_K: (176, (0, 2))}[qtype]
+    b = rng.integers(0, 256, (rows, cols // 256, size), dtype=np.uint8)
+    for at in fp16_at:  # d (and dmin): values of about 0.01-0.1, as a trained matrix has
+        d = rng.uniform(2e-5, 1e-4, (rows, cols // 256)).astype(np.float16)
+        b[:, :, at:at + 2] = d.view(np.uint8).reshape(rows, cols // 256, 2)
+    return b.reshape(rows, -1)
+
+
+def test_k_quant_files_load_quantised(tmp_path):
+    """llama.cpp's Q4_K_M mix (Q4_K matrices, Q6_K for attn_v and ffn_down; Q5_K here for ffn_up): `auto` keeps
+    Q4_K as int4 groups of 32 and Q5_K/Q6_K as int8 rows; logits stay close to the dequantised model's."""
+    rng = np.random.default_rng(1)
+
+    def mix(name, value):
+        if name == "token_embd.weight":
+            return None  # float embeddings (the file may keep any type there)
+        qtype = Q.Q6_K if ("attn_v" in name or "ffn_down" in name) else Q.Q5_K if "ffn_up" in name else Q.Q4_K
+        return _k_blocks(*value.shape, qtype, rng), qtype
+
+    path = tmp_path / "k.gguf"
+    _write_tiny(path, quant=mix, hidden=256, ff=256)
+    from lmstack.model.gguf import read_gguf
+
+    types = read_gguf(str(path)).metadata["tensor_types"]
+    assert types["Q4_K"] == 2 * 4 and types["Q5_K"] == 2 and types["Q6_K"] == 2 * 2  # per layer: q k o gate / up / v down
+    dense, q = load(path), load(path, quantize="auto")
+    blk = q.model.blocks[0]
+    # A layer with a Q5_K or Q6_K part keeps 8 bits (int8 rows); Q4_K alone becomes int4 groups of 32.
+    assert all(isinstance(m, Int8Linear) for m in (blk.attn.qkv, blk.mlp.up, blk.mlp.down))
+    assert isinstance(blk.attn.o_proj, Int4Linear)
+    for name in ("attn.qkv", "attn.o_proj", "mlp.up", "mlp.down"):
+        w = dense.model.blocks[1].get_submodule(name).weight
+        got = q.model.blocks[1].get_submodule(name).dequantized()
+        assert (got - w).abs().max() <= w.abs().max() * 2**-7, name  # Q4_K's codes recovered, bf16 scales
+    ids = torch.tensor([dense.encode("hello world")])
+    with torch.inference_mode():
+        a, b = dense.model(ids), q.model(ids).float()
+    assert (a - b).norm() / a.norm() < 0.02  # 0.7% measured
+
+
 def test_a_tied_int8_head_shares_the_embeddings_codes(tiny_lm):
     q = quantize_model(copy.deepcopy(tiny_lm.model), 8)
     assert q.lm_head.codes.data_ptr() == q.tok_emb.codes.data_ptr()

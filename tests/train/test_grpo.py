@@ -74,3 +74,29 @@ def test_grpo_logs_gold_with_a_reward_model_on_the_suite(tiny_ckpt, tmp_path):
     assert len(recs) == len(seen) == 2
     for rec, (records, texts) in zip(recs, seen):
         assert rec["gold"] == pytest.approx(sum(judge.score(r, t) for r, t in zip(records, texts)) / len(texts))
+
+
+def test_rollouts_from_a_quantised_copy(tiny_ckpt, tmp_path, monkeypatch):
+    """--rollout-quantize int8: each iteration's answers come from an int8 copy of the policy, the update from the
+    dense policy's log-probs; the run trains as usual."""
+    from lmstack.model.quant import is_quantized
+    from lmstack.train import rl
+
+    seen = []
+    generate = rl.generate
+
+    def spy(model, *a, **kw):
+        seen.append(is_quantized(model))
+        return generate(model, *a, **kw)
+
+    monkeypatch.setattr(rl, "generate", spy)
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in ["Hi", "Name a cat."]))
+    res = run(GRPOConfig(model=str(tiny_ckpt), data=[str(data)], out=str(tmp_path / "g"), steps=2, prompts_per_step=2,
+                         group_size=4, micro_batch=8, max_new_tokens=4, seq_len=128, rollout_quantize="int8",
+                         quiet=True), rewards=Rewards(rule=lambda rec, text, ids: float(len(ids))))
+    assert seen == [True, True]
+    assert not is_quantized(load(res.artifacts["model"]).model)
+    with pytest.raises(LmstackError, match=r"--rollout-quantize must be one of"):
+        run(GRPOConfig(model=str(tiny_ckpt), data=[str(data)], out=str(tmp_path / "h"), steps=1, rollout_quantize="q4",
+                       quiet=True), rewards=Rewards(rule=lambda rec, text, ids: 0.0))

@@ -23,3 +23,31 @@ def test_lora_reference_is_the_adapters_off(tiny_ckpt, tmp_path):
 def lmstack_base_logits(path):
     with torch.no_grad():
         return load(path).model(torch.tensor([[5, 6, 7]]))
+
+
+def test_rollout_model_is_a_quantised_copy_with_lora_merged(tiny_ckpt, tmp_path):
+    """--rollout-quantize: the engine samples from an int8 copy of the current weights (adapters merged in);
+    the policy being trained stays dense and trainable, and the copy computes the same function within int8's
+    rounding."""
+    import pytest
+
+    from lmstack.errors import LmstackError
+    from lmstack.model.quant import Int8Linear, is_quantized
+    from lmstack.train.policy import generation_model, rollout_model
+
+    cfg = PrefConfig(model=str(tiny_ckpt), out=str(tmp_path), lora=True, lora_r=4, lora_dropout=0.0, seq_len=128)
+    _, model, params, _ = load_policy(cfg, "cpu")
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.05)  # the adapters moved: the copy must carry them
+    x = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        dense = generation_model(model)(x).float()
+        q = rollout_model(model, "int8")
+        quant = q(x).float()
+    assert is_quantized(q) and any(isinstance(m, Int8Linear) for m in q.modules())
+    assert not is_quantized(model) and all(p.requires_grad for p in params)
+    assert (quant - dense).abs().max() < 0.05 * dense.abs().max(), (quant - dense).abs().max()
+    assert rollout_model(model, "none") is generation_model(model)
+    with pytest.raises(LmstackError, match=r"--rollout-quantize must be one of none, int8, int4"):
+        rollout_model(model, "int3")

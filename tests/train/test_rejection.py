@@ -43,3 +43,40 @@ def test_temperature_zero_is_rejected(tiny_ckpt, tmp_path):
                           max_new_tokens=2, sft_epochs=1, micro_batch=2, seq_len=128, temperature=0.0, quiet=True)
     with pytest.raises(LmstackError, match=r"^rejection-sampling: temperature must be > 0"):
         run(cfg, rewards=Rewards(rule=lambda rec, text, ids: float(len(ids))))
+
+
+def test_a_killed_run_resumes_after_its_last_whole_round(tiny_ckpt, tmp_path, monkeypatch):
+    """--resume continues after the last round whose state was written (the kept answers, the prompt sampler):
+    the final weights equal an uninterrupted run's; a run with other options is refused."""
+    from safetensors.torch import load_file
+
+    from lmstack.train import sft
+
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in ["Hi", "Name a cat.", "Say something.", "Yo"]))
+    rewards = Rewards(rule=lambda rec, text, ids: float(len(ids)))
+    cfg = dict(model=str(tiny_ckpt), data=[str(data)], rounds=3, prompts_per_round=2, samples=3, max_new_tokens=5,
+               missing_eos_penalty=0.0, sft_epochs=1, micro_batch=2, seq_len=128, quiet=True)
+    run(RejectionConfig(out=str(tmp_path / "straight"), **cfg), rewards=rewards)
+    calls, real = [], sft.run
+
+    def dies_in_round_3(c, *a, **kw):
+        calls.append(c.out)
+        if c.out.endswith("round_3"):
+            raise KeyboardInterrupt  # killed while round 3 fine-tunes
+        return real(c, *a, **kw)
+
+    monkeypatch.setattr(sft, "run", dies_in_round_3)
+    with pytest.raises(KeyboardInterrupt):
+        run(RejectionConfig(out=str(tmp_path / "killed"), **cfg), rewards=rewards)
+    calls.clear()
+    monkeypatch.setattr(sft, "run", real)
+    with pytest.raises(LmstackError, match=r"round_2: written with other options \(samples 3 -> 4\)"):
+        run(RejectionConfig(out=str(tmp_path / "killed"), resume=True, **{**cfg, "samples": 4}), rewards=rewards)
+    res = run(RejectionConfig(out=str(tmp_path / "killed"), resume=True, **cfg), rewards=rewards)
+    assert [r["round"] for r in res.summary["rounds"]] == [1, 2, 3]
+    a = load_file(str(tmp_path / "straight" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "model" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    logged = [json.loads(x)["round"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3]

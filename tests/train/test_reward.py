@@ -164,3 +164,33 @@ def test_labelling_ties_and_on_policy_only(tiny_ckpt, tmp_path, monkeypatch):
     assert res.summary["data"]["tied_pairs"] > 0  # counted, not silently dropped
     with pytest.raises(LmstackError, match="no usable comparisons"):  # nothing left to train on: said, not hidden
         train("ties_only", tie_margin=1000.0, suite_rankings=False)
+
+
+def test_a_killed_reward_run_resumes_bitwise(tiny_ckpt, tmp_path, monkeypatch):
+    """--resume: backbone, head, optimiser, RNG and the data order come back from the last checkpoint, so the reward
+    model equals an uninterrupted run's; a checkpoint of other options is refused."""
+    from safetensors.torch import load_file
+
+    from lmstack.train import reward
+
+    train = write(tmp_path / "train.jsonl", _prefs(12))
+    kw = dict(model=str(tiny_ckpt), data=[train], out=str(tmp_path / "straight"), epochs=0, steps=8, micro_batch=3,
+              lr=3e-3, seq_len=128, norm_prompts=4, norm_max_new_tokens=4, ckpt_interval=2, quiet=True)
+    run(RewardConfig(**kw))
+    log_step = reward.log_step
+
+    def killed_at_5(r, done, *a, **k):
+        if done == 5:
+            raise KeyboardInterrupt
+        return log_step(r, done, *a, **k)
+
+    monkeypatch.setattr(reward, "log_step", killed_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        run(RewardConfig(**{**kw, "out": str(tmp_path / "killed")}))
+    monkeypatch.setattr(reward, "log_step", log_step)
+    with pytest.raises(LmstackError, match=r"step_0000004: written with other options \(lr 0.003 -> 0.001\)"):
+        run(RewardConfig(**{**kw, "out": str(tmp_path / "killed"), "resume": True, "lr": 1e-3}))
+    run(RewardConfig(**{**kw, "out": str(tmp_path / "killed"), "resume": True}))
+    for f in ("model.safetensors", "reward_head.safetensors"):
+        a, b = (load_file(str(tmp_path / d / "model" / f)) for d in ("straight", "killed"))
+        assert all(torch.equal(a[k], b[k]) for k in a), f
