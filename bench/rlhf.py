@@ -688,7 +688,7 @@ def peer(a) -> None:
     Path(a.out).mkdir(parents=True, exist_ok=True)
     inp = peer_inputs(a)
     runs = [("dpo", "full", False), ("dpo", "full", True), ("dpo", "lora", False), ("grpo", "full", False)]
-    runs = [r for r in runs if r[0] in a.algos and (r[1] == "full" or "lora" in a.algos)]
+    runs = [r for r in runs if ("lora" if r[1] == "lora" else r[0]) in a.algos]  # --algos dpo / lora / grpo
     res: dict = {}
     for algo, mode, ckpt in runs:
         for impl in ("lmstack", "trl"):

@@ -513,8 +513,13 @@ def item_error(item) -> ApiError:
     return ApiError(status, message, type=kind, code=code)
 
 
+# httpx, and so the openai client, splits a stream at every str.splitlines() separator, not only at SSE's \r and \n:
+# a token whose text holds U+0085, U+2028 or U+2029 (json.dumps escapes the ASCII ones) would cut an event in two.
+_SSE_ESCAPES = str.maketrans({c: f"\\u{ord(c):04x}" for c in "\x85\u2028\u2029"})
+
+
 def _sse(obj) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+    return f"data: {json.dumps(obj, ensure_ascii=False).translate(_SSE_ESCAPES)}\n\n"
 
 
 def create_app(lm, cfg: ServerConfig | None = None, **kw) -> FastAPI:

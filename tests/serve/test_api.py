@@ -167,3 +167,15 @@ def test_errors_in_openai_shape(server, client):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "word " * 200}])
     assert "128" in e.value.body["message"]
+
+
+def test_stream_events_survive_clients_that_split_on_unicode_line_breaks():
+    """httpx (the openai client's transport) splits a stream at every str.splitlines() separator: text holding
+    U+0085, U+2028 or U+2029 must still arrive as one `data:` line that decodes to the same text."""
+    from lmstack.serve.app import _sse
+
+    text = "a\u2028b\u2029c\x85d\ne 한국어"
+    event = _sse({"choices": [{"text": text}]})
+    lines = [x for x in event.splitlines() if x]
+    assert len(lines) == 1 and json.loads(lines[0][6:])["choices"][0]["text"] == text
+    assert "한국어" in lines[0]  # other text stays readable
