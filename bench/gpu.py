@@ -62,7 +62,7 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def prepare(out: Path, dry: bool, device: str) -> dict:
+def prepare(out: Path, dry: bool) -> dict:
     """The built-in suite and its token shards, and the Qwen2-shaped random model every later step uses."""
     from lmstack.data.defaults import builtin_token_data
     from lmstack.lm import LM
@@ -273,7 +273,7 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    inp = prepare(out, a.dry_run, device)
+    inp = prepare(out, a.dry_run)
     res = {}
     for step in a.steps:
         t = time.perf_counter()

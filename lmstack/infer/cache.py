@@ -196,7 +196,7 @@ class PrefixCache:
             for i, k in enumerate(keys):
                 mat[i, :len(k)] = torch.tensor(k)
             self._table = (keys, mat)
-        keys, mat = self._table
+        mat = self._table[1]
         n = min(len(tokens), mat.shape[1])
         return (mat[:, :n] == torch.tensor(tokens[:n])).cumprod(1).sum(1)
 
@@ -215,9 +215,13 @@ class PrefixCache:
 
     def get(self, key, m: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The first m slots of a stored prompt (views); marks it recently used."""
-        k, v = self.entries.pop(key)
-        self.entries[key] = (k, v)
+        k, v = self._touch(key)
         return [t[:, :, :m] for t in k], [t[:, :, :m] for t in v]
+
+    def _touch(self, key):
+        """Move a stored prompt to the recently used end (the table's rows keep their own key order)."""
+        self.entries[key] = kv = self.entries.pop(key)
+        return kv
 
     def put(self, tokens: list[int], k: list[torch.Tensor], v: list[torch.Tensor]) -> None:
         """Store a prompt's keys/values (tensors the cache may keep: copies, not views of a running batch). A
@@ -231,7 +235,7 @@ class PrefixCache:
             common = self._common(tokens).tolist()
             for other, m in zip(self._table[0], common):  # the table's own key order (LRU moves keep it valid)
                 if m == n:  # `other` starts with this whole prompt
-                    self.get(other, 0)
+                    self._touch(other)
                     return
                 if m == len(other):  # this prompt extends `other`
                     self._drop(other)

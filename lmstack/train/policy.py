@@ -12,6 +12,7 @@ import copy
 from lmstack.errors import LmstackError
 from lmstack.lm import LM
 from lmstack.model.checkpoint import is_peft
+from lmstack.model.quant import quantize_model
 from lmstack.train.common import load_for_training
 from lmstack.train.lora import adapters_off, apply_lora
 from lmstack.train.prefdata import PrefConfig
@@ -62,15 +63,14 @@ def check_rollout_quantize(value: str) -> None:
 
 def rollout_model(model, quantize: str = "none"):
     """What rollouts are sampled with: the policy itself, or (int8 / int4, CPU) a weight-only quantised copy of
-    its current weights, LoRA merged in, made afresh for each rollout batch. Decoding reads a quarter / an eighth
-    of the bytes; the losses still use the dense policy's log-probabilities (PPO and GRPO recompute the old
+    its current weights, LoRA merged in, made afresh for each rollout batch (quantize_model refuses a GPU model).
+    Decoding reads a quarter / an eighth of the weight bytes, which pays only where decoding is bound by weight
+    reads (on a 2-core CPU it was slower than fp32: docs/benchmarks.md); the losses still use the dense policy's log-probabilities (PPO and GRPO recompute the old
     log-probs of every rollout), so the copy only makes the samples slightly off-policy, as a vLLM sampler does
     for TRL."""
     check_rollout_quantize(quantize)
     if quantize == "none":
         return generation_model(model)
-    from lmstack.model.quant import quantize_model  # CPU kernels; refuses a GPU model with its own message
-
     copy_ = copy.deepcopy(model)
     copy_ = copy_.merge_and_unload() if is_peft(copy_) else copy_
     return quantize_model(copy_.eval(), ROLLOUT_QUANTIZE[quantize])

@@ -58,16 +58,17 @@ def best_of_n(scores: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]
     return best, s.max(1).values
 
 
-def finished_rounds(cfg: RejectionConfig) -> int:
-    """The rounds a killed run finished (each leaves round_k/state.json last); a state written with other options
-    is refused in one line."""
+def finished_rounds(cfg: RejectionConfig) -> tuple[int, dict]:
+    """The rounds a killed run finished (each leaves round_k/state.json last) and the last one's state; a state
+    written with other options is refused in one line."""
     out, done = Path(cfg.out), 0
-    while (out / f"round_{done + 1}" / "state.json").exists():
+    while done < cfg.rounds and (out / f"round_{done + 1}" / "state.json").exists():
         done += 1
-    if done:
-        st = json.loads((out / f"round_{done}" / "state.json").read_text())
-        check_resumable(out / f"round_{done}", st.get("recipe"), st.get("config"), "rejection-sampling", cfg)
-    return min(done, cfg.rounds)
+    if not done:
+        return 0, {}
+    st = json.loads((out / f"round_{done}" / "state.json").read_text())
+    check_resumable(out / f"round_{done}", st.get("recipe"), st.get("config"), "rejection-sampling", cfg)
+    return done, st
 
 
 def run(cfg: RejectionConfig, rewards=None) -> Result:
@@ -95,9 +96,8 @@ def run(cfg: RejectionConfig, rewards=None) -> Result:
     kept: dict[int, tuple[float, str]] = {}  # prompt index -> best (score, answer) over all rounds
     current = cfg.model
     rounds = []
-    done = finished_rounds(cfg) if cfg.resume else 0
+    done, st = finished_rounds(cfg) if cfg.resume else (0, {})
     if done:  # --resume: continue after the last round whose model and state were written
-        st = json.loads((out / f"round_{done}" / "state.json").read_text())
         rng.bit_generator.state = st["prompt_rng"]
         kept = {int(i): (s, a) for i, s, a in st["kept"]}
         rounds, current = st["rounds"], str(out / f"round_{done}" / "model")
