@@ -80,6 +80,7 @@ class Run:
     last_loss: float | None = None
     flops_per_token: float | None = None  # with peak_flops: model FLOPs utilisation in the logs
     peak_flops: float | None = None
+    params: list = field(default_factory=list)  # the trained parameters (after FSDP2 sharding: its DTensors)
 
     @property
     def main(self) -> bool:
@@ -159,9 +160,11 @@ def start_run(cfg: TrainConfig, model: torch.nn.Module, info: dist.DistInfo, sta
     if hasattr(target, "grad_checkpointing"):
         target.grad_checkpointing = cfg.grad_checkpoint
     dmodel = dist.wrap(model, info, cfg.fsdp)
-    # After FSDP wrapping: the optimizer must hold the sharded parameters.
-    opt = make_optimizer(model if params is None else params, cfg.lr, cfg.weight_decay, cfg.betas,
-                         kind=cfg.optimizer)
+    # After FSDP wrapping: sharding replaces the parameters, so the optimizer (and the gradient clipping) must hold
+    # the sharded ones; `params` (e.g. LoRA's adapters) are then the trainable parameters of the sharded model.
+    own = params is not None and not cfg.fsdp
+    params = list(params) if own else [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(params if own else model, cfg.lr, cfg.weight_decay, cfg.betas, kind=cfg.optimizer)
     start, counters = 0, {"nonfinite_total": 0, "tokens": 0}
     if resume_from is not None:
         blob, state = read_trainer_state(resume_from, info.rank)
@@ -181,15 +184,14 @@ def start_run(cfg: TrainConfig, model: torch.nn.Module, info: dist.DistInfo, sta
                         tensorboard=cfg.tensorboard, desc=stage, bars=cfg.bars)
     use_bf16 = uses_bf16(cfg.precision, info.device)
     return Run(cfg, info, model, dmodel, opt, log, out, {"stage": stage, "args": asdict(cfg), **(meta or {})},
-               start, counters, use_bf16=use_bf16)
+               start, counters, use_bf16=use_bf16, params=params)
 
 
-def optimizer_step(run: Run, step: int, loss_value: float, lr: float, params=None) -> tuple[bool, float]:
-    """Clip, then step; a non-finite loss or gradient skips the update (counted, and too many in a row stop
-    the run with the last good checkpoint named). Returns (updated, grad norm)."""
+def optimizer_step(run: Run, step: int, loss_value: float, lr: float) -> tuple[bool, float]:
+    """Clip the trained parameters' gradient, then step; a non-finite loss or gradient skips the update (counted,
+    and too many in a row stop the run with the last good checkpoint named). Returns (updated, grad norm)."""
     cfg = run.cfg
-    params = list(params) if params is not None else [p for p in run.model.parameters() if p.requires_grad]
-    gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    gnorm = torch.nn.utils.clip_grad_norm_(run.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
     gnorm_v = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)
     if not (math.isfinite(loss_value) and math.isfinite(gnorm_v)):
         # Skip: one bad batch must not poison the weights or the Adam moments.
@@ -237,12 +239,18 @@ def checkpoint_if_due(run: Run, lm, done: int, extra: dict | None = None, blobs=
                         blobs=blobs() if callable(blobs) else blobs)
 
 
+def whole_state(module: torch.nn.Module, cfg: TrainConfig) -> dict:
+    """A module's state dict with whole tensors (under --fsdp gathered from the shards: every process calls this)."""
+    if cfg.fsdp:
+        return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return module.state_dict()
+
+
 def finish_run(run: Run, lm, summary: dict, plot_keys: list[str], title: str, png: str = "loss_curve.png") -> dict:
     """Final model folder (run/model), summary.json, a curve PNG; returns the summary."""
     run.log.close()
-    final_sd = None
-    if run.cfg.fsdp:
-        final_sd = get_model_state_dict(run.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # The LM's own network (run.model may hold more, e.g. PPO's value model), gathered from the shards under --fsdp.
+    final_sd = whole_state(lm.model, run.cfg) if run.cfg.fsdp and lm is not None else None
     if run.main:
         recs = read_metrics(run.out / "metrics.jsonl")
         rates = [r["tokens_per_s"] for r in recs if r.get("tokens_per_s")]

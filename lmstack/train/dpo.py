@@ -230,7 +230,7 @@ def run(cfg: DPOConfig, step_hook=None) -> Result:
             tot["chosen"] += float(rc.mean()) / cfg.grad_accum
             tot["rejected"] += float(rr.mean()) / cfg.grad_accum
         loss_v = dist.all_mean(tot["loss"], info)
-        updated, gnorm = optimizer_step(run, step, loss_v, lr, params)
+        updated, gnorm = optimizer_step(run, step, loss_v, lr)
         done = step + 1
         if updated:
             log_step(run, done, 0, loss=loss_v, reward_accuracy=tot["acc"], reward_margin=tot["margin"],

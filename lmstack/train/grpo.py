@@ -23,24 +23,25 @@ import torch
 from lmstack.errors import LmstackError
 from lmstack.lm import LM
 from lmstack.train import dist
-from lmstack.train.common import checkpoint_if_due, finish_run, log_step, optimizer_step, pad_id, start_run
-from lmstack.train.policy import final_lm, reference
+from lmstack.train.common import checkpoint_if_due, finish_run, log_step, optimizer_step, start_run
+from lmstack.train.policy import final_lm
 from lmstack.train.prefdata import PrefConfig
 from lmstack.train.recipe import Result
 from lmstack.train.rl import (
     GoldOptions,
     RolloutOptions,
-    Rollouts,
+    collect,
     gather,
     loop_state,
     masked_mean,
     means,
+    minibatch_share,
     policy_logprobs,
     restore_rng,
     resume_state,
     reward_trend,
-    rollout_seed,
     setup,
+    summed,
 )
 
 
@@ -65,7 +66,10 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) 
     return adv.reshape(-1)
 
 
-def grpo_loss(lp, old_lp, ref_lp, adv, mask, cliprange: float, kl_coef: float):
+def grpo_loss(lp, old_lp, ref_lp, adv, mask, cliprange: float, kl_coef: float, count=None, answers: int | None = None):
+    """GRPO's objective on a minibatch and its statistics. `count` (response tokens) and `answers`: the
+    minibatch's, when these rows are one process's share of it (the loss is then that share of the mean)."""
+    answers = len(lp) if answers is None else answers
     ratio = torch.exp(lp - old_lp)
     a = adv[:, None]
     per_tok = -torch.min(ratio * a, ratio.clamp(1 - cliprange, 1 + cliprange) * a)
@@ -75,10 +79,10 @@ def grpo_loss(lp, old_lp, ref_lp, adv, mask, cliprange: float, kl_coef: float):
         kl = torch.exp(d) - d - 1
         per_tok = per_tok + kl_coef * kl
     # 1/|o_i| sum over the answer's tokens, then the mean over answers (GRPO's objective).
-    loss = masked_mean(per_tok, mask, dim=1).mean()
+    loss = masked_mean(per_tok, mask, dim=1).sum() / answers
     with torch.no_grad():
-        stats = {"clip_frac": float(masked_mean(((ratio - 1).abs() > cliprange).float(), mask)),
-                 "kl": float(masked_mean(kl, mask, dim=1).mean())}
+        stats = {"clip_frac": float(masked_mean(((ratio - 1).abs() > cliprange).float(), mask, count=count)),
+                 "kl": float(masked_mean(kl, mask, dim=1).sum() / answers)}
     return loss, stats
 
 
@@ -87,7 +91,10 @@ def run(cfg: GRPOConfig, rewards=None, step_hook=None) -> Result:
     step_hook(iteration, metrics) is called after each iteration."""
     if cfg.group_size < 2:
         raise LmstackError("--group-size must be at least 2 (advantages are relative to the group)")
-    s = setup(cfg, "grpo", rewards, need_reference=cfg.kl_coef > 0)
+    s = setup(cfg, "grpo", rewards, need_reference=cfg.kl_coef > 0,
+              shares=[(cfg.prompts_per_step, "--prompts-per-step", "prompts (groups)")],
+              minibatches=(cfg.prompts_per_step * cfg.group_size, cfg.micro_batch))
+    s.shard_frozen()  # FSDP2: the reference and reward models sharded like the policy
     info, policy = s.info, s.policy
     if not cfg.quiet:
         print(f"grpo: {len(s.records)} prompts ({s.pstats['dropped_overlong']} too long dropped), {cfg.steps} "
@@ -96,39 +103,33 @@ def run(cfg: GRPOConfig, rewards=None, step_hook=None) -> Result:
     run = start_run(cfg, policy, info, "grpo", {"parent": cfg.model, "reward_model": cfg.reward_model,
                                                 "reward_rule": cfg.reward_rule, "prompts": s.pstats, "lora": cfg.lora},
                     params=s.params, resume_from=resume_from)
-    pad = pad_id(s.tok)
     rng = np.random.default_rng(cfg.seed)
     restore_rng(rng, blob)
     history = list(blob.get("history", []))
     save_lm = LM(policy, s.tok, s.lm.generation_config, {})
     for it in range(run.start, cfg.steps):
         lr = run.lr(it)
+        # Rollouts of G copies of each prompt, group by group (each process samples whole groups), their
+        # rewards' raw scores and the policy's and reference's log-probs; then the whole batch on every process.
+        rows = [int(i) for i in s.draw(rng, cfg.prompts_per_step) for _ in range(cfg.group_size)]
+        b = collect(s, cfg, rows, it, reference_lp=cfg.kl_coef > 0)
         t0 = time.perf_counter()
-        pick = s.draw(rng, cfg.prompts_per_step)
-        rows = [int(i) for i in pick for _ in range(cfg.group_size)]  # G copies of each prompt, group by group
-        comps = s.sample(rows, cfg, rollout_seed(cfg, it))
-        t_gen = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        scores, rinfo = s.score(rows, comps)
+        ro, comps = b.ro, b.comps
+        scores, rinfo = s.rewards.combine([s.records[i] for i in rows], b.parts)
         adv = group_advantages(scores.float(), cfg.group_size).to(info.device)
-        ro = Rollouts.of([s.pids[i] for i in rows], comps, pad, info.device)
-        with torch.no_grad():
-            ro.old_lp, _, _ = policy_logprobs(policy, ro, cfg.temperature)
-            if cfg.kl_coef > 0:
-                with reference(policy, s.ref) as ref_model:
-                    ro.ref_lp, _, _ = policy_logprobs(ref_model, ro, cfg.temperature)
         ro.adv = adv[:, None].expand_as(ro.old_lp).contiguous()  # one advantage for every token of an answer
-        t_score = time.perf_counter() - t0
+        t_gen, t_score = b.time_generate, b.time_score + time.perf_counter() - t0
         t0 = time.perf_counter()
         acc: dict[str, list[float]] = {}
-        for mb in ro.minibatches(cfg.inner_steps, cfg.micro_batch):
-            lp, _, m = policy_logprobs(policy, mb, cfg.temperature)
+        for whole in ro.minibatches(cfg.inner_steps, cfg.micro_batch):
+            mb, count, n = minibatch_share(whole, info)  # this process's share (see ppo.run)
+            lp, _, m = policy_logprobs(run.dmodel, mb, cfg.temperature)
             ref_lp = mb.ref_lp if mb.ref_lp is not None else lp.detach()
-            loss, st = grpo_loss(lp, mb.old_lp, ref_lp, mb.adv[:, 0], m, cfg.cliprange, cfg.kl_coef)
-            loss.backward()
-            optimizer_step(run, it, loss.item(), lr, s.params)
+            loss, st = grpo_loss(lp, mb.old_lp, ref_lp, mb.adv[:, 0], m, cfg.cliprange, cfg.kl_coef, count, n)
+            (loss * info.world).backward()
+            optimizer_step(run, it, loss.item(), lr)
             st["loss"] = loss.item()
-            gather(acc, st)
+            gather(acc, summed(st, info))
         t_opt = time.perf_counter() - t0
         gold = s.gold(rows, comps)  # the gold score of the answers: logged beside the reward, never part of it
         rec = means(acc)

@@ -32,8 +32,15 @@ import torch.nn.functional as F
 from lmstack.errors import LmstackError
 from lmstack.lm import LM, load
 from lmstack.train import dist
-from lmstack.train.common import checkpoint_if_due, finish_run, log_step, optimizer_step, pad_id, start_run
-from lmstack.train.policy import final_lm, reference
+from lmstack.train.common import (
+    checkpoint_if_due,
+    finish_run,
+    log_step,
+    optimizer_step,
+    start_run,
+    whole_state,
+)
+from lmstack.train.policy import final_lm
 from lmstack.train.prefdata import PrefConfig
 from lmstack.train.recipe import Result
 from lmstack.train.rewards import RewardNet, same_tokenizer
@@ -41,20 +48,22 @@ from lmstack.train.rl import (
     GoldOptions,
     RolloutOptions,
     Rollouts,
+    collect,
     gae,
     gather,
     kl_controller,
     loop_state,
     masked_mean,
     means,
+    minibatch_share,
     policy_logprobs,
     ppo_losses,
     response_index,
     restore_rng,
     resume_state,
     reward_trend,
-    rollout_seed,
     setup,
+    summed,
     whiten,
 )
 
@@ -87,6 +96,19 @@ class PPOConfig(GoldOptions, RolloutOptions, PrefConfig):
     ptx_data: list[str] = field(default_factory=list)  #: pretraining text files (default: the suite's corpus)
     ptx_seq_len: int = 128  #: tokens per pretraining window
     ptx_batch: int = 4  #: pretraining windows per minibatch
+
+
+class PolicyValue(nn.Module):
+    """The two networks PPO trains behind one forward (a minibatch's log-probs, entropies and values): what DDP
+    wraps under torchrun, since it synchronises the gradients of a module's forward."""
+
+    def __init__(self, policy: nn.Module, value: nn.Module):
+        super().__init__()
+        self.policy, self.value = policy, value
+
+    def forward(self, ro: Rollouts, temperature: float):
+        lp, ent, mask = policy_logprobs(self.policy, ro, temperature, entropy=True)
+        return lp, ent, mask, state_values(self.value, ro)
 
 
 def state_values(value_net, ro: Rollouts):
@@ -154,9 +176,13 @@ def run(cfg: PPOConfig, rewards=None, step_hook=None) -> Result:
     """Run PPO. `rewards` (a lmstack.train.rewards.Rewards) overrides the reward options (tests, experiments);
     step_hook(iteration, metrics) is called after each iteration."""
     kl_ctl = kl_controller(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon, cfg.rollout_batch, cfg.steps, "ppo")
-    s = setup(cfg, "ppo", rewards)
+    shares = [(cfg.rollout_batch, "--rollout-batch", "rollouts")]
+    if cfg.ptx_coef > 0:
+        shares.append((cfg.ptx_batch, "--ptx-batch", "pretraining windows"))
+    s = setup(cfg, "ppo", rewards, shares=shares, minibatches=(cfg.rollout_batch, cfg.micro_batch))
     info, policy, tok, rewards = s.info, s.policy, s.tok, s.rewards
     value, value_from = make_value_net(cfg, rewards, tok, info.device)
+    s.shard_frozen()  # FSDP2: the reference and reward models sharded (after the value model's copy of the RM)
     ptx = None
     if cfg.ptx_coef > 0:
         files = cfg.ptx_data or ([str(s.suite / "corpus" / "train.txt")] if s.suite else [])
@@ -167,7 +193,7 @@ def run(cfg: PPOConfig, rewards=None, step_hook=None) -> Result:
         print(f"ppo: {len(s.records)} prompts ({s.pstats['dropped_overlong']} longer than "
               f"{cfg.seq_len - cfg.max_new_tokens} tokens dropped), {cfg.steps} iterations x {cfg.rollout_batch} "
               f"rollouts, value model from the {value_from}")
-    both = nn.ModuleDict({"policy": policy, "value": value})
+    both = PolicyValue(policy, value)
     train_params = s.params + list(value.parameters())
     # --resume: weights, value model, KL coefficient, prompt sampler, PTX sampler and history from the checkpoint;
     # start_run restores the optimizer, torch's RNG (minibatch order) and the iteration.
@@ -181,29 +207,24 @@ def run(cfg: PPOConfig, rewards=None, step_hook=None) -> Result:
                                              "safety_reward_model": cfg.safety_reward_model,
                                              "reward_rule": cfg.reward_rule, "prompts": s.pstats, "lora": cfg.lora},
                     params=train_params, resume_from=resume_from)
-    pad = pad_id(tok)
     rng = np.random.default_rng(cfg.seed)
     restore_rng(rng, blob)
     history = list(blob.get("history", []))
     save_lm = LM(policy, tok, s.lm.generation_config, {})
     for it in range(run.start, cfg.steps):
         lr = run.lr(it)
-        # 1. Rollouts through the generation engine.
-        t0 = time.perf_counter()
-        pick = s.draw(rng, cfg.rollout_batch)
-        comps = s.sample(pick, cfg, rollout_seed(cfg, it))
-        t_gen = time.perf_counter() - t0
+        # 1. Rollouts through the generation engine (each process its share), their rewards' raw scores, the
+        #    policy's and reference's log-probs and the values; then the whole batch on every process.
+        b = collect(s, cfg, [int(i) for i in s.draw(rng, cfg.rollout_batch)], it,
+                    values=lambda r: state_values(value, r))
+        ro, comps = b.ro, b.comps
 
-        # 2. Scores, reference log-probs, values, token rewards, advantages.
+        # 2. Scores, token rewards, advantages.
         t0 = time.perf_counter()
-        scores, rinfo = s.score(pick, comps)
+        scores, rinfo = rewards.combine([s.records[i] for i in b.rows], b.parts)
         ended = torch.tensor([c.finish_reason == "stop" for c in comps])
-        ro = Rollouts.of([s.pids[i] for i in pick], comps, pad, info.device)
         with torch.no_grad():
-            ro.old_lp, _, mask = policy_logprobs(policy, ro, cfg.temperature)
-            with reference(policy, s.ref) as ref_model:
-                ro.ref_lp, _, _ = policy_logprobs(ref_model, ro, cfg.temperature)
-            ro.values = state_values(value, ro) * mask
+            _, mask = response_index(ro.plen, ro.rlen)
             score = scores.clone().float()
             score = score - cfg.missing_eos_penalty * (~ended).float()
             if cfg.whiten_rewards and len(score) > 1:
@@ -218,30 +239,33 @@ def run(cfg: PPOConfig, rewards=None, step_hook=None) -> Result:
             if cfg.whiten_advantages:
                 ro.adv = whiten(ro.adv, mask)
         kl = float(kl_tok.sum(1).mean())
-        t_score = time.perf_counter() - t0
+        t_gen, t_score = b.time_generate, b.time_score + time.perf_counter() - t0
 
-        # 3. PPO epochs over minibatches.
+        # 3. PPO epochs over minibatches (under torchrun each process takes its share of every minibatch).
         t0 = time.perf_counter()
         acc: dict[str, list[float]] = {}
-        for mb in ro.minibatches(cfg.ppo_epochs, cfg.micro_batch):
-            lp, ent, m = policy_logprobs(policy, mb, cfg.temperature, entropy=True)
-            v = state_values(value, mb)
+        for whole in ro.minibatches(cfg.ppo_epochs, cfg.micro_batch):
+            mb, count, _ = minibatch_share(whole, info)
+            lp, ent, m, v = run.dmodel(mb, cfg.temperature)
             pg_loss, vf_loss, st = ppo_losses(lp, mb.old_lp, mb.adv, v, mb.values, mb.ret, m,
-                                              cfg.cliprange, cfg.cliprange_value)
+                                              cfg.cliprange, cfg.cliprange_value, count)
             loss = pg_loss + cfg.vf_coef * vf_loss
             if ptx is not None:
                 # PPO-ptx: keep the pretraining distribution's likelihood up (InstructGPT's fix for regressions).
+                # Every process draws the same --ptx-batch windows and trains on its share of them.
                 x, y = ptx.batch(cfg.ptx_batch, info.device)
-                ptx_loss = F.cross_entropy(policy(x).float().flatten(0, 1), y.flatten())
+                part = dist.share(len(x), info)
+                ptx_loss = F.cross_entropy(policy(x[part]).float().flatten(0, 1), y[part].flatten()) / info.world
                 loss = loss + cfg.ptx_coef * ptx_loss
                 st["ptx_loss"] = ptx_loss.item()
-            loss.backward()
-            optimizer_step(run, it, loss.item(), lr, train_params)
-            st.update(policy_loss=pg_loss.item(), value_loss=vf_loss.item(), entropy=float(masked_mean(ent.detach(), m)))
-            gather(acc, st)
+            (loss * info.world).backward()
+            optimizer_step(run, it, loss.item(), lr)
+            st.update(policy_loss=pg_loss.item(), value_loss=vf_loss.item(),
+                      entropy=float(masked_mean(ent.detach(), m, count=count)))
+            gather(acc, summed(st, info))
         t_opt = time.perf_counter() - t0
         kl_ctl.update(kl, len(comps))
-        gold = s.gold(pick, comps)  # the gold score of the rollouts: logged beside the reward, never part of it
+        gold = s.gold(b.rows, comps)  # the gold score of the rollouts: logged beside the reward, never part of it
 
         rec = means(acc)
         # `reward`: the proxy's mean before any whitening (Llama 2's rule whitens each batch to mean 0).
@@ -254,7 +278,7 @@ def run(cfg: PPOConfig, rewards=None, step_hook=None) -> Result:
         run.log.progress(1, reward=rec["reward"], kl=kl)
         if cfg.ckpt_interval:
             checkpoint_if_due(run, save_lm, done, blobs=lambda: loop_state(
-                cfg, "ppo", rng, history, value=value.state_dict(), kl_beta=kl_ctl.beta,
+                cfg, "ppo", rng, history, value=whole_state(value, cfg), kl_beta=kl_ctl.beta,
                 ptx=ptx.gen.get_state() if ptx is not None else None))
         if step_hook is not None:
             step_hook(done, rec)

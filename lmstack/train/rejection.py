@@ -25,7 +25,7 @@ import torch
 from lmstack.data.records import write_jsonl
 from lmstack.errors import LmstackError
 from lmstack.lm import load
-from lmstack.train import sft
+from lmstack.train import dist, sft
 from lmstack.train.common import load_for_training
 from lmstack.train.log import MetricsLogger, plot_curves, read_metrics
 from lmstack.train.lora import lora_options
@@ -33,7 +33,7 @@ from lmstack.train.policy import check_rollout_quantize
 from lmstack.train.prefdata import PrefConfig, suite_dir
 from lmstack.train.recipe import Result
 from lmstack.train.rewards import load_rewards
-from lmstack.train.rl import RolloutOptions, rollout_prompts, rollout_seed, sample
+from lmstack.train.rl import RolloutOptions, check_shares, rollout_prompts, row_seeds, sample
 from lmstack.train.state import check_resumable, config_fingerprint
 
 
@@ -81,8 +81,8 @@ def run(cfg: RejectionConfig, rewards=None) -> Result:
     if not cfg.temperature > 0:
         raise LmstackError(f"rejection-sampling: temperature must be > 0, got {cfg.temperature} (best of N picks "
                            "among N sampled answers; at 0 all N are the same greedy answer)")
-    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto"
-                                                                                  else cfg.device)
+    info = dist.init(cfg.device)  # under torchrun: each process samples and scores its share of a round's prompts
+    device = info.device
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -92,6 +92,9 @@ def run(cfg: RejectionConfig, rewards=None) -> Result:
         # No whitening over a round's batch: the kept answers of different rounds are compared by their scores.
         rewards = load_rewards(cfg, device, suite, lm.tokenizer, whiten=False)
     records, pids, pstats = rollout_prompts(cfg, lm.tokenizer)
+    n_p = len(records) if cfg.prompts_per_round <= 0 else min(cfg.prompts_per_round, len(records))
+    check_shares(info, "rejection-sampling", n_p, "--prompts-per-round", "prompts")
+    check_shares(info, "rejection-sampling", cfg.micro_batch, "--micro-batch", "fine-tuning sequences")
     rng = np.random.default_rng(cfg.seed)
     kept: dict[int, tuple[float, str]] = {}  # prompt index -> best (score, answer) over all rounds
     current = cfg.model
@@ -101,19 +104,26 @@ def run(cfg: RejectionConfig, rewards=None) -> Result:
         rng.bit_generator.state = st["prompt_rng"]
         kept = {int(i): (s, a) for i, s, a in st["kept"]}
         rounds, current = st["rounds"], str(out / f"round_{done}" / "model")
-    elif (out / "metrics.jsonl").exists():
+    elif info.main and (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()
-    log = MetricsLogger(out, cfg.rounds, start_step=done, enabled=True, console=not cfg.quiet,
+    log = MetricsLogger(out, cfg.rounds, start_step=done, enabled=info.main, console=not cfg.quiet,
                         desc="rejection-sampling", bars=cfg.bars)
     for r in range(done, cfg.rounds):
         t0 = time.perf_counter()
         lm = load(current, device=device)
-        n_p = len(records) if cfg.prompts_per_round <= 0 else min(cfg.prompts_per_round, len(records))
         pick = rng.choice(len(records), size=n_p, replace=False)
         rows = [int(i) for i in pick for _ in range(cfg.samples)]
-        comps = sample(lm.model, lm.tokenizer, [pids[i] for i in rows], cfg, rollout_seed(cfg, r))
+        # This process's share of the rows (whole prompts), each answer with its own seed; then every process
+        # gathers the whole round's answers and raw scores.
+        mine = dist.share(len(rows), info)
+        comps = sample(lm.model, lm.tokenizer, [pids[i] for i in rows[mine]], cfg,
+                       row_seeds(cfg, r, mine.start, mine.stop - mine.start))
         t_gen = time.perf_counter() - t0
-        scores, rinfo = rewards([records[i] for i in rows], [c.text for c in comps], [c.ids for c in comps])
+        parts = rewards.parts([records[i] for i in rows[mine]], [c.text for c in comps], [c.ids for c in comps])
+        every = dist.gather_rows([(c, {k: float(v[j]) for k, v in parts.items()}) for j, c in enumerate(comps)], info)
+        comps = [c for c, _ in every]
+        scores, rinfo = rewards.combine([records[i] for i in rows],
+                                        {k: torch.tensor([p[k] for _, p in every]) for k in parts})
         scores = scores.float() - cfg.missing_eos_penalty * torch.tensor(
             [c.finish_reason != "stop" for c in comps], dtype=torch.float32)
         best, best_score = best_of_n(scores, cfg.samples)
@@ -126,32 +136,47 @@ def run(cfg: RejectionConfig, rewards=None) -> Result:
                 improved += i in kept
                 kept[i] = (s, text)
         data = out / f"round_{r + 1}" / "best.jsonl"
-        write_jsonl(data, [{"messages": records[i]["prompt"] + [{"role": "assistant", "content": a}],
-                            "reward": s} for i, (s, a) in sorted(kept.items())])
+        if info.main:
+            write_jsonl(data, [{"messages": records[i]["prompt"] + [{"role": "assistant", "content": a}],
+                                "reward": s} for i, (s, a) in sorted(kept.items())])
+        dist.barrier(info)
         rec = {"round": r + 1, "reward_mean": float(scores.mean()), "reward_best_of_n": float(best_score.mean()),
                "reward_kept": float(np.mean([s for s, _ in kept.values()])) if kept else None,
                "kept": len(kept), "replaced": improved, "eos_frac": float(np.mean([c.finish_reason == "stop"
                                                                                    for c in comps])),
                "response_len": float(np.mean([len(c.ids) for c in comps])), "time_generate": t_gen, **rinfo}
-        # Fine-tune the current policy on the kept answers (Llama 2 fine-tunes from the previous round's model).
+        # Fine-tune the current policy on the kept answers (Llama 2 fine-tunes from the previous round's model); under
+        # torchrun each process a share of every --micro-batch, with DDP or (--fsdp) FSDP2.
         s = sft.run(sft.SFTConfig(out=str(out / f"round_{r + 1}"), model=current, data=[str(data)],
-                                  seq_len=cfg.seq_len, epochs=cfg.sft_epochs, micro_batch=cfg.micro_batch, lr=cfg.lr,
-                                  warmup=cfg.warmup, schedule=cfg.schedule, seed=cfg.seed + r, device=cfg.device,
-                                  precision=cfg.precision, quiet=True, bars=cfg.bars, ckpt_interval=0, eval_interval=0,
+                                  seq_len=cfg.seq_len, epochs=cfg.sft_epochs, micro_batch=cfg.micro_batch // info.world,
+                                  lr=cfg.lr, warmup=cfg.warmup, schedule=cfg.schedule, seed=cfg.seed + r, device=cfg.device,
+                                  precision=cfg.precision, fsdp=cfg.fsdp, quiet=True, bars=cfg.bars, ckpt_interval=0, eval_interval=0,
                                   **lora_options(cfg))).summary
         current = str(out / f"round_{r + 1}" / "model")
         rec.update(sft_loss_first=s.get("first_loss"), sft_loss_last=s.get("final_loss"),
                    time_round=time.perf_counter() - t0)
         rounds.append(rec)
         # The round's state, written last and atomically: its presence means the round is whole (--resume).
-        tmp = out / f"round_{r + 1}" / "state.json.tmp"
-        tmp.write_text(json.dumps({"recipe": "rejection-sampling", "config": config_fingerprint(cfg),
-                                   "prompt_rng": rng.bit_generator.state, "rounds": rounds,
-                                   "kept": [[i, s, a] for i, (s, a) in sorted(kept.items())]}, default=str))
-        tmp.replace(out / f"round_{r + 1}" / "state.json")
+        if info.main:
+            tmp = out / f"round_{r + 1}" / "state.json.tmp"
+            tmp.write_text(json.dumps({"recipe": "rejection-sampling", "config": config_fingerprint(cfg),
+                                       "prompt_rng": rng.bit_generator.state, "rounds": rounds,
+                                       "kept": [[i, s, a] for i, (s, a) in sorted(kept.items())]}, default=str))
+            tmp.replace(out / f"round_{r + 1}" / "state.json")
+        dist.barrier(info)
         log.log(r + 1, **rec)
         log.progress(1, best=rec["reward_best_of_n"], mean=rec["reward_mean"])
     log.close()
+    summary = {"rounds": rounds, "prompts": pstats, "model": str(out / "model")}
+    if info.main:
+        finish(cfg, out, current, rounds, summary)
+    dist.barrier(info)
+    dist.shutdown(info)
+    return Result(summary, {"model": str(out / "model")})
+
+
+def finish(cfg: RejectionConfig, out: Path, current: str, rounds: list[dict], summary: dict) -> None:
+    """The last round's model as <out>/model, the summary, the curves (the main process)."""
     final = out / "model"
     if final.exists():
         shutil.rmtree(final)
@@ -160,10 +185,8 @@ def run(cfg: RejectionConfig, rewards=None) -> Result:
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     meta.update(stage="rejection-sampling", parent=cfg.model, rounds=rounds)
     meta_path.write_text(json.dumps(meta, indent=2, default=str))
-    summary = {"rounds": rounds, "prompts": pstats, "model": str(final)}
     recs = read_metrics(out / "metrics.jsonl")
     if recs:
         plot_curves([{**x, "step": x["round"]} for x in recs], ["reward_mean", "reward_best_of_n", "reward_kept"],
                     out / "rejection_curves.png", title="rejection sampling")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    return Result(summary, {"model": str(final)})

@@ -229,7 +229,7 @@ def run(cfg: RewardConfig) -> Result:
         loss, correct, n, gap = comparison_loss(run.dmodel, batch, pad, info.device)
         loss.backward()
         loss_v = dist.all_mean(loss.item(), info)
-        updated, gnorm = optimizer_step(run, step, loss_v, lr, params)
+        updated, gnorm = optimizer_step(run, step, loss_v, lr)
         done = step + 1
         if updated:
             log_step(run, done, sum(len(s) for c in batch for s in c.seqs), loss=loss_v, accuracy=correct / max(n, 1),

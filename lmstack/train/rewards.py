@@ -219,14 +219,29 @@ class Rewards:
         self.safety_rule, self.whiten = safety_rule, whiten
 
     def __call__(self, records: list[dict], texts: list[str], ids: list[list[int]] | None = None):
+        return self.combine(records, self.parts(records, texts, ids))
+
+    def parts(self, records: list[dict], texts: list[str], ids: list[list[int]] | None = None) -> dict:
+        """Each source's raw scores of the answers (CPU tensors): `rule`, or `helpful` and/or `safety`. The costly
+        half (reward-model forwards): under torchrun each process scores its own share of a batch, then the parts
+        are gathered and combined over the whole batch (whitening is a statistic of the batch)."""
         ids = ids if ids is not None else [[] for _ in texts]
         if self.rule is not None:
-            s = torch.tensor([float(self.rule(r, t, i)) for r, t, i in zip(records, texts, ids)])
-            return s, {"rule": float(s.mean())}
+            return {"rule": torch.tensor([float(self.rule(r, t, i)) for r, t, i in zip(records, texts, ids)])}
         prompts = [r["prompt"] for r in records]
+        out = {}
+        if self.helpful is not None:
+            out["helpful"] = self.helpful.score(prompts, texts)
+        if self.safety is not None:
+            out["safety"] = self.safety.score(prompts, texts)
+        return out
+
+    def combine(self, records: list[dict], parts: dict) -> tuple[torch.Tensor, dict]:
+        """The rewards of a batch from its `parts`, and the per-source means for logging."""
+        if "rule" in parts:
+            return parts["rule"], {"rule": float(parts["rule"].mean())}
+        h, s = parts.get("helpful"), parts.get("safety")
         info = {}
-        h = self.helpful.score(prompts, texts) if self.helpful is not None else None
-        s = self.safety.score(prompts, texts) if self.safety is not None else None
         if h is not None:
             info["reward_helpful"] = float(h.mean())
         if s is not None:

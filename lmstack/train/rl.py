@@ -9,13 +9,16 @@ very distribution the rollouts were drawn from.
 
 from __future__ import annotations
 
+import copy
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from lmstack.errors import LmstackError
 from lmstack.infer.engine import generate
@@ -23,10 +26,10 @@ from lmstack.infer.logprobs import sequence_logprobs
 from lmstack.infer.sampling import SamplingParams
 from lmstack.lm import load
 from lmstack.train import dist
-from lmstack.train.common import resume_point
+from lmstack.train.common import pad_id, resume_point
 from lmstack.train.dist import DistInfo
 from lmstack.train.lora import load_adapter_state
-from lmstack.train.policy import check_rollout_quantize, load_policy, rollout_model
+from lmstack.train.policy import check_rollout_quantize, load_policy, reference, rollout_model
 from lmstack.train.prefdata import PrefConfig, encode_prompts, load_prompts, right_pad, suite_dir, suite_judge
 from lmstack.train.rewards import RewardOptions, Rewards, load_rewards
 from lmstack.train.state import check_resumable, config_fingerprint, read_trainer_state
@@ -79,6 +82,7 @@ class Setup:
     pids: list[list[int]]
     pstats: dict
     judge: object | None = None  # the gold annotator (see gold_judge); None: no `gold` is logged
+    sampler: torch.nn.Module | None = None  # under FSDP2: the whole-weights copy rollouts are decoded with
 
     @property
     def tok(self):
@@ -88,13 +92,30 @@ class Setup:
         """n prompt indices, without repeats unless there are fewer than n prompts."""
         return rng.choice(len(self.records), size=n, replace=len(self.records) < n)
 
-    def sample(self, rows, cfg, seed: int):
-        """Answers to the prompts `rows` (indices, repeats allowed) from the current policy."""
-        return sample(self.policy, self.tok, [self.pids[i] for i in rows], cfg, seed)
+    def sample(self, rows, cfg, seeds: list[int]):
+        """Answers to the prompts `rows` (indices, repeats allowed) from the current policy, row j drawn with
+        seeds[j]."""
+        return sample(self.decoder(), self.tok, [self.pids[i] for i in rows], cfg, seeds)
 
-    def score(self, rows, comps):
-        """(scores, per-source means) of the answers `comps` to the prompts `rows`."""
-        return self.rewards([self.records[i] for i in rows], [c.text for c in comps], [c.ids for c in comps])
+    def decoder(self) -> torch.nn.Module:
+        """What rollouts are decoded with: the policy, or under FSDP2 a whole copy on each process loaded with the
+        policy's current weights (the engine decodes token by token: decoding through the shards would gather
+        every block's weights at every token)."""
+        if self.sampler is None:
+            return self.policy
+        self.sampler.load_state_dict(get_model_state_dict(self.policy, options=StateDictOptions(full_state_dict=True)))
+        return self.sampler
+
+    def shard_frozen(self) -> None:
+        """Under FSDP2, the frozen networks (the reference copy, the reward models) are sharded like the policy
+        rather than held whole by every process. Called once the value model has been copied from the reward
+        model (PPO)."""
+        if self.sampler is None:
+            return
+        for net in (self.ref, getattr(self.rewards, "helpful", None), getattr(self.rewards, "safety", None)):
+            net = getattr(net, "net", net)  # a RewardModel's network
+            if net is not None:
+                dist.shard(net)
 
     def gold(self, rows, comps) -> dict:
         """{"gold": the gold annotator's mean score of the answers `comps` to the prompts `rows`}, or {} without a
@@ -112,13 +133,21 @@ def check_temperature(cfg, stage: str) -> None:
                            "their log-probabilities are those of logits / temperature)")
 
 
-def setup(cfg: PrefConfig, stage: str, rewards: Rewards | None = None, need_reference: bool = True) -> Setup:
-    """One process, the seed, the policy (and reference), the rewards (`rewards`, or the config's reward options)
-    and the prompts."""
+def setup(cfg: PrefConfig, stage: str, rewards: Rewards | None = None, need_reference: bool = True,
+          shares: tuple = (), minibatches: tuple[int, int] | None = None) -> Setup:
+    """The processes (torchrun's, or one), the seed, the policy (and reference), the rewards (`rewards`, or the
+    config's reward options) and the prompts. `shares`: (count, option, what) of each quantity split evenly over
+    the processes, and `minibatches`: (rollouts per iteration, --micro-batch), checked before anything loads."""
     check_temperature(cfg, stage)
     check_rollout_quantize(cfg.rollout_quantize)
+    if cfg.fsdp and cfg.lora:
+        raise LmstackError(f"{stage}: --fsdp with --lora is not supported: LoRA keeps one frozen copy of the weights "
+                           "and trains with DDP; --fsdp shards a full fine-tune")
     info = dist.init(cfg.device)
-    single_process(info, stage)
+    for n, option, what in shares:
+        check_shares(info, stage, n, option, what)
+    if minibatches is not None:
+        check_minibatches(info, stage, *minibatches)
     torch.manual_seed(cfg.seed)
     suite = suite_dir(cfg) if not cfg.data else None
     lm, policy, params, ref = load_policy(cfg, info.device, need_reference=need_reference)
@@ -127,7 +156,8 @@ def setup(cfg: PrefConfig, stage: str, rewards: Rewards | None = None, need_refe
     records, pids, pstats = rollout_prompts(cfg, lm.tokenizer)
     check_unsafe_tags(rewards, records, stage)
     judge = gold_judge(suite, rewards, records) if getattr(cfg, "log_gold", False) else None
-    return Setup(info, suite, lm, policy, params, ref, rewards, records, pids, pstats, judge)
+    sampler = copy.deepcopy(policy).eval() if cfg.fsdp and info.world > 1 else None  # see Setup.decoder
+    return Setup(info, suite, lm, policy, params, ref, rewards, records, pids, pstats, judge, sampler)
 
 
 def gold_judge(suite: Path | None, rewards: Rewards, records: list[dict]):
@@ -179,21 +209,46 @@ def check_unsafe_tags(rewards: Rewards, records: list[dict], stage: str) -> None
                       "is below --safety-threshold", stacklevel=3)
 
 
-def single_process(info, stage: str) -> None:
-    if info.world > 1:
-        raise LmstackError(f"{stage}: runs in one process (rollouts are not sharded); launch without torchrun")
+def check_shares(info: DistInfo, stage: str, n: int, option: str, what: str) -> None:
+    """Under torchrun the `n` `what` of an iteration (the value of `option`) are split evenly over the processes:
+    one line where they cannot be."""
+    if info.world == 1:
+        return
+    if n < info.world:
+        raise LmstackError(f"{stage}: {info.world} processes but {option} {n}: more processes than {what} per "
+                           f"iteration; launch at most {n} or raise {option}")
+    if n % info.world:
+        raise LmstackError(f"{stage}: {option} {n} is not a multiple of the {info.world} processes ({what} are "
+                           "split evenly over them)")
+
+
+def check_minibatches(info: DistInfo, stage: str, n: int, micro_batch: int) -> None:
+    """Each update minibatch of --micro-batch rollouts (the last one of an iteration may be smaller) is split evenly
+    over the processes: one line where it cannot be."""
+    sizes = sorted({min(micro_batch, n - s) for s in range(0, n, micro_batch)})
+    if info.world > 1 and any(k % info.world for k in sizes):
+        raise LmstackError(f"{stage}: update minibatches of {'/'.join(map(str, sizes))} rollouts ({n} per iteration, "
+                           f"--micro-batch {micro_batch}) do not split evenly over {info.world} processes; make "
+                           f"--micro-batch and the rollouts per iteration multiples of {info.world}")
 
 
 def rollout_seed(cfg: PrefConfig, it: int) -> int:
     return cfg.seed * 1_000_003 + it
 
 
+def row_seeds(cfg: PrefConfig, it: int, first: int, n: int) -> list[int]:
+    """The sampling seeds of rollouts first .. first + n - 1 of iteration `it`: one per rollout, so an answer does
+    not depend on which process samples it or beside which others (the batch is the same for any world size)."""
+    return [(rollout_seed(cfg, it) * 1_000_033 + first + j) % 2**63 for j in range(n)]
+
+
 # ---- rollouts ---------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def sample(policy, tok, prompt_ids: list[list[int]], cfg, seed: int):
-    sp = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed)
-    return generate(rollout_model(policy, getattr(cfg, "rollout_quantize", "none")), prompt_ids, sp, tok)
+def sample(policy, tok, prompt_ids: list[list[int]], cfg, seeds: list[int]):
+    """Answers to `prompt_ids`, row j sampled with its own random stream seeds[j]."""
+    sps = [SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=sd) for sd in seeds]
+    return generate(rollout_model(policy, getattr(cfg, "rollout_quantize", "none")), prompt_ids, sps, tok)
 
 
 @dataclass
@@ -231,6 +286,54 @@ class Rollouts:
                 yield self.rows(perm[s:s + size])
 
 
+@dataclass
+class Batch:
+    """An iteration's rollouts, whole on every process."""
+
+    rows: list[int]  # the prompt (record index) of each rollout
+    comps: list  # the sampled answers (Completion), in rollout order
+    ro: Rollouts  # ids and lengths, the policy's log-probs (old_lp), the reference's, the values, as asked
+    parts: dict  # the reward sources' raw scores (Rewards.parts), to be combined over the whole batch
+    time_generate: float
+    time_score: float
+
+
+def collect(s: Setup, cfg, rows: list[int], it: int, reference_lp: bool = True,
+            values: Callable[[Rollouts], torch.Tensor] | None = None) -> Batch:
+    """One iteration's rollouts of the prompts `rows`. Each process samples its contiguous share (every rollout with
+    its own seed), scores it with the reward sources and takes the policy's per-token log-probabilities at the
+    sampling temperature (and the reference's, and `values(rollouts)`); then every process gathers the whole batch,
+    so what follows (rewards combined and whitened over the batch, advantages, minibatch order) is the same on all
+    of them and the same as in one process."""
+    info = s.info
+    mine = dist.share(len(rows), info)
+    t0 = time.perf_counter()
+    comps = s.sample(rows[mine], cfg, row_seeds(cfg, it, mine.start, mine.stop - mine.start))
+    t_gen = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    recs = [s.records[i] for i in rows[mine]]
+    parts = s.rewards.parts(recs, [c.text for c in comps], [c.ids for c in comps])
+    ro = Rollouts.of([s.pids[i] for i in rows[mine]], comps, pad_id(s.tok), info.device)
+    per_token = {}
+    with torch.no_grad():
+        per_token["old_lp"] = policy_logprobs(s.policy, ro, cfg.temperature)[0]
+        if reference_lp:
+            with reference(s.policy, s.ref) as ref_model:
+                per_token["ref_lp"] = policy_logprobs(ref_model, ro, cfg.temperature)[0]
+        if values is not None:
+            per_token["values"] = values(ro)
+    # Each rollout as one picklable row, its per-token tensors cut to its answer's length.
+    local = [{"comp": c, "parts": {k: float(v[j]) for k, v in parts.items()},
+              **{k: v[j, :len(c.ids)].cpu() for k, v in per_token.items()}} for j, c in enumerate(comps)]
+    every = dist.gather_rows(local, info)
+    comps = [r["comp"] for r in every]
+    ro = Rollouts.of([s.pids[i] for i in rows], comps, pad_id(s.tok), info.device)
+    for k in per_token:  # zero-padded after each answer
+        setattr(ro, k, torch.nn.utils.rnn.pad_sequence([r[k] for r in every], batch_first=True).to(info.device))
+    parts = {k: torch.tensor([r["parts"][k] for r in every]) for k in parts}
+    return Batch(list(rows), comps, ro, parts, t_gen, time.perf_counter() - t0)
+
+
 def policy_logprobs(model, ro: Rollouts, temperature: float, entropy: bool = False):
     """[B, R] log pi(response token | prefix) at the sampling temperature (and entropies), with the mask."""
     idx, mask = response_index(ro.plen, ro.rlen)
@@ -250,10 +353,12 @@ def response_index(prompt_lens: torch.Tensor, resp_lens: torch.Tensor) -> tuple[
 
 # ---- statistics and objectives ----------------------------------------------------------------------------------
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None, count=None) -> torch.Tensor:
+    """The mean of x where mask is set (over `dim`, else over all). `count`: divide the masked sum by this instead
+    of the mask's own count (under torchrun, a process's share of a mean over the whole minibatch)."""
     m = mask.to(x.dtype)
     if dim is None:
-        return (x * m).sum() / m.sum().clamp(min=1)
+        return (x * m).sum() / (m.sum().clamp(min=1) if count is None else count)
     return (x * m).sum(dim) / m.sum(dim).clamp(min=1)
 
 
@@ -282,18 +387,38 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return adv, (adv + values) * m
 
 
-def ppo_losses(lp, old_lp, adv, v, old_v, ret, mask, cliprange: float, cliprange_value: float):
-    """The clipped surrogate objective and clipped value loss (PPO, as in InstructGPT / TRL)."""
+def ppo_losses(lp, old_lp, adv, v, old_v, ret, mask, cliprange: float, cliprange_value: float, count=None):
+    """The clipped surrogate objective and clipped value loss (PPO, as in InstructGPT / TRL), token means over the
+    minibatch; `count`: its token count when these rows are one process's share of it (masked_mean)."""
     ratio = torch.exp(lp - old_lp)
     pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cliprange, 1 + cliprange))
-    pg_loss = masked_mean(pg, mask)
+    pg_loss = masked_mean(pg, mask, count=count)
     v_clip = old_v + (v - old_v).clamp(-cliprange_value, cliprange_value)
-    vf_loss = 0.5 * masked_mean(torch.max((v - ret) ** 2, (v_clip - ret) ** 2), mask)
+    vf_loss = 0.5 * masked_mean(torch.max((v - ret) ** 2, (v_clip - ret) ** 2), mask, count=count)
     with torch.no_grad():
-        stats = {"clip_frac": float(masked_mean(((ratio - 1).abs() > cliprange).float(), mask)),
-                 "approx_kl": float(masked_mean(0.5 * (lp - old_lp) ** 2, mask)),
-                 "value_clip_frac": float(masked_mean(((v - old_v).abs() > cliprange_value).float(), mask))}
+        stats = {"clip_frac": float(masked_mean(((ratio - 1).abs() > cliprange).float(), mask, count=count)),
+                 "approx_kl": float(masked_mean(0.5 * (lp - old_lp) ** 2, mask, count=count)),
+                 "value_clip_frac": float(masked_mean(((v - old_v).abs() > cliprange_value).float(), mask,
+                                                      count=count))}
     return pg_loss, vf_loss, stats
+
+
+def summed(stats: dict, info: DistInfo) -> dict:
+    """Statistics that are each process's share of a minibatch's mean, summed over the processes (one
+    all-reduce)."""
+    if info.world == 1:
+        return stats
+    keys = sorted(stats)
+    total = dist.all_sum(torch.tensor([stats[k] for k in keys]), info)
+    return {k: float(v) for k, v in zip(keys, total)}
+
+
+def minibatch_share(mb: Rollouts, info: DistInfo) -> tuple[Rollouts, torch.Tensor, int]:
+    """This process's share of a minibatch, the minibatch's response-token count and its number of rollouts (the
+    denominators of its means). DDP averages the processes' gradients, so a loss that is a share of the
+    minibatch's mean is multiplied by the world size before backward."""
+    count = response_index(mb.plen, mb.rlen)[1].sum().clamp(min=1).to(torch.float32)
+    return mb.rows(dist.share(len(mb.ids), info)), count, len(mb.ids)
 
 
 K_BETA = 0.1  # Ziegler et al. 2019's controller gain per iteration

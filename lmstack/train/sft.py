@@ -223,7 +223,7 @@ def run(cfg: SFTConfig, step_hook=None) -> Result:
                 (s * info.world / max(total, 1.0)).backward()
             loss_sum += s.item()
         loss_v = dist.all_mean(loss_sum, info) * info.world / max(total, 1.0)
-        updated, gnorm = optimizer_step(run, step, loss_v, lr, params)
+        updated, gnorm = optimizer_step(run, step, loss_v, lr)
         done = step + 1
         if updated:
             log_step(run, done, int(total), loss=loss_v, lr=lr, grad_norm=gnorm)

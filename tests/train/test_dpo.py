@@ -137,3 +137,29 @@ def test_held_out_pairs_before_training_are_the_references(tiny_ckpt, tmp_path, 
                       steps=2, micro_batch=4, lora=lora, seq_len=128, quiet=True)).summary
     assert seen.count(5) == 2  # the held-out pairs: reference, then after training
     assert s["val_before"]["val_loss"] == pytest.approx(math.log(2)) and s["val_before"]["val_reward_accuracy"] == 0
+
+
+def test_dpo_under_fsdp_follows_one_process(tiny_ckpt, tmp_path):
+    """torchrun --nproc_per_node=2 lmstack dpo --fsdp (2 x 2 pairs) follows one process (4 pairs): the optimizer and
+    the gradient clipping hold the sharded parameters, not the ones FSDP2's sharding replaced (they did not: the
+    run stood still)."""
+    import os
+    import subprocess
+    import sys
+
+    train = write(tmp_path / "t.jsonl", _pairs(8))
+    common = ["--model", str(tiny_ckpt), "--data", train, "--epochs", "0", "--steps", "4", "--lr", "1e-3",
+              "--beta", "0.5", "--seq-len", "128", "--log-interval", "1", "--grad-clip", "0.5", "--precision", "fp32",
+              "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    for out, launch, more in (("one", [], ["--micro-batch", "4"]),
+                              ("two", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
+                               ["--micro-batch", "2", "--fsdp"])):
+        p = subprocess.run([sys.executable, *launch, "-m", "lmstack", "dpo", *common, "--out", str(tmp_path / out),
+                            *more], capture_output=True, text=True, timeout=300, env=env)
+        assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    one, two = ([json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+                for d in ("one", "two"))
+    assert len(one) == len(two) == 4
+    assert [r["loss"] for r in one] == pytest.approx([r["loss"] for r in two], rel=1e-4)
+    assert one[-1]["loss"] < one[0]["loss"]

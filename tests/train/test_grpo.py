@@ -60,9 +60,9 @@ def test_grpo_logs_gold_with_a_reward_model_on_the_suite(tiny_ckpt, tmp_path):
     seen = []
 
     class Capturing(Rewards):
-        def __call__(self, records, texts, ids=None):
+        def parts(self, records, texts, ids=None):
             seen.append((list(records), list(texts)))
-            return super().__call__(records, texts, ids)
+            return super().parts(records, texts, ids)
 
     rewards = Capturing(helpful=RewardModel(RewardNet(lm.model, lm.config.d_model).eval(), lm.tokenizer))
     cfg = GRPOConfig(model=str(tiny_ckpt), clusters=["arithmetic", "safety"], out=str(tmp_path / "g"), steps=2,

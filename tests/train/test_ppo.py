@@ -94,9 +94,9 @@ class CapturingRewards(Rewards):
         super().__init__(helpful=rm)
         self.seen = []
 
-    def __call__(self, records, texts, ids=None):
+    def parts(self, records, texts, ids=None):
         self.seen.append((list(records), list(texts)))
-        return super().__call__(records, texts, ids)
+        return super().parts(records, texts, ids)
 
 
 def _rm(tiny_ckpt):
