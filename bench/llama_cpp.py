@@ -16,7 +16,7 @@ import tarfile
 from pathlib import Path
 
 CACHE = Path(os.environ.get("LMSTACK_CACHE", Path.home() / ".cache" / "lmstack")) / "llama.cpp"
-TARGETS = ("llama-batched-bench", "llama-server")
+TARGETS = ("llama-batched-bench", "llama-server", "llama-simple")
 
 
 def add_args(ap) -> None:

@@ -243,3 +243,46 @@ def test_preference_command_lines_parse():
     assert a.samples == 8
     a = ap.parse_args(["merge-lora", "--adapter", "ad", "--out", "o"])
     assert (a.adapter, a.base, a.out) == ("ad", None, "o")
+
+
+def test_every_readme_command_parses():
+    """The README's commands are what the parser accepts (flags renamed or removed would fail here): every
+    `lmstack ...` and `torchrun ... -m lmstack ...` line of its shell blocks, parsed (not run); and every command
+    has a one-line help in `lmstack --help`."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from lmstack.cli import build_parser
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    lines = [ln.split("  #")[0].strip() for block in re.findall(r"```bash\n(.*?)```", text, re.S)
+             for ln in block.splitlines()]
+    cmds = []
+    for ln in lines:
+        for part in re.split(r"\s(?:&&|;)\s", ln):
+            words = shlex.split(part, comments=True)
+            if words[:1] == ["lmstack"]:
+                cmds.append(words[1:])
+            elif words[:1] == ["torchrun"] and "lmstack" in words:
+                cmds.append(words[words.index("lmstack") + 1:])
+    assert len(cmds) > 20
+    for argv in cmds:
+        command = next(a for a in argv if not a.startswith("-"))
+        try:
+            build_parser({command}).parse_args(argv)
+        except SystemExit as e:
+            raise AssertionError(f"README: `lmstack {' '.join(argv)}` does not parse") from e
+    for path, p in _subparsers(build_parser()):
+        assert p.description or any(path[-1] == c.dest for c in _choice_actions(build_parser(), path)), path
+
+
+def _choice_actions(parser, path):
+    """The help entries (`lmstack [sub] --help` lists them) of the subcommand at `path`, empty where none."""
+    import argparse
+
+    p = parser
+    for name in path[:-1]:
+        p = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    return [c for c in sub._choices_actions if c.help]

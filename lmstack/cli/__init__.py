@@ -22,6 +22,7 @@ from lmstack.errors import LmstackError
 from lmstack.lm import load
 from lmstack.model.checkpoint import read_json
 from lmstack.model.config import PRESETS, preset
+from lmstack.model.gguf import write_gguf
 from lmstack.model.hf import config_from_hf
 from lmstack.model.info import format_info, human, model_info
 
@@ -63,6 +64,14 @@ def _convert(args) -> int:
     return 0
 
 
+def _export_gguf(args) -> int:
+    lm = load(args.checkpoint)
+    out = write_gguf(lm, args.out, args.quantize)
+    print(f"wrote {out} ({args.quantize}, {out.stat().st_size / 2**20:.1f} MiB): llama-cli -m {out}; "
+          f"ollama: FROM {out.resolve()} in a Modelfile")
+    return 0
+
+
 def _demo(args) -> int:
 
     run_demo(args.out, steps=args.steps)
@@ -92,6 +101,15 @@ def build_parser(commands: set[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("out", help="folder for the converted checkpoint")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="weights dtype (default: fp32)")
     p.set_defaults(func=_convert)
+
+    p = sub.add_parser("export", help="write a checkpoint in another tool's format (GGUF for llama.cpp and ollama)")
+    xsub = p.add_subparsers(dest="export_format", required=True)
+    p = xsub.add_parser("gguf", help="a GGUF file llama.cpp, ollama and LM Studio run (Llama-family checkpoints)")
+    p.add_argument("checkpoint", help="checkpoint folder (or anything lmstack loads: .gguf, hub name)")
+    p.add_argument("out", help="the .gguf file to write")
+    p.add_argument("--quantize", default="f16", choices=["f16", "q8_0", "q4_0"],
+                   help="weight type of the 2-D tensors (default f16; norms stay f32)")
+    p.set_defaults(func=_export_gguf)
 
     p = sub.add_parser("run", help="the whole course as a pipeline (default: tiny-cpu on the built-in suite)")
     p.add_argument("config", nargs="?", default=None, help="tiny-cpu (default), small-gpu, smollm2, or a YAML path")

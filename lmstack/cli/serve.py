@@ -11,6 +11,7 @@ import torch
 from lmstack.cli.common import dispatch
 from lmstack.errors import LmstackError
 from lmstack.lm import load
+from lmstack.model.adapter import attach_adapters
 from lmstack.options import add_weights_args
 
 
@@ -33,7 +34,13 @@ def add_arguments(p) -> None:
     p.add_argument("--prefix-cache-mb", type=float, default=256.0,
                    help="memory for the keys/values of recent prompts: a request that starts like an earlier one "
                         "(few-shot examples, a system prompt) skips computing the shared part (default 256; 0: off)")
-    p.add_argument("--model-name", default=None, help="the model id clients send (default: the folder's name)")
+    p.add_argument("--served-model-name", "--model-name", nargs="+", default=None, metavar="NAME",
+                   help="names requests may give as `model`, the first reported in responses; the --model string "
+                        "as given is always served too (vLLM's convention; default: only the --model string)")
+    p.add_argument("--lora", "--lora-modules", nargs="+", default=[], metavar="NAME=DIR",
+                   help="LoRA adapters served beside the base: a request naming NAME as its model decodes with the "
+                        "adapter in DIR (peft's format: lmstack's, or peft's on the transformers model), in the same "
+                        "batch as the others (vLLM's --lora-modules)")
     add_weights_args(p, dtypes=("fp32", "bf16", "fp16"))
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None,
@@ -65,8 +72,19 @@ def build(args):
     quantize = args.quantize if str(device).startswith("cpu") or args.quantize in ("int8", "int4") else "none"
     lm = load(args.model, device=device, dtype=args.dtype, quantize=quantize)
     api_key = args.api_key if args.api_key is not None else os.environ.get("LMSTACK_API_KEY") or None
-    name = args.model_name or Path(str(args.model).rstrip("/")).name or str(args.model)
-    cfg = ServerConfig(model_name=name, api_key=api_key, max_batch=args.max_batch, max_queue=args.max_queue,
+    names = [*(args.served_model_name or []), str(args.model)]  # vLLM serves the --model string as given
+    adapters = []
+    for spec in args.lora:
+        name, eq, folder = spec.partition("=")
+        if not eq or not name or not folder:
+            raise LmstackError(f"--lora {spec!r}: give NAME=DIR")
+        if name in names or name in [n for n, _ in adapters]:
+            raise LmstackError(f"--lora {spec!r}: the name {name!r} is already served")
+        adapters.append((name, Path(folder)))
+    if adapters:
+        attach_adapters(lm.model, adapters)
+    cfg = ServerConfig(model_name=names[0], aliases=tuple(names[1:]), adapters=tuple(n for n, _ in adapters),
+                       api_key=api_key, max_batch=args.max_batch, max_queue=args.max_queue,
                        timeout=args.timeout, prefix_cache_mb=args.prefix_cache_mb)
     return create_app(lm, cfg), cfg, lm
 

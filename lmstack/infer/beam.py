@@ -23,7 +23,7 @@ def check_beam_params(params: SamplingParams, tokenizer=None) -> None:
     """Refuse, in one line, the settings beam search cannot honour."""
     unsupported = [f"{name}={getattr(params, name)!r}" for name, off in
                    (("frequency_penalty", 0.0), ("presence_penalty", 0.0), ("top_k", 0), ("top_p", 1.0),
-                    ("min_p", 0.0)) if getattr(params, name) != off]
+                    ("min_p", 0.0), ("grammar", None)) if getattr(params, name) != off]
     if unsupported:
         raise LmstackError(f"beam search (num_beams={params.num_beams}) does not support {', '.join(unsupported)}: "
                            "these shape a sampling distribution (use repetition_penalty or logit_bias with beams, "

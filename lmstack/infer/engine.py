@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from lmstack.errors import LmstackError
 from lmstack.infer.beam import beam_search, check_beam_params
 from lmstack.infer.cache import KVCache, PrefixCache
+from lmstack.infer.grammar import Matcher, apply_masks, grammar_tokenizer
 from lmstack.infer.request import Completion, Request, StreamEvent
 from lmstack.infer.sampling import SamplingParams, apply_penalties, filter_logits, sample
 from lmstack.infer.stop import StopText, stop_token_ids
@@ -55,6 +56,7 @@ class Generation:
             raise LmstackError(f"generate: {why}")
         self.model, self.tokenizer, self.need_text = model, tokenizer, stream_text
         self.prefix_cache = prefix_cache
+        self.adapters = getattr(model, "adapters", None)  # LoRA adapters served beside the base, per row
         self.device = next(model.parameters()).device
         self.requests: dict[int, Request] = {}  # by index, until forgotten
         self.running: list[Request] = []  # the batch, in the cache's row order
@@ -106,6 +108,12 @@ class Generation:
             r.stop_ids = stop_token_ids(self.model.cfg.eos_token_id, self.tokenizer, sp)
             r.budget = min(sp.max_new_tokens, ctx - len(r.prompt))
             r.generator = torch.Generator(device=self.device).manual_seed(sp.seed) if sp.seed is not None else None
+            if sp.adapter and (self.adapters is None or not 0 < sp.adapter <= len(self.adapters.names)):
+                raise LmstackError(f"generate: adapter {sp.adapter} asked for, but the model serves "
+                                   f"{len(self.adapters.names) if self.adapters else 0} adapters")
+            if sp.grammar is not None:
+                r.matcher = Matcher(grammar_tokenizer(self.tokenizer, self.model.cfg.vocab_size, r.stop_ids),
+                                    sp.grammar)
             self.requests[r.index] = r
             if r.budget > 0:
                 new.append(r)
@@ -141,7 +149,7 @@ class Generation:
         if request in self.running:
             raise LmstackError(f"generate: request {request.index} is still running")
         self.requests.pop(request.index, None)
-        request.generator = request.text = None
+        request.generator = request.text = request.matcher = None
 
     # ---- decoding -------------------------------------------------------------------------------------------
 
@@ -159,6 +167,7 @@ class Generation:
             if self._merged:
                 self._compact_cache()
             self.cache.ensure_room(1)
+            self._select(self.running)
             logits = self.model(last, cache=self.cache, last_only=True)[:, -1]
         logits = logits.float()
         rows = self.running
@@ -166,6 +175,8 @@ class Generation:
         raw_logprobs = F.log_softmax(logits, dim=-1)
         scores = apply_penalties(logits, params, self.seen if self.track_seen else None,
                                  self.counts if self.track_counts else None)
+        if any(r.matcher is not None for r in rows):  # structured output: only what each row's grammar allows
+            scores = apply_masks(scores, [r.matcher for r in rows])
         scores = filter_logits(scores, params)
         next_ids = sample(scores, params, [r.generator for r in rows])
         chosen_lp = raw_logprobs.gather(1, next_ids[:, None])[:, 0].tolist()
@@ -186,7 +197,10 @@ class Generation:
                 n = want_top[k]
                 res.top_logprobs.append(dict(zip(top.indices[k, :n].tolist(), top.values[k, :n].tolist())))
             reason = None
-            if tok in r.stop_ids:
+            end_token = tok in r.stop_ids
+            if r.matcher is not None and not end_token:
+                r.matcher.advance(tok)
+            if end_token or (r.matcher is not None and r.matcher.done):  # or its grammar is complete
                 reason = "stop"
             elif len(res.ids) >= r.budget:
                 reason = "length"
@@ -194,7 +208,7 @@ class Generation:
             if self.need_text:
                 if r.text is None:
                     r.text = StopText(self.tokenizer, r.params.stop)
-                delta, hit = r.text.update(res.ids[:-1] if reason == "stop" else res.ids, final=reason is not None)
+                delta, hit = r.text.update(res.ids[:-1] if end_token else res.ids, final=reason is not None)
                 if hit:
                     reason = "stop"
                 res.text = r.text.text
@@ -213,9 +227,9 @@ class Generation:
             self.step()
         results = [r.result for r in self.requests.values()]
         if self.tokenizer is not None and not self.need_text:
-            for res in results:
-                ids = res.ids[:-1] if res.finish_reason == "stop" and res.ids else res.ids
-                res.text = self.tokenizer.decode(ids)
+            for r, res in zip(self.requests.values(), results):
+                ended = res.finish_reason == "stop" and res.ids and res.ids[-1] in r.stop_ids  # not its text
+                res.text = self.tokenizer.decode(res.ids[:-1] if ended else res.ids)
         return results
 
     # ---- batch state ----------------------------------------------------------------------------------------
@@ -226,6 +240,7 @@ class Generation:
         pad = self.tokenizer.pad_id if self.tokenizer is not None and self.tokenizer.pad_id is not None else 0
         self.cache = KVCache(self.model.cfg, len(rows), max(len(t) for t in rows) + max_new, device=self.device,
                              dtype=self.model.cache_dtype)
+        self._select(self.running)
         logits = self._forward_left_padded(rows, self.cache, pad)
         self._prefilled = True
         return logits[:, -1]
@@ -236,10 +251,12 @@ class Generation:
         prompt's first tokens, right-aligned to the longest such run, and only the rest is computed (one
         left-padded forward for all rows); the prompts are then stored for later requests."""
         rows = [r.prompt[:-1] for r in new]
+        self._select(new)
         pc = self.prefix_cache
         if pc is None:
             return self._prefill_rows(rows), new
-        hits = [pc.match(t) for t in rows]
+        # Stored keys/values are the base model's: a row with a LoRA adapter neither reuses nor stores them.
+        hits = [pc.match(t) if not r.params.adapter else (0, None) for t, r in zip(rows, new)]
         M = max(m for m, _ in hits)
         rest = [t[m:] for t, (m, _) in zip(rows, hits)]
         R = max(len(t) for t in rest)
@@ -256,10 +273,16 @@ class Generation:
             self._forward_left_padded(rest, cache, 0)
         L = cache.length
         for j, ((m, _), t) in enumerate(zip(hits, rest)):
-            if t:  # something new was computed: keep the whole prompt (its slots gathered into copies)
+            if t and not new[j].params.adapter:  # something new was computed: keep the whole prompt (its slots
+                # gathered into copies)
                 idx = torch.cat([torch.arange(M - m, M), torch.arange(L - len(t), L)]).to(self.device)
                 pc.put(rows[j], [k[j:j + 1, :, idx] for k in cache.k], [v[j:j + 1, :, idx] for v in cache.v])
         return cache, new
+
+    def _select(self, reqs: list[Request]) -> None:
+        """Each row's LoRA adapter for the next forward, where the model serves several."""
+        if self.adapters is not None:
+            self.adapters.select([r.params.adapter for r in reqs], self.device)
 
     def _prefill_rows(self, rows: list[list[int]]) -> KVCache:
         """A cache holding these token rows, left-padded to one length (rows may be empty)."""

@@ -37,6 +37,7 @@ class Request:
     budget: int = 0  # tokens it may generate: max_new_tokens, or less where the context ends first
     generator: torch.Generator | None = None
     text: StopText | None = None  # decoded as it goes (stop strings, streaming); None: decoded at the end
+    matcher: object | None = None  # its grammar's state (lmstack.infer.grammar.Matcher), with params.grammar
 
     @property
     def finished(self) -> bool:

@@ -35,6 +35,8 @@ class SamplingParams:
     length_penalty: float = 1.0
     early_stopping: bool | str = False
     logprobs: int | None = None  # also return the top-N log-probabilities of each step
+    grammar: str | None = None  # structured output: an llguidance grammar (lmstack.infer.grammar.compile_guide)
+    adapter: int = 0  # which LoRA adapter of a model serving several (lmstack.model.adapter.AdapterSet); 0: none
 
     def __post_init__(self):
         if isinstance(self.stop, str):

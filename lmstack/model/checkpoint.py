@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lmstack.errors import LmstackError
+from lmstack.model.adapter import is_hf_adapter, load_hf_adapter, save_adapter
 from lmstack.model.config import ModelConfig
 from lmstack.model.gguf import read_gguf
 from lmstack.model.hf import config_from_hf, config_to_hf, state_from_hf, state_to_hf
@@ -135,10 +136,12 @@ def save(lm: Checkpoint, path, writer=None, state_dict=None, **meta) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         if is_peft(lm.model):
-            # A LoRA run: the folder holds the adapter (peft's format) and names its base in lmstack.json;
-            # load() puts the two back together.
-            lm.model.save_pretrained(str(tmp))
-            info = {**lm.meta, **meta, "adapter": True, "base_model": meta.get("parent", lm.meta.get("parent"))}
+            # A LoRA run: the folder holds the adapter in peft's format on transformers' module names (so peft and
+            # vLLM load it on the base's transformers model) and names its base in lmstack.json; load() puts the
+            # two back together.
+            base = meta.get("parent", lm.meta.get("parent"))
+            save_adapter(lm.model, lm.model.get_base_model().cfg, tmp, None if base is None else str(base))
+            info = {**lm.meta, **meta, "adapter": True, "base_model": base}
         else:
             cfg = lm.config
             hf = config_to_hf(cfg)
@@ -217,16 +220,20 @@ def load_folder(folder: Path, device="cpu", dtype=torch.float32, quantize: str |
 
 
 def load_adapter(folder: Path, device="cpu", dtype=torch.float32) -> Checkpoint:
-    """A LoRA adapter folder written by lmstack: its base model (named in lmstack.json) with the adapter on."""
+    """A LoRA adapter folder (lmstack's, or peft's on a transformers model): its base model (lmstack.json's
+    base_model, else adapter_config.json's base_model_name_or_path) with the adapter on."""
     from peft import PeftModel  # optional (the lora extra), and slow to import
 
     meta = read_json(folder / "lmstack.json") if (folder / "lmstack.json").exists() else {}
-    base = meta.get("base_model")
+    base = meta.get("base_model") or read_json(folder / "adapter_config.json").get("base_model_name_or_path")
     if not base:
-        raise LmstackError(f"{folder}: adapter folder without 'base_model' in lmstack.json; use merge-lora --base")
+        raise LmstackError(f"{folder}: adapter without a base model (lmstack.json's base_model or "
+                           "adapter_config.json's base_model_name_or_path); use merge-lora --base")
     lm = load(base, device, dtype)
-    model = PeftModel.from_pretrained(lm.model, str(folder))
-    model.eval()
+    if is_hf_adapter(folder):
+        model = load_hf_adapter(lm.model, lm.config, folder)
+    else:  # an adapter on lmstack's own module names (written before adapters were saved on transformers' names)
+        model = PeftModel.from_pretrained(lm.model, str(folder)).eval()
     return Checkpoint(model, lm.tokenizer, lm.generation_config, meta)
 
 

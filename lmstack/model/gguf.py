@@ -1,4 +1,4 @@
-"""Read a llama.cpp GGUF file of a Llama-family model into Hugging Face form.
+"""Read a llama.cpp GGUF file of a Llama-family model into Hugging Face form, and write one (`write_gguf`).
 
 `read_gguf` returns a transformers `LlamaConfig`-compatible dict, a state dict under HF tensor
 names and layouts, a `tokenizers.Tokenizer` rebuilt from the vocabulary metadata, the special
@@ -12,18 +12,29 @@ Two things differ from a naive copy and are undone here:
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGUFReader, GGUFValueType, LlamaFileType
+from gguf import (
+    GGMLQuantizationType,
+    GGUFReader,
+    GGUFValueType,
+    GGUFWriter,
+    LlamaFileType,
+    RopeScalingType,
+    quants,
+)
 from gguf.quants import dequantize
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
 from lmstack.errors import LmstackError
+from lmstack.model.hf import state_to_hf
 
 # Architectures whose tensors follow Llama's naming and layout. Mistral and Mixtral-free Mistral
 # derivatives are written by llama.cpp as "llama" too. Qwen2 is not here: it has q/k/v biases but
@@ -430,3 +441,148 @@ def read_gguf(path, dtype: torch.dtype = torch.float32) -> GGUFContents:
         metadata=metadata,
         tensor_types={_hf_name(path, t.name): t.tensor_type.name for t in reader.tensors},
     )
+
+
+# ------------------------------------------------------------------------------------------ write
+
+EXPORT_TYPES = ("f16", "q8_0", "q4_0")
+_EXPORT_QTYPES = {"q8_0": GGMLQuantizationType.Q8_0, "q4_0": GGMLQuantizationType.Q4_0}
+_FILE_TYPES = {"f16": LlamaFileType.MOSTLY_F16, "q8_0": LlamaFileType.MOSTLY_Q8_0, "q4_0": LlamaFileType.MOSTLY_Q4_0}
+_TOKEN_NORMAL = 1
+
+
+def _permute_rope_rows(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's converter `permute`: HF's rotate-half q/k rows -> the interleaved layout (inverse of
+    `_unpermute_rope_rows`)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _gguf_name(hf_name: str) -> str:
+    stem, _, suffix = hf_name.rpartition(".")
+    for gg, hf in _GLOBAL_TENSORS.items():
+        if stem == hf:
+            return f"{gg}.{suffix}"
+    parts = stem.split(".")  # model.layers.N.<module path>
+    module = ".".join(parts[3:])
+    gg = next(g for g, h in _LAYER_TENSORS.items() if h == module)
+    return f"blk.{parts[2]}.{gg}.{suffix}"
+
+
+def _pre_name(backend) -> str:
+    """The tokenizer.ggml.pre name whose split llama.cpp (and `_pre_tokenizer`) applies, read off the tokenizer's
+    own pre-tokenizer; one this module cannot name is refused."""
+    pre = json.loads(backend.to_str()).get("pre_tokenizer") or {}
+    seq = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    kinds = [p.get("type") for p in seq]
+    if kinds == ["ByteLevel"] and seq[0].get("use_regex", True):
+        return "gpt-2"
+    if kinds == ["Digits", "ByteLevel"] and seq[0].get("individual_digits"):
+        return "smollm"
+    if kinds == ["Split", "ByteLevel"]:
+        regex = (seq[0].get("pattern") or {}).get("Regex")
+        for name, split in (("llama-bpe", _LLAMA3_SPLIT), ("qwen2", _QWEN2_SPLIT), ("tekken", _TEKKEN_SPLIT)):
+            if regex == split:
+                return name
+    raise LmstackError(f"GGUF export: the tokenizer's pre-tokenizer ({' + '.join(map(str, kinds))}) has no "
+                       "llama.cpp name (supported: GPT-2's byte-level split, SmolLM's digits, Llama 3, Qwen 2)")
+
+
+def _vocab(tokenizer, vocab_size: int) -> tuple[list[str], list[int], list[str]]:
+    """(tokens by id, their llama.cpp token types, BPE merges) of a byte-level BPE `lmstack` tokenizer, padded to the
+    model's vocabulary with unused entries."""
+    backend = tokenizer.backend
+    spec = json.loads(backend.to_str())
+    if spec.get("model", {}).get("type") != "BPE" or spec.get("decoder", {}).get("type") != "ByteLevel":
+        raise LmstackError("GGUF export: only byte-level BPE tokenizers (GPT-2, Llama 3, Qwen, SmolLM, lmstack's "
+                           "own) can be written; this one is " + str(spec.get("model", {}).get("type")))
+    added = {t["id"]: t for t in spec.get("added_tokens", [])}
+    tokens = [f"[PAD{i}]" for i in range(vocab_size)]
+    types = [5] * vocab_size  # UNUSED
+    for text, i in backend.get_vocab(with_added_tokens=True).items():
+        if i < vocab_size:
+            tokens[i] = text
+            a = added.get(i)
+            types[i] = _TOKEN_NORMAL if a is None else (_TOKEN_CONTROL if a.get("special") else _TOKEN_USER_DEFINED)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"].get("merges", [])]
+    return tokens, types, merges
+
+
+def write_gguf(lm, path, quantize: str = "f16", name: str | None = None) -> Path:
+    """Write a Llama-architecture checkpoint (an `lmstack.load` result) as a GGUF file llama.cpp runs: the tensors
+    under llama.cpp's names with its Q/K row permutation, 2-D weights as F16 or quantised (q8_0, q4_0: rows whose
+    length is a multiple of 32; others F16), norms F32; the byte-level BPE tokenizer, its special tokens and chat
+    template in the metadata. Written to a temporary name and renamed: a failed export leaves nothing."""
+    if quantize not in EXPORT_TYPES:
+        raise LmstackError(f"GGUF export: --quantize {quantize!r}: use one of {', '.join(EXPORT_TYPES)}")
+    cfg = lm.config
+    if cfg.arch != "llama" or cfg.qkv_bias or cfg.o_bias or cfg.mlp_bias:
+        raise LmstackError(f"GGUF export: {cfg.arch} models{' with biases' if cfg.arch == 'llama' else ''} are not "
+                           "supported (the Llama family without biases is)")
+    if cfg.rope_scaling and cfg.rope_scaling.get("rope_type", cfg.rope_scaling.get("type")) != "linear":
+        raise LmstackError(f"GGUF export: rope scaling {cfg.rope_scaling} is not supported (linear is)")
+    if lm.tokenizer is None:
+        raise LmstackError("GGUF export: the checkpoint has no tokenizer; llama.cpp needs one in the file")
+    tok = lm.tokenizer
+    tokens, types, merges = _vocab(tok, cfg.vocab_size)
+    pre = _pre_name(tok.backend)
+    sd = {k: v.detach().float().cpu() for k, v in lm.model.state_dict().items()}
+    hf = state_to_hf(sd, cfg)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    w = GGUFWriter(str(tmp), "llama")
+    w.add_name(name or path.stem)
+    w.add_context_length(cfg.max_seq_len)
+    w.add_embedding_length(cfg.d_model)
+    w.add_block_count(cfg.n_layer)
+    w.add_feed_forward_length(cfg.d_ff)
+    w.add_head_count(cfg.n_head)
+    w.add_head_count_kv(cfg.n_kv_head)
+    w.add_key_length(cfg.head_dim)
+    w.add_value_length(cfg.head_dim)
+    w.add_rope_dimension_count(cfg.head_dim)
+    w.add_rope_freq_base(float(cfg.rope_theta))
+    if cfg.rope_scaling:
+        w.add_rope_scaling_type(RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(float(cfg.rope_scaling["factor"]))
+    w.add_layer_norm_rms_eps(float(cfg.norm_eps))
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_file_type(_FILE_TYPES[quantize])
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    for key, tid in (("bos", tok.bos_id), ("eos", tok.eos_id), ("pad", tok.pad_id)):
+        if tid is not None:
+            getattr(w, f"add_{key}_token_id")(int(tid))
+    w.add_add_bos_token(bool(tok.add_bos))
+    if tok.chat_template:
+        w.add_chat_template(tok.chat_template)
+    for hf_name, t in hf.items():
+        if hf_name == "lm_head.weight" and cfg.tie_embeddings:
+            continue  # llama.cpp reads a missing output.weight as tied to token_embd
+        x = t.numpy()
+        if hf_name.endswith("q_proj.weight"):
+            x = _permute_rope_rows(x, cfg.n_head)
+        elif hf_name.endswith("k_proj.weight"):
+            x = _permute_rope_rows(x, cfg.n_kv_head)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        gname = _gguf_name(hf_name)
+        if x.ndim == 1:
+            w.add_tensor(gname, x)
+        elif quantize in _EXPORT_QTYPES and x.shape[-1] % 32 == 0:
+            q = _EXPORT_QTYPES[quantize]
+            w.add_tensor(gname, quants.quantize(x, q), raw_dtype=q)
+        else:
+            w.add_tensor(gname, x.astype(np.float16))
+    try:
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+

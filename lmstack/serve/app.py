@@ -24,7 +24,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lmstack.errors import LmstackError
 from lmstack.infer.engine import Completion
 from lmstack.infer.engine import Request as Decode  # the engine's request; `Request` here is the HTTP one
+from lmstack.infer.grammar import Matcher, compile_guide, grammar_tokenizer
 from lmstack.infer.logprobs import prompt_logprobs
+from lmstack.infer.stop import stop_token_ids
+from lmstack.infer.tools import call_format, forced_call, may_become_call, parse_calls, tool_names
 from lmstack.serve.protocol import (
     ApiError,
     Options,
@@ -35,9 +38,11 @@ from lmstack.serve.protocol import (
     parse_messages,
     parse_options,
     parse_prompts,
+    parse_tools,
     usage,
 )
 from lmstack.serve.scheduler import QueueFull, Row, Scheduler, make_group
+from lmstack.tokenizer.chat import renders_tools
 
 log = logging.getLogger("lmstack.serve")
 STATIC = Path(__file__).parent / "static"
@@ -46,7 +51,14 @@ OPEN_PATHS = {"/health", "/", "/favicon.ico"}  # the page holds no data; it asks
 
 @dataclasses.dataclass
 class ServerConfig:
-    model_name: str = "lmstack"
+    model_name: str = "lmstack"  # the name responses report
+    aliases: tuple[str, ...] = ()  # further names requests may give (vLLM: the --model string, the other names)
+    adapters: tuple[str, ...] = ()  # LoRA adapters served beside the base, by name (adapter i + 1)
+
+    @property
+    def served(self) -> list[str]:
+        """Every name a request may give, the reported one first, then the adapters'."""
+        return list(dict.fromkeys([self.model_name, *self.aliases, *self.adapters]))
     api_key: str | None = None
     max_batch: int = 32
     max_queue: int = 256
@@ -83,6 +95,10 @@ class Guard:
                 f"request body of {int(length)} bytes is over the limit of {self.cfg.max_body} bytes",
                 "invalid_request_error", None, "request_too_large"), {"connection": "close"})
         return await self.app(scope, receive, send)
+
+
+def call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
 
 
 def drain_limit(max_body: int) -> int:
@@ -143,11 +159,28 @@ class Server:
 
     # ---- helpers ----------------------------------------------------------------------------------------------
 
-    def check_model(self, body):
+    def check_model(self, body) -> tuple[str, int]:
+        """(the name to report, the LoRA adapter to decode with: 0 for the base) of the request's `model`."""
         name = get_str(body, "model", None)
-        if name is not None and name != self.cfg.model_name:
-            raise ApiError(404, f"The model '{name}' does not exist; this server serves '{self.cfg.model_name}'",
-                           param="model", code="model_not_found")
+        if name is not None and name not in self.cfg.served:
+            raise ApiError(404, f"The model '{name}' does not exist; this server serves "
+                                f"{', '.join(repr(n) for n in self.cfg.served)}", param="model",
+                           code="model_not_found")
+        if name in self.cfg.adapters:
+            return name, self.cfg.adapters.index(name) + 1
+        return self.cfg.model_name, 0
+
+    def check_grammar(self, opts: Options) -> None:
+        """A grammar the tokenizer cannot follow is a 400 now, not an error inside the running batch."""
+        if opts.params.grammar is None:
+            return
+        if self.tok is None:
+            raise bad(opts.guided_by, "structured output needs the model's tokenizer; this model has none")
+        try:
+            ends = stop_token_ids(self.lm.config.eos_token_id, self.tok, opts.params)  # as the engine will
+            Matcher(grammar_tokenizer(self.tok, self.vocab, ends), opts.params.grammar)
+        except LmstackError as e:
+            raise bad(opts.guided_by, f"'{opts.guided_by}': {e}") from None
 
     def check_length(self, ids, param):
         if len(ids) > self.ctx:
@@ -264,8 +297,9 @@ class Server:
 
     async def completions(self, request: Request):
         body = await read_json(request, self.cfg.max_body)
-        self.check_model(body)
-        opts = parse_options(body, self.vocab, chat=False, model_stop_ids=self.stop_ids)
+        served, adapter = self.check_model(body)
+        opts = parse_options(body, self.vocab, chat=False, model_stop_ids=self.stop_ids, adapter=adapter)
+        self.check_grammar(opts)
         prompts = parse_prompts(body.get("prompt"), self.tok, self.vocab)
         for ids, _ in prompts:
             self.check_length(ids, "prompt")
@@ -274,13 +308,13 @@ class Server:
         added = [self.added_tokens(ids, t) if opts.echo and opts.logprobs is not None else 0 for ids, t in prompts]
         scores = None
         if opts.echo and opts.logprobs is not None:
-            fut = self._call(lambda: [prompt_logprobs(self.lm.model, ids, opts.logprobs) for ids in ids_list])
+            fut = self._call(lambda: self.score_prompts(ids_list, opts.logprobs, adapter))
             scores = await asyncio.wrap_future(fut)
         rows, done = self.rows_for(ids_list, opts)
         group, q = self.start(rows)
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if opts.stream:
-            gen = self._stream_completions(group, q, done, opts, ids_list, texts, added, scores, rid, created)
+            gen = self._stream_completions(group, q, done, opts, ids_list, texts, added, scores, rid, created, served)
             return StreamingResponse(gen, media_type="text/event-stream", headers={"cache-control": "no-cache"})
         results = await self.collect(request, group, q, done)
         choices = []
@@ -295,8 +329,18 @@ class Server:
                 text = (texts[pi] if opts.echo else "") + res.text
                 choices.append({"index": c, "text": text, "logprobs": lp, "finish_reason": res.finish_reason})
         n_out = sum(len(r.ids) for r in results.values())
-        return {"id": rid, "object": "text_completion", "created": created, "model": self.cfg.model_name,
+        return {"id": rid, "object": "text_completion", "created": created, "model": served,
                 "choices": choices, "usage": usage(sum(len(i) for i in ids_list), n_out)}
+
+    def score_prompts(self, ids_list, top: int, adapter: int = 0):
+        """Each prompt's token log-probabilities (echo), with the request's LoRA adapter where it named one."""
+        adapters = getattr(self.lm.model, "adapters", None)
+        out = []
+        for ids in ids_list:
+            if adapters is not None:
+                adapters.select([adapter], self.lm.device)
+            out.append(prompt_logprobs(self.lm.model, ids, top))
+        return out
 
     def _call(self, fn):
         try:
@@ -323,7 +367,7 @@ class Server:
         offs += self.offsets(res.ids, start)
         return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offs}
 
-    def _stream_completions(self, group, q, done, opts, ids_list, texts, added, scores, rid, created):
+    def _stream_completions(self, group, q, done, opts, ids_list, texts, added, scores, rid, created, served=None):
         offs, held = {}, {}  # each choice's text offset so far, and whether its last token sent no text
 
         def head(c):
@@ -348,14 +392,17 @@ class Server:
             return {"text": text, "logprobs": None} if text else None
 
         return self._stream(group, q, opts, "text_completion", rid, created, len(ids_list) * opts.n, done,
-                            sum(len(i) for i in ids_list), head, token, {"text": "", "logprobs": None})
+                            sum(len(i) for i in ids_list), head, token, {"text": "", "logprobs": None}, model=served)
 
-    async def _stream(self, group, q, opts, obj, rid, created, n_choices, done, n_prompt, head, token, finished):
+    async def _stream(self, group, q, opts, obj, rid, created, n_choices, done, n_prompt, head, token, finished,
+                      closing=None, model: str | None = None):
         """The one server-sent-events loop of completions and chat: head(choice) -> the choice fields sent
         first, token(choice, token_id, text, logprob, top) -> a token's fields (None: nothing to send),
-        `finished`: the fields beside a finish_reason; then usage if asked, and [DONE]."""
+        `finished`: the fields beside a finish_reason, closing(choice, completion) -> (the fields of chunks sent
+        before it, the finish_reason); then usage if asked, and [DONE]. `model`: the name chunks report."""
+        model = model or self.cfg.model_name
         def chunk(c, fields, finish=None):
-            return _sse({"id": rid, "object": obj, "created": created, "model": self.cfg.model_name,
+            return _sse({"id": rid, "object": obj, "created": created, "model": model,
                          "choices": [{"index": c, **fields, "finish_reason": finish}]})
 
         pending = len(group.rows)
@@ -378,7 +425,9 @@ class Server:
                             out.append(chunk(c, fields))
                     elif item[0] == "done":
                         pending -= 1
-                        out.append(chunk(item[1], finished, item[2].finish_reason))
+                        more, reason = closing(item[1], item[2]) if closing else ([], item[2].finish_reason)
+                        out += [chunk(item[1], fields) for fields in more]
+                        out.append(chunk(item[1], finished, reason))
                     else:
                         out.append(_sse(item_error(item).body()))
                         failed = True
@@ -386,7 +435,7 @@ class Server:
                 if out:
                     yield "".join(out)
             if opts.include_usage:
-                yield _sse({"id": rid, "object": obj, "created": created, "model": self.cfg.model_name,
+                yield _sse({"id": rid, "object": obj, "created": created, "model": model,
                             "choices": [], "usage": usage(n_prompt, n_out)})
             yield "data: [DONE]\n\n"
         finally:
@@ -397,13 +446,16 @@ class Server:
 
     async def chat(self, request: Request):
         body = await read_json(request, self.cfg.max_body)
-        self.check_model(body)
+        served, adapter = self.check_model(body)
         if self.tok is None:
             raise bad("messages", "this model has no tokenizer, so it cannot chat")
-        opts = parse_options(body, self.vocab, chat=True, model_stop_ids=self.stop_ids)
+        opts = parse_options(body, self.vocab, chat=True, model_stop_ids=self.stop_ids, adapter=adapter)
+        tools, choice = parse_tools(body)
+        names = self.tool_setup(tools, choice, opts)
+        self.check_grammar(opts)
         messages = parse_messages(body.get("messages"))
         try:
-            ids = self.tok.encode_chat(messages, add_generation_prompt=True)[0]
+            ids = self.tok.encode(self.tok.apply_chat_template(messages, True, tools), add_bos=False)
         except LmstackError as e:
             raise bad("messages", str(e)) from None
         if not ids:
@@ -413,7 +465,7 @@ class Server:
         group, q = self.start(rows)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if opts.stream:
-            gen = self._stream_chat(group, q, done, opts, ids, rid, created)
+            gen = self._stream_chat(group, q, done, opts, ids, rid, created, names, served)
             return StreamingResponse(gen, media_type="text/event-stream", headers={"cache-control": "no-cache"})
         results = await self.collect(request, group, q, done)
         choices = []
@@ -423,11 +475,36 @@ class Server:
             if opts.logprobs is not None:
                 lp = {"content": [self._chat_lp(t, res.logprobs[k], res.top_logprobs[k] if k < len(res.top_logprobs)
                                                 else {}, opts.logprobs) for k, t in enumerate(res.ids)]}
-            choices.append({"index": c, "message": {"role": "assistant", "content": res.text}, "logprobs": lp,
-                            "finish_reason": res.finish_reason})
+            message, finish = {"role": "assistant", "content": res.text}, res.finish_reason
+            content, calls = parse_calls(res.text, names) if names else (res.text, [])
+            if calls:
+                message = {"role": "assistant", "content": content, "tool_calls": [
+                    {"id": call_id(), "type": "function", "function": {"name": k.name, "arguments": k.arguments}}
+                    for k in calls]}
+                finish = "tool_calls"
+            choices.append({"index": c, "message": message, "logprobs": lp, "finish_reason": finish})
         n_out = sum(len(r.ids) for r in results.values())
-        return {"id": rid, "object": "chat.completion", "created": created, "model": self.cfg.model_name,
+        return {"id": rid, "object": "chat.completion", "created": created, "model": served,
                 "choices": choices, "usage": usage(len(ids), n_out)}
+
+    def tool_setup(self, tools, choice, opts: Options) -> list[str]:
+        """With `tools`: the names of the tools the answer may call ([] for tool_choice none), and for a forced
+        call (required, or a tool's name) the grammar of exactly one call in the template's format (vLLM's
+        way); a template that never reads `tools` is a 400."""
+        if tools is None:
+            return []
+        template = self.tok.chat_template or ""
+        if not renders_tools(template):
+            raise bad("tools", "this model's chat template does not render tools (it never reads `tools`), so the "
+                               "model cannot be told about them")
+        if choice in ("none", "auto"):
+            return tool_names(tools) if choice == "auto" else []
+        if opts.params.grammar is not None:
+            raise bad("tool_choice", f"a forced tool call cannot be combined with '{opts.guided_by}'")
+        guide = forced_call(tools, None if choice == "required" else choice, call_format(template))
+        opts.params = dataclasses.replace(opts.params, grammar=compile_guide(guide))
+        opts.guided_by = "tool_choice"
+        return tool_names(tools)
 
     def _chat_lp(self, tid, lp, top, n):
         s = self.piece(tid)
@@ -436,15 +513,41 @@ class Server:
                 "top_logprobs": [{"token": self.piece(i), "logprob": v, "bytes": list(self.piece(i).encode("utf-8"))}
                                  for i, v in tops]}
 
-    def _stream_chat(self, group, q, done, opts, ids, rid, created):
+    def _stream_chat(self, group, q, done, opts, ids, rid, created, names=(), served=None):
+        """Chat chunks; with tools an answer's text is held back while it may still be a tool call, and a call
+        is sent as `tool_calls` deltas (its id, type and name, then its arguments) before finish_reason
+        "tool_calls"."""
+        held: dict[int, str] = {}  # per choice: text held back while it may become a call (absent: flowing)
+
         def token(c, tid, text, lp, top):
+            if names and c not in flowing:
+                held[c] = held.get(c, "") + text
+                if may_become_call(held[c]):
+                    return None
+                flowing.add(c)
+                text = held.pop(c)
             if opts.logprobs is not None:
                 return {"delta": {"content": text}, "logprobs": {"content": [self._chat_lp(tid, lp, top, opts.logprobs)]}}
             return {"delta": {"content": text}, "logprobs": None} if text else None
 
+        def closing(c, res):
+            content, calls = parse_calls(res.text, names) if names else (None, [])
+            if not calls:
+                rest = held.pop(c, "")
+                return ([{"delta": {"content": rest}, "logprobs": None}] if rest else []), res.finish_reason
+            out = [{"delta": {"content": content}, "logprobs": None}] if content and c not in flowing else []
+            for k, call in enumerate(calls):
+                out.append({"delta": {"tool_calls": [{"index": k, "id": call_id(), "type": "function",
+                                                      "function": {"name": call.name, "arguments": ""}}]},
+                            "logprobs": None})
+                out.append({"delta": {"tool_calls": [{"index": k, "function": {"arguments": call.arguments}}]},
+                            "logprobs": None})
+            return out, "tool_calls"
+
+        flowing: set[int] = set()
         return self._stream(group, q, opts, "chat.completion.chunk", rid, created, opts.n, done, len(ids),
                             lambda c: [{"delta": {"role": "assistant", "content": ""}, "logprobs": None}], token,
-                            {"delta": {}, "logprobs": None})
+                            {"delta": {}, "logprobs": None}, closing, model=served)
 
     # ---- tokenizer --------------------------------------------------------------------------------------------
 
@@ -561,16 +664,19 @@ def create_app(lm, cfg: ServerConfig | None = None, **kw) -> FastAPI:
     async def health():
         return {"status": "ok", **srv.sched.stats()}
 
+    def card(name: str) -> dict:
+        lora = name in cfg.adapters  # vLLM lists an adapter with its base as parent
+        return {"id": name, "object": "model", "created": 0, "owned_by": "lmstack", "root": cfg.model_name,
+                "parent": cfg.model_name if lora else None, "max_model_len": srv.ctx}
+
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": cfg.model_name, "object": "model", "created": 0,
-                                            "owned_by": "lmstack", "max_model_len": srv.ctx}]}
+        return {"object": "list", "data": [card(n) for n in cfg.served]}
 
     @app.get("/v1/models/{name:path}")
     async def model(name: str):
         srv.check_model({"model": name})
-        return {"id": cfg.model_name, "object": "model", "created": 0, "owned_by": "lmstack",
-                "max_model_len": srv.ctx}
+        return card(name)
 
     app.post("/v1/completions")(srv.completions)
     app.post("/v1/chat/completions")(srv.chat)

@@ -8,11 +8,14 @@ not taken for integers.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
 from lmstack.errors import LmstackError
+from lmstack.infer.grammar import Guide, compile_guide
 from lmstack.infer.sampling import SamplingParams
+from lmstack.infer.tools import check_tools, tool_names
 
 
 class ApiError(Exception):
@@ -130,10 +133,55 @@ class Options:
     include_usage: bool
     echo: bool
     logprobs: int | None  # top-N log-probabilities per token (0: only the chosen token's)
+    guided_by: str | None = None  # the field that asked for structured output (params.grammar)
 
 
-def parse_options(body: dict, vocab_size: int, chat: bool, model_stop_ids: list[int] = ()) -> Options:
-    """Sampling and response options; `stop_token_ids` (a vLLM extra) adds to the model's own stop ids."""
+# vLLM's guided-decoding extras (and the same keys inside its newer `structured_outputs` object).
+GUIDED = {"guided_json": "json_schema", "guided_regex": "regex", "guided_choice": "choice",
+          "guided_grammar": "lark"}
+STRUCTURED = {"json": "json_schema", "regex": "regex", "choice": "choice", "grammar": "lark"}
+
+
+def get_guide(body: dict) -> tuple[Guide | None, str | None]:
+    """What the answer must follow, and the field that said so: OpenAI's `response_format` (json_object,
+    json_schema) or one of vLLM's `guided_json` / `guided_regex` / `guided_choice` / `guided_grammar` (or
+    `structured_outputs`); at most one."""
+    found = []
+    rf = _get(body, "response_format")
+    if rf is not _MISSING:
+        if not isinstance(rf, dict) or rf.get("type") not in ("text", "json_object", "json_schema"):
+            raise bad("response_format", "'response_format' must be {\"type\": \"text\" | \"json_object\" | "
+                                         "\"json_schema\", ...}")
+        if rf["type"] == "json_object":
+            found.append(("response_format", Guide("json_object")))
+        elif rf["type"] == "json_schema":
+            js = rf.get("json_schema")
+            if not isinstance(js, dict) or not isinstance(js.get("schema"), dict):
+                raise bad("response_format", "'response_format'.json_schema.schema must be a JSON schema object")
+            found.append(("response_format", Guide("json_schema", js["schema"])))
+    so = _get(body, "structured_outputs")
+    extras = [(k, GUIDED[k], _get(body, k)) for k in GUIDED]
+    if so is not _MISSING:
+        if not isinstance(so, dict):
+            raise bad("structured_outputs", "'structured_outputs' must be an object")
+        extras += [(f"structured_outputs.{k}", STRUCTURED[k], _get(so, k)) for k in STRUCTURED]
+    for name, kind, v in extras:
+        if v is _MISSING:
+            continue
+        if kind == "json_schema" and isinstance(v, str):  # vLLM takes the schema as a JSON string too
+            try:
+                v = json.loads(v)
+            except json.JSONDecodeError as e:
+                raise bad(name, f"'{name}' is not valid JSON: {e}") from None
+        found.append((name, Guide(kind, v)))
+    if len(found) > 1:
+        raise bad(found[1][0], f"give one of {', '.join(n for n, _ in found)}, not several")
+    return (found[0][1], found[0][0]) if found else (None, None)
+
+
+def parse_options(body: dict, vocab_size: int, chat: bool, model_stop_ids: list[int] = (), adapter: int = 0) -> Options:
+    """Sampling and response options; `stop_token_ids` (a vLLM extra) adds to the model's own stop ids; `adapter`:
+    the LoRA adapter the request's model name picked (0: the base)."""
     for name, asked in (("use_beam_search", get_bool(body, "use_beam_search", False)),  # vLLM's extras
                         ("num_beams", get_int(body, "num_beams", 1, 1) > 1)):
         if asked:
@@ -177,17 +225,25 @@ def parse_options(body: dict, vocab_size: int, chat: bool, model_stop_ids: list[
     else:
         echo = get_bool(body, "echo", False)
         logprobs = get_int(body, "logprobs", None, 0, 20)
+    guide, guide_field = get_guide(body)
+    grammar = None
+    if guide is not None:
+        try:
+            grammar = compile_guide(guide)
+        except LmstackError as e:
+            raise bad(guide_field, f"'{guide_field}': {e}") from None
     try:
         params = SamplingParams(
             max_new_tokens=max_tokens if max_tokens is not None else 1 << 30, temperature=temperature,
             top_k=max(top_k, 0), top_p=top_p, min_p=min_p, repetition_penalty=rep, frequency_penalty=freq,
             presence_penalty=pres, logit_bias=logit_bias, stop=stop,
             stop_token_ids=[*model_stop_ids, *stop_ids] if stop_ids is not _MISSING else None,
-            ignore_eos=ignore_eos, seed=seed, logprobs=logprobs if logprobs else None,
+            ignore_eos=ignore_eos, seed=seed, logprobs=logprobs if logprobs else None, grammar=grammar,
+            adapter=adapter,
         )
     except LmstackError as e:
         raise bad("sampling", str(e)) from None
-    return Options(params, seed, n, max_tokens, stream, include_usage, echo, logprobs)
+    return Options(params, seed, n, max_tokens, stream, include_usage, echo, logprobs, guide_field)
 
 
 def parse_prompts(value, tokenizer, vocab_size: int) -> list[tuple[list[int], str | None]]:
@@ -232,6 +288,9 @@ def parse_prompts(value, tokenizer, vocab_size: int) -> list[tuple[list[int], st
 
 
 def parse_messages(value) -> list[dict]:
+    """OpenAI's `messages`: text content (a string or text parts); an assistant turn's `tool_calls` (their
+    `arguments` JSON strings parsed into objects, which is what chat templates render, as vLLM does) and a `tool`
+    turn's `tool_call_id` kept."""
     if not isinstance(value, list) or not value:
         raise bad("messages", "'messages' must be a non-empty list of {role, content} objects")
     out = []
@@ -253,8 +312,59 @@ def parse_messages(value) -> list[dict]:
             content = ""
         elif not isinstance(content, str):
             raise bad("messages", f"'messages'[{i}].content must be a string or a list of text parts")
-        out.append({"role": role, "content": content})
+        msg = {"role": role, "content": content}
+        if role == "assistant" and m.get("tool_calls"):
+            msg["tool_calls"] = _history_calls(m["tool_calls"], i)
+        for key in ("tool_call_id", "name"):
+            if isinstance(m.get(key), str):
+                msg[key] = m[key]
+        out.append(msg)
     return out
+
+
+def _history_calls(calls, i: int) -> list[dict]:
+    if not isinstance(calls, list):
+        raise bad("messages", f"'messages'[{i}].tool_calls must be a list")
+    out = []
+    for j, c in enumerate(calls):
+        f = c.get("function") if isinstance(c, dict) else None
+        if not isinstance(f, dict) or not isinstance(f.get("name"), str):
+            raise bad("messages", f"'messages'[{i}].tool_calls[{j}] must be {{id, type, function: {{name, arguments}}}}")
+        args = f.get("arguments", {})
+        if isinstance(args, str):
+            try:
+                args = json.loads(args) if args.strip() else {}
+            except json.JSONDecodeError as e:
+                raise bad("messages", f"'messages'[{i}].tool_calls[{j}].function.arguments is not JSON: {e}") \
+                    from None
+        out.append({"id": c.get("id"), "type": "function", "function": {"name": f["name"], "arguments": args}})
+    return out
+
+
+def parse_tools(body: dict) -> tuple[list[dict] | None, str | None]:
+    """(`tools`, `tool_choice`): the choice "none", "auto", "required" or a tool's name (from {"type":
+    "function", "function": {"name"}}); (None, None) without tools."""
+    tools = _get(body, "tools")
+    choice = _get(body, "tool_choice")
+    if tools is _MISSING:
+        if choice is not _MISSING and choice != "none":
+            raise bad("tool_choice", "'tool_choice' needs 'tools'")
+        return None, None
+    try:
+        check_tools(tools)
+    except LmstackError as e:
+        raise bad("tools", str(e)) from None
+    if choice is _MISSING:
+        return tools, "auto"
+    if choice in ("none", "auto", "required"):
+        return tools, choice
+    name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    if not isinstance(name, str):
+        raise bad("tool_choice", "'tool_choice' must be \"none\", \"auto\", \"required\" or "
+                                 "{\"type\": \"function\", \"function\": {\"name\": ...}}")
+    if name not in tool_names(tools):
+        raise bad("tool_choice", f"'tool_choice' names {name!r}, which is not among the tools")
+    return tools, name
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:

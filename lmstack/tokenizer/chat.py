@@ -14,6 +14,7 @@ from functools import lru_cache
 
 import jinja2
 import jinja2.ext
+import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from lmstack.errors import LmstackError
@@ -121,16 +122,28 @@ def normalize_messages(messages: Sequence[Mapping]) -> list[dict]:
     return out
 
 
+def renders_tools(template: str) -> bool:
+    """Does the template read a `tools` variable (as Llama 3.1+, Qwen 2.5, Mistral and Hermes templates do)?"""
+    env = jinja2.Environment(extensions=[_GenerationTag, jinja2.ext.loopcontrols])
+    try:
+        return "tools" in jinja2.meta.find_undeclared_variables(env.parse(template))
+    except jinja2.TemplateSyntaxError:
+        return False
+
+
 def render(
-    template: str, messages: Sequence[Mapping], add_generation_prompt: bool = False, **special_tokens
+    template: str, messages: Sequence[Mapping], add_generation_prompt: bool = False, tools: list | None = None,
+    **special_tokens
 ) -> str:
+    """The conversation as text, as transformers' apply_chat_template renders it; `tools`: the OpenAI-style
+    function definitions (only where the template reads them: `renders_tools`)."""
     compiled = compile_template(template)
     kwargs = {k: v for k, v in special_tokens.items() if v is not None}
     try:
         return compiled.render(
             messages=normalize_messages(messages),
             add_generation_prompt=add_generation_prompt,
-            tools=None,
+            tools=_plain(tools) if tools else None,
             documents=None,
             **kwargs,
         )

@@ -154,13 +154,17 @@ class Tokenizer:
     def _template_tokens(self):
         return {"bos_token": self.bos_token, "eos_token": self.eos_token, "pad_token": self.pad_token}
 
-    def _render(self, messages, add_generation_prompt):
+    def _render(self, messages, add_generation_prompt, tools=None):
         if self.chat_template is None:
             raise LmstackError("tokenizer has no chat template (set chat_template in tokenizer_config.json)")
-        return chat.render(self.chat_template, messages, add_generation_prompt, **self._template_tokens())
+        if tools and not chat.renders_tools(self.chat_template):
+            raise LmstackError("this model's chat template does not render tools (it never reads `tools`), so the "
+                               "model cannot be told about them")
+        return chat.render(self.chat_template, messages, add_generation_prompt, tools, **self._template_tokens())
 
-    def apply_chat_template(self, messages: Sequence[dict], add_generation_prompt: bool = False) -> str:
-        return self._render(messages, add_generation_prompt)
+    def apply_chat_template(self, messages: Sequence[dict], add_generation_prompt: bool = False,
+                            tools: list | None = None) -> str:
+        return self._render(messages, add_generation_prompt, tools)
 
     def encode_chat(
         self, messages: Sequence[dict], add_generation_prompt: bool = False

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from lmstack.errors import LmstackError
 from lmstack.lm import LM, load
+from lmstack.model.adapter import fused_state, is_hf_adapter
 from lmstack.model.checkpoint import is_peft, read_json
 
 
@@ -50,10 +51,16 @@ def apply_lora(model, cfg: LoraOptions):
 
 
 def load_adapter_state(model, checkpoint: Path) -> None:
-    """Restore a resumed run's adapter weights from a training checkpoint folder."""
+    """Restore a resumed run's adapter weights from a training checkpoint folder (saved on transformers' module
+    names: converted back to the fused modules, exactly)."""
     from peft import set_peft_model_state_dict  # optional dependency; only reached with --lora
 
-    set_peft_model_state_dict(model, load_file(str(Path(checkpoint) / "adapter_model.safetensors")))
+    folder = Path(checkpoint)
+    if is_hf_adapter(folder):
+        state, _ = fused_state(model.get_base_model().cfg, folder)
+    else:
+        state = load_file(str(folder / "adapter_model.safetensors"))
+    set_peft_model_state_dict(model, state)
 
 
 @contextlib.contextmanager

@@ -53,14 +53,14 @@ def _wait_healthy(url, proc=None, log_path=None, limit=90.0):
 
 @contextmanager
 def server_process(ckpt, tmp_path, *extra, env=None):
-    """`python -m lmstack.serve` on a free loopback port, model name 'tiny'."""
+    """`python -m lmstack.serve` on a free loopback port, served as "tiny" (reported), "tiny-alias" and the path."""
     port = free_port()
     log_path = tmp_path / f"server-{port}.log"
     e = dict(os.environ, **(env or {}))
     e.setdefault("OMP_NUM_THREADS", "1")  # the test clients share the machine's two cores
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "lmstack.serve", "--model", str(ckpt), "--port", str(port),
-                                 "--model-name", "tiny", *extra], stdout=log, stderr=subprocess.STDOUT, env=e)
+                                 "--served-model-name", "tiny", "tiny-alias", *extra], stdout=log, stderr=subprocess.STDOUT, env=e)
     try:
         _wait_healthy(f"http://127.0.0.1:{port}", proc, log_path)
         yield Served(f"http://127.0.0.1:{port}", proc, str(log_path))

@@ -179,3 +179,16 @@ def test_stream_events_survive_clients_that_split_on_unicode_line_breaks():
     lines = [x for x in event.splitlines() if x]
     assert len(lines) == 1 and json.loads(lines[0][6:])["choices"][0]["text"] == text
     assert "한국어" in lines[0]  # other text stays readable
+
+
+def test_served_names_follow_vllm(server, tiny_ckpt):
+    """--served-model-name tiny tiny-alias, --model PATH: all three are served, "tiny" is reported; /v1/models lists
+    them; lm-eval's `model=PATH` (how vLLM users write it) is answered, another name is a 404."""
+    listed = httpx.get(server.url + "/v1/models").json()["data"]
+    assert [m["id"] for m in listed] == ["tiny", "tiny-alias", str(tiny_ckpt)]
+    for name in ("tiny", "tiny-alias", str(tiny_ckpt)):
+        r = httpx.post(server.url + "/v1/completions", json={"model": name, "prompt": "x", "max_tokens": 2})
+        assert r.status_code == 200 and r.json()["model"] == "tiny", r.text
+        assert httpx.get(f"{server.url}/v1/models/{name}").json()["id"] == name
+    r = httpx.post(server.url + "/v1/completions", json={"model": "tiny-other", "prompt": "x"})
+    assert r.status_code == 404 and "'tiny-alias'" in r.json()["error"]["message"]

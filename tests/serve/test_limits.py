@@ -55,7 +55,7 @@ def test_api_key_from_the_environment_and_localhost_default(tiny_ckpt, monkeypat
     args = p.parse_args(["--model", str(tiny_ckpt)])
     assert args.host == "127.0.0.1" and args.port == 8000
     _, cfg, _ = cli.build(args)
-    assert cfg.api_key == "from-env" and cfg.model_name == tiny_ckpt.name
+    assert cfg.api_key == "from-env" and cfg.served == [str(tiny_ckpt)]  # vLLM: the --model string as given
     _, cfg, _ = cli.build(p.parse_args(["--model", str(tiny_ckpt), "--api-key", "flag"]))
     assert cfg.api_key == "flag"
 

@@ -80,3 +80,57 @@ metric_list:
     samples = sorted(out["samples"]["lmstack_serve_mc"], key=lambda s: s["doc_id"])
     got = [float(r[0]) for s in samples for r in s["filtered_resps"]]
     assert got == pytest.approx(ll, abs=1e-3)
+
+
+def test_lm_eval_local_chat_completions_generates_what_lmstack_generates(server, tiny_lm, tiny_ckpt, tmp_path,
+                                                                        monkeypatch):
+    """lm-eval's `local-chat-completions` runs a generation task (greedy, until a newline) against the server,
+    naming the model by its path as vLLM users do; every answer is lmstack's own greedy chat answer."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from lmstack.infer.engine import generate
+    from lmstack.infer.sampling import SamplingParams
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    qs = [("What is 3 plus 4?", "7"), ("Name a cat.", "Mina"), ("고양이는?", "작다"), ("Say hi", "hi")]
+    data = tmp_path / "gen.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in qs))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "serve_gen.yaml").write_text(f"""task: lmstack_serve_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{question}}}}"
+doc_to_target: "{{{{answer}}}}"
+generation_kwargs:
+  until: ["\\n"]
+  max_gen_toks: 8
+  do_sample: false
+  temperature: 0.0
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+""")
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    out = simple_evaluate(
+        model="local-chat-completions",
+        model_args={"base_url": server.v1 + "/chat/completions", "model": str(tiny_ckpt), "num_concurrent": 2,
+                    "max_retries": 1},
+        tasks=["lmstack_serve_gen"], task_manager=TaskManager(include_path=str(tasks)), log_samples=True,
+        apply_chat_template=True, bootstrap_iters=0,
+    )
+    samples = sorted(out["samples"]["lmstack_serve_gen"], key=lambda s: s["doc_id"])
+    got = [s["resps"][0][0] for s in samples]
+    tok = tiny_lm.tokenizer
+    want = [c.text for c in generate(tiny_lm.model, [tok.encode_chat([{"role": "user", "content": q}], True)[0]
+                                                     for q, _ in qs],
+                                     SamplingParams(max_new_tokens=8, temperature=0.0, stop=["\n"]), tok)]
+    assert got == want and any(want)
+    assert "exact_match,none" in out["results"]["lmstack_serve_gen"]

@@ -33,9 +33,11 @@ def test_rollout_model_is_a_quantised_copy_with_lora_merged(tiny_ckpt, tmp_path)
 
     from lmstack.errors import LmstackError
     from lmstack.model.quant import Int8Linear, is_quantized
+    from lmstack.train.lora import adapters_off
     from lmstack.train.policy import generation_model, rollout_model
 
     cfg = PrefConfig(model=str(tiny_ckpt), out=str(tmp_path), lora=True, lora_r=4, lora_dropout=0.0, seq_len=128)
+    torch.manual_seed(0)  # LoRA's A is drawn from torch's global generator: the same adapters whatever ran before
     _, model, params, _ = load_policy(cfg, "cpu")
     with torch.no_grad():
         for p in params:
@@ -47,7 +49,12 @@ def test_rollout_model_is_a_quantised_copy_with_lora_merged(tiny_ckpt, tmp_path)
         quant = q(x).float()
     assert is_quantized(q) and any(isinstance(m, Int8Linear) for m in q.modules())
     assert not is_quantized(model) and all(p.requires_grad for p in params)
-    assert (quant - dense).abs().max() < 0.05 * dense.abs().max(), (quant - dense).abs().max()
+    with torch.no_grad(), adapters_off(model) as base:
+        without = generation_model(base)(x).float()
+    # int8 weights with bf16 activations on this high-variance random model: 5-15% of the logits' norm (seeds
+    # 0-5); the adapters move them by 75-125%, so a copy without them would be far off.
+    err = (quant - dense).norm()
+    assert err < 0.25 * dense.norm() and err < 0.3 * (quant - without).norm(), err
     assert rollout_model(model, "none") is generation_model(model)
     with pytest.raises(LmstackError, match=r"--rollout-quantize must be one of none, int8, int4"):
         rollout_model(model, "int3")
