@@ -41,6 +41,13 @@ def add_arguments(p) -> None:
                    help="LoRA adapters served beside the base: a request naming NAME as its model decodes with the "
                         "adapter in DIR (peft's format: lmstack's, or peft's on the transformers model), in the same "
                         "batch as the others (vLLM's --lora-modules)")
+    p.add_argument("--compare", nargs="+", default=[], metavar="NAME",
+                   help="the comparison page at /compare: each prompt answered by these 2-4 served names (the base, "
+                        "its aliases, --lora adapters; a name twice: two samples of it) side by side, for a person to "
+                        "rank; needs --labels")
+    p.add_argument("--labels", default=None, metavar="FILE",
+                   help="the JSONL file the comparison page appends each ranking to ({prompt, answers, ranking}: "
+                        "what `lmstack reward` and `lmstack dpo` read)")
     add_weights_args(p, dtypes=("fp32", "bf16", "fp16"))
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--threads", type=int, default=None,
@@ -83,10 +90,30 @@ def build(args):
         adapters.append((name, Path(folder)))
     if adapters:
         attach_adapters(lm.model, adapters)
+    check_compare(args.compare, args.labels, [*names, *(n for n, _ in adapters)])
     cfg = ServerConfig(model_name=names[0], aliases=tuple(names[1:]), adapters=tuple(n for n, _ in adapters),
-                       api_key=api_key, max_batch=args.max_batch, max_queue=args.max_queue,
+                       compare=tuple(args.compare), labels=args.labels, api_key=api_key, max_batch=args.max_batch, max_queue=args.max_queue,
                        timeout=args.timeout, prefix_cache_mb=args.prefix_cache_mb)
     return create_app(lm, cfg), cfg, lm
+
+
+def check_compare(compare: list[str], labels: str | None, served: list[str]) -> None:
+    """--compare and --labels, checked before the server starts: 2-4 served names and a file that can be appended to
+    (created empty if absent), each problem in one line."""
+    if not compare and labels is None:
+        return
+    if not compare or labels is None:
+        raise LmstackError("--compare and --labels go together: the models to compare and the file for the rankings")
+    if not 2 <= len(compare) <= 4:
+        raise LmstackError(f"--compare: give 2 to 4 names, got {len(compare)}")
+    unknown = [n for n in compare if n not in served]
+    if unknown:
+        raise LmstackError(f"--compare {unknown[0]!r}: not a served name ({', '.join(served)})")
+    try:
+        with open(labels, "a", encoding="utf-8"):
+            pass
+    except OSError as e:
+        raise LmstackError(f"--labels {labels}: cannot append to it ({e.strerror})") from None
 
 
 def cmd_serve(args) -> int:

@@ -12,6 +12,7 @@ import dataclasses
 import hmac
 import json
 import logging
+import os
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -46,7 +47,7 @@ from lmstack.tokenizer.chat import renders_tools
 
 log = logging.getLogger("lmstack.serve")
 STATIC = Path(__file__).parent / "static"
-OPEN_PATHS = {"/health", "/", "/favicon.ico"}  # the page holds no data; it asks for the key itself
+OPEN_PATHS = {"/health", "/", "/compare", "/favicon.ico"}  # the pages hold no data; they ask for the key themselves
 
 
 @dataclasses.dataclass
@@ -54,6 +55,8 @@ class ServerConfig:
     model_name: str = "lmstack"  # the name responses report
     aliases: tuple[str, ...] = ()  # further names requests may give (vLLM: the --model string, the other names)
     adapters: tuple[str, ...] = ()  # LoRA adapters served beside the base, by name (adapter i + 1)
+    compare: tuple[str, ...] = ()  # the comparison page's models (served names, repeats: samples of one model)
+    labels: str | None = None  # the JSONL file the comparison page's rankings are appended to
 
     @property
     def served(self) -> list[str]:
@@ -95,6 +98,11 @@ class Guard:
                 f"request body of {int(length)} bytes is over the limit of {self.cfg.max_body} bytes",
                 "invalid_request_error", None, "request_too_large"), {"connection": "close"})
         return await self.app(scope, receive, send)
+
+
+def count_lines(path) -> int:
+    with open(path, "rb") as f:
+        return sum(1 for _ in f)
 
 
 def call_id() -> str:
@@ -549,6 +557,51 @@ class Server:
                             lambda c: [{"delta": {"role": "assistant", "content": ""}, "logprobs": None}], token,
                             {"delta": {}, "logprobs": None}, closing, model=served)
 
+    # ---- human feedback -----------------------------------------------------------------------------------------
+
+    def compare_info(self):
+        if not self.cfg.compare:
+            raise ApiError(404, "this server has no comparison page (start it with --compare A B --labels FILE)",
+                           code="not_found")
+        return {"models": list(self.cfg.compare), "labels": self.cfg.labels}
+
+    async def label(self, request: Request):
+        """Append one ranking ({prompt, answers, ranking, models}) to the labels file: lmstack's ranking format,
+        which `lmstack reward` and `lmstack dpo` read. Checked first (a 400 naming the field); written as one
+        line in one append, so the file never holds half a row."""
+        self.compare_info()
+        body = await read_json(request, self.cfg.max_body)
+        prompt = body.get("prompt")
+        try:
+            prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) and prompt else \
+                parse_messages(prompt)
+        except ApiError as e:
+            raise bad("prompt", e.message.replace("'messages'", "'prompt'")) from None
+        answers = body.get("answers")
+        if not isinstance(answers, list) or not 2 <= len(answers) <= 4 or not all(
+                isinstance(a, str) and a.strip() for a in answers):
+            raise bad("answers", "'answers' must be a list of two to four non-empty strings")
+        ranking = body.get("ranking")
+        if not isinstance(ranking, list) or sorted(r for r in ranking if isinstance(r, int)) != list(range(len(answers))):
+            raise bad("ranking", f"'ranking' must order the answers' indices 0..{len(answers) - 1}, best first, each once")
+        models = body.get("models")
+        if models is not None and (not isinstance(models, list) or len(models) != len(answers)
+                                   or not all(m in self.cfg.served for m in models)):
+            raise bad("models", "'models' must name the served model of each answer")
+        rec = {"prompt": prompt, "answers": answers, "ranking": ranking, "models": models, "source": "human",
+               "time": int(time.time())}
+        line = (json.dumps(rec, ensure_ascii=False) + "\n").encode()
+        try:
+            fd = os.open(self.cfg.labels, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise ApiError(500, f"{self.cfg.labels}: cannot append ({e.strerror})", type="server_error") from None
+        return {"ok": True, "rows": count_lines(self.cfg.labels)}
+
     # ---- tokenizer --------------------------------------------------------------------------------------------
 
     def tokenizer_info(self):
@@ -655,10 +708,20 @@ def create_app(lm, cfg: ServerConfig | None = None, **kw) -> FastAPI:
         return JSONResponse(error_body("internal server error", "server_error", None, None), status_code=500)
 
     page = (STATIC / "chat.html").read_text(encoding="utf-8")
+    compare_page = (STATIC / "compare.html").read_text(encoding="utf-8")
 
     @app.get("/", response_class=HTMLResponse)
     async def index():
         return HTMLResponse(page)
+
+    @app.get("/compare", response_class=HTMLResponse)
+    async def compare():
+        srv.compare_info()
+        return HTMLResponse(compare_page)
+
+    @app.get("/v1/compare")
+    async def compare_info():
+        return srv.compare_info()
 
     @app.get("/health")
     async def health():
@@ -678,6 +741,7 @@ def create_app(lm, cfg: ServerConfig | None = None, **kw) -> FastAPI:
         srv.check_model({"model": name})
         return card(name)
 
+    app.post("/v1/labels")(srv.label)
     app.post("/v1/completions")(srv.completions)
     app.post("/v1/chat/completions")(srv.chat)
     app.get("/tokenizer_info")(srv.tokenizer_info)

@@ -136,3 +136,27 @@ def test_a_failing_step_fails_its_batch_not_the_server(tiny_lm):
         assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
         r = httpx.post(s.v1 + "/completions", json={"prompt": "The", "max_tokens": 3}, timeout=30)
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
+
+
+def test_compare_options_are_checked_before_serving(tiny_ckpt, tmp_path):
+    import argparse
+
+    from lmstack.cli import serve as cli
+    from lmstack.errors import LmstackError
+
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+
+    def build(*extra):
+        return cli.build(p.parse_args(["--model", str(tiny_ckpt), "--served-model-name", "tiny", *extra]))
+
+    with pytest.raises(LmstackError, match="--compare and --labels go together"):
+        build("--compare", "tiny", "tiny")
+    with pytest.raises(LmstackError, match="give 2 to 4 names, got 5"):
+        build("--compare", *["tiny"] * 5, "--labels", str(tmp_path / "l.jsonl"))
+    with pytest.raises(LmstackError, match="--compare 'gpt-9': not a served name"):
+        build("--compare", "tiny", "gpt-9", "--labels", str(tmp_path / "l.jsonl"))
+    with pytest.raises(LmstackError, match=r"--labels .*/no/such/dir/l.jsonl: cannot append to it"):
+        build("--compare", "tiny", "tiny", "--labels", str(tmp_path / "no" / "such" / "dir" / "l.jsonl"))
+    _, cfg, _ = build("--compare", "tiny", "tiny", "--labels", str(tmp_path / "l.jsonl"))
+    assert cfg.compare == ("tiny", "tiny") and (tmp_path / "l.jsonl").read_text() == ""
