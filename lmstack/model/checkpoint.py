@@ -252,13 +252,19 @@ def gguf_plan(types: dict[str, str], cfg: ModelConfig) -> dict[str, int]:
 
     plan = {}
     for i in range(cfg.n_layer):
-        a, m = f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp."
-        parts = {"attn.qkv": [a + f"{p}_proj.weight" for p in "qkv"], "attn.o_proj": [a + "o_proj.weight"],
-                 "mlp.up": [m + "gate_proj.weight", m + "up_proj.weight"], "mlp.down": [m + "down_proj.weight"]}
+        if cfg.is_gpt2:
+            h = f"transformer.h.{i}."
+            parts = {"attn.qkv": [h + "attn.c_attn.weight"], "attn.o_proj": [h + "attn.c_proj.weight"],
+                     "mlp.up": [h + "mlp.c_fc.weight"], "mlp.down": [h + "mlp.c_proj.weight"]}
+        else:
+            a, m = f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp."
+            parts = {"attn.qkv": [a + f"{p}_proj.weight" for p in "qkv"], "attn.o_proj": [a + "o_proj.weight"],
+                     "mlp.up": [m + "gate_proj.weight", m + "up_proj.weight"], "mlp.down": [m + "down_proj.weight"]}
         for dst, names in parts.items():
             if (b := bits(*names)) is not None:
                 plan[f"blocks.{i}.{dst}"] = b
-    head = bits("model.embed_tokens.weight" if cfg.tie_embeddings else "lm_head.weight")
+    embed = "transformer.wte.weight" if cfg.is_gpt2 else "model.embed_tokens.weight"
+    head = bits(embed if cfg.tie_embeddings else "lm_head.weight")
     if head is not None:
         plan["lm_head"] = head
     return plan

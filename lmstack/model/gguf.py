@@ -39,7 +39,7 @@ from lmstack.model.hf import state_to_hf
 # Architectures whose tensors follow Llama's naming and layout. Mistral and Mixtral-free Mistral
 # derivatives are written by llama.cpp as "llama" too. Qwen2 is not here: it has q/k/v biases but
 # no o_proj bias, which a LlamaConfig cannot express, and llama.cpp does not permute its Q/K.
-SUPPORTED_ARCHITECTURES = ("llama",)
+SUPPORTED_ARCHITECTURES = ("llama", "gpt2")
 
 # GGUF per-layer tensor name -> HF per-layer module path.
 _LAYER_TENSORS = {
@@ -58,6 +58,12 @@ _GLOBAL_TENSORS = {
     "output_norm": "model.norm",
     "output": "lm_head",
 }
+
+# GPT-2 (llama.cpp's "gpt2" architecture): GGUF tensor -> transformers' GPT2LMHeadModel module path.
+_GPT2_LAYER = {"attn_norm": "ln_1", "attn_qkv": "attn.c_attn", "attn_output": "attn.c_proj", "ffn_norm": "ln_2",
+               "ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"}
+_GPT2_GLOBAL = {"token_embd": "transformer.wte", "position_embd": "transformer.wpe", "output_norm": "transformer.ln_f",
+                "output": "lm_head"}
 
 # llama_token_type values in tokenizer.ggml.token_type.
 _TOKEN_CONTROL = 3
@@ -175,6 +181,33 @@ def _hf_config(path, meta: dict, arch: str, vocab_size: int, tied: bool) -> dict
     }
 
 
+def _gpt2_config(path, meta: dict, vocab_size: int) -> dict:
+    def need(key):
+        value = meta.get(f"gpt2.{key}")
+        if value is None:
+            raise LmstackError(f"{path}: GGUF metadata lacks 'gpt2.{key}'")
+        return value
+
+    tok = lambda key: meta.get(f"tokenizer.ggml.{key}")
+    return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": vocab_size,
+            "n_embd": need("embedding_length"), "n_layer": need("block_count"), "n_head": need("attention.head_count"),
+            "n_inner": need("feed_forward_length"), "n_positions": need("context_length"),
+            "layer_norm_epsilon": float(meta.get("gpt2.attention.layer_norm_epsilon", 1e-5)),
+            "activation_function": "gelu_new", "tie_word_embeddings": True,
+            "bos_token_id": tok("bos_token_id"), "eos_token_id": tok("eos_token_id"),
+            "pad_token_id": tok("padding_token_id")}
+
+
+def _gpt2_name(path, gguf_name: str) -> str:
+    stem, _, suffix = gguf_name.rpartition(".")
+    if stem in _GPT2_GLOBAL:
+        return f"{_GPT2_GLOBAL[stem]}.{suffix}"
+    parts = stem.split(".")
+    if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in _GPT2_LAYER:
+        return f"transformer.h.{parts[1]}.{_GPT2_LAYER[parts[2]]}.{suffix}"
+    raise LmstackError(f"{path}: unknown GGUF tensor '{gguf_name}' for a GPT-2 model")
+
+
 def _rope_scaling(get) -> dict | None:
     kind = get("rope.scaling.type")
     factor = get("rope.scaling.factor")
@@ -231,6 +264,18 @@ def _dequantize(path, tensor) -> np.ndarray:
     # tensor.shape is ggml's ne (fastest dim first); PyTorch wants it reversed, i.e. [out, in].
     shape = tuple(int(d) for d in reversed(tensor.shape))
     return values.reshape(shape)
+
+
+def _gpt2_state_dict(path, reader, dtype) -> dict[str, torch.Tensor]:
+    """GPT-2's tensors under transformers' names, its Conv1D weights [in, out] (GGUF holds them [out, in])."""
+    state = {}
+    for tensor in reader.tensors:
+        name = _gpt2_name(path, tensor.name)
+        values = _dequantize(path, tensor)
+        if values.ndim == 2 and ".h." in name:
+            values = values.T
+        state[name] = torch.from_numpy(np.array(values, dtype=np.float32)).to(dtype)
+    return state
 
 
 def _state_dict(path, reader, config: dict, dtype) -> dict[str, torch.Tensor]:
@@ -414,9 +459,12 @@ def read_gguf(path, dtype: torch.dtype = torch.float32) -> GGUFContents:
         raise LmstackError(f"{path}: GGUF file lacks tensor 'token_embd.weight'")
     # The embedding's row count is the vocabulary the model was trained with; ne is reversed.
     vocab_size = int(embed.shape[-1])
-    config = _hf_config(path, meta, arch, vocab_size, tied="output.weight" not in names)
     tokenizer = _build_tokenizer(path, meta)
-    state = _state_dict(path, reader, config, dtype)
+    if arch == "gpt2":
+        config, state, to_hf = _gpt2_config(path, meta, vocab_size), _gpt2_state_dict(path, reader, dtype), _gpt2_name
+    else:
+        config = _hf_config(path, meta, arch, vocab_size, tied="output.weight" not in names)
+        state, to_hf = _state_dict(path, reader, config, dtype), _hf_name
 
     tokens = meta["tokenizer.ggml.tokens"]
     metadata = {
@@ -439,7 +487,7 @@ def read_gguf(path, dtype: torch.dtype = torch.float32) -> GGUFContents:
         pad_token=_token(meta, tokens, "padding_token_id"),
         chat_template=meta.get("tokenizer.chat_template"),
         metadata=metadata,
-        tensor_types={_hf_name(path, t.name): t.tensor_type.name for t in reader.tensors},
+        tensor_types={to_hf(path, t.name): t.tensor_type.name for t in reader.tensors},
     )
 
 
@@ -508,16 +556,17 @@ def _vocab(tokenizer, vocab_size: int) -> tuple[list[str], list[int], list[str]]
 
 
 def write_gguf(lm, path, quantize: str = "f16", name: str | None = None) -> Path:
-    """Write a Llama-architecture checkpoint (an `lmstack.load` result) as a GGUF file llama.cpp runs: the tensors
-    under llama.cpp's names with its Q/K row permutation, 2-D weights as F16 or quantised (q8_0, q4_0: rows whose
-    length is a multiple of 32; others F16), norms F32; the byte-level BPE tokenizer, its special tokens and chat
-    template in the metadata. Written to a temporary name and renamed: a failed export leaves nothing."""
+    """Write a Llama-family or GPT-2 checkpoint (an `lmstack.load` result) as a GGUF file llama.cpp runs: the
+    tensors under llama.cpp's names (Llama's q/k rows permuted as its converter does), 2-D weights as F16 or
+    quantised (q8_0, q4_0: rows whose length is a multiple of 32; others F16), norms and biases F32; the byte-level
+    BPE tokenizer, its special tokens and chat template in the metadata. Written to a temporary name and renamed:
+    a failed export leaves nothing."""
     if quantize not in EXPORT_TYPES:
         raise LmstackError(f"GGUF export: --quantize {quantize!r}: use one of {', '.join(EXPORT_TYPES)}")
     cfg = lm.config
-    if cfg.arch != "llama" or cfg.qkv_bias or cfg.o_bias or cfg.mlp_bias:
+    if not cfg.is_gpt2 and (cfg.arch != "llama" or cfg.qkv_bias or cfg.o_bias or cfg.mlp_bias):
         raise LmstackError(f"GGUF export: {cfg.arch} models{' with biases' if cfg.arch == 'llama' else ''} are not "
-                           "supported (the Llama family without biases is)")
+                           "supported (the Llama family without biases, and GPT-2, are)")
     if cfg.rope_scaling and cfg.rope_scaling.get("rope_type", cfg.rope_scaling.get("type")) != "linear":
         raise LmstackError(f"GGUF export: rope scaling {cfg.rope_scaling} is not supported (linear is)")
     if lm.tokenizer is None:
@@ -526,25 +575,29 @@ def write_gguf(lm, path, quantize: str = "f16", name: str | None = None) -> Path
     tokens, types, merges = _vocab(tok, cfg.vocab_size)
     pre = _pre_name(tok.backend)
     sd = {k: v.detach().float().cpu() for k, v in lm.model.state_dict().items()}
-    hf = state_to_hf(sd, cfg)
+    tensors = _gpt2_tensors(sd, cfg) if cfg.is_gpt2 else _llama_tensors(sd, cfg)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    w = GGUFWriter(str(tmp), "llama")
+    arch = "gpt2" if cfg.is_gpt2 else "llama"
+    w = GGUFWriter(str(tmp), arch)
     w.add_name(name or path.stem)
     w.add_context_length(cfg.max_seq_len)
     w.add_embedding_length(cfg.d_model)
     w.add_block_count(cfg.n_layer)
     w.add_feed_forward_length(cfg.d_ff)
     w.add_head_count(cfg.n_head)
-    w.add_head_count_kv(cfg.n_kv_head)
-    w.add_key_length(cfg.head_dim)
-    w.add_value_length(cfg.head_dim)
-    w.add_rope_dimension_count(cfg.head_dim)
-    w.add_rope_freq_base(float(cfg.rope_theta))
-    if cfg.rope_scaling:
-        w.add_rope_scaling_type(RopeScalingType.LINEAR)
-        w.add_rope_scaling_factor(float(cfg.rope_scaling["factor"]))
-    w.add_layer_norm_rms_eps(float(cfg.norm_eps))
+    if cfg.is_gpt2:
+        w.add_layer_norm_eps(float(cfg.norm_eps))
+    else:
+        w.add_head_count_kv(cfg.n_kv_head)
+        w.add_key_length(cfg.head_dim)
+        w.add_value_length(cfg.head_dim)
+        w.add_rope_dimension_count(cfg.head_dim)
+        w.add_rope_freq_base(float(cfg.rope_theta))
+        if cfg.rope_scaling:
+            w.add_rope_scaling_type(RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(float(cfg.rope_scaling["factor"]))
+        w.add_layer_norm_rms_eps(float(cfg.norm_eps))
     w.add_vocab_size(cfg.vocab_size)
     w.add_file_type(_FILE_TYPES[quantize])
     w.add_tokenizer_model("gpt2")
@@ -558,19 +611,11 @@ def write_gguf(lm, path, quantize: str = "f16", name: str | None = None) -> Path
     w.add_add_bos_token(bool(tok.add_bos))
     if tok.chat_template:
         w.add_chat_template(tok.chat_template)
-    for hf_name, t in hf.items():
-        if hf_name == "lm_head.weight" and cfg.tie_embeddings:
-            continue  # llama.cpp reads a missing output.weight as tied to token_embd
-        x = t.numpy()
-        if hf_name.endswith("q_proj.weight"):
-            x = _permute_rope_rows(x, cfg.n_head)
-        elif hf_name.endswith("k_proj.weight"):
-            x = _permute_rope_rows(x, cfg.n_kv_head)
+    for gname, x in tensors:
         x = np.ascontiguousarray(x, dtype=np.float32)
-        gname = _gguf_name(hf_name)
         if x.ndim == 1:
             w.add_tensor(gname, x)
-        elif quantize in _EXPORT_QTYPES and x.shape[-1] % 32 == 0:
+        elif quantize in _EXPORT_QTYPES and x.shape[-1] % 32 == 0 and gname != "position_embd.weight":
             q = _EXPORT_QTYPES[quantize]
             w.add_tensor(gname, quants.quantize(x, q), raw_dtype=q)
         else:
@@ -586,3 +631,34 @@ def write_gguf(lm, path, quantize: str = "f16", name: str | None = None) -> Path
         raise
     return path
 
+
+def _llama_tensors(sd: dict, cfg) -> list[tuple[str, np.ndarray]]:
+    """(GGUF name, [out, in] array) of a Llama model, q/k rows permuted as llama.cpp's converter does."""
+    out = []
+    for hf_name, t in state_to_hf(sd, cfg).items():
+        if hf_name == "lm_head.weight" and cfg.tie_embeddings:
+            continue  # llama.cpp reads a missing output.weight as tied to token_embd
+        x = t.numpy()
+        if hf_name.endswith("q_proj.weight"):
+            x = _permute_rope_rows(x, cfg.n_head)
+        elif hf_name.endswith("k_proj.weight"):
+            x = _permute_rope_rows(x, cfg.n_kv_head)
+        out.append((_gguf_name(hf_name), x))
+    return out
+
+
+_GPT2_OURS = {"norm1": "attn_norm", "attn.qkv": "attn_qkv", "attn.o_proj": "attn_output", "norm2": "ffn_norm",
+              "mlp.up": "ffn_up", "mlp.down": "ffn_down"}
+
+
+def _gpt2_tensors(sd: dict, cfg) -> list[tuple[str, np.ndarray]]:
+    """(GGUF name, array) of a GPT-2 model: lmstack's linear weights are already [out, in], as llama.cpp wants."""
+    out = [("token_embd.weight", sd["tok_emb.weight"].numpy()), ("position_embd.weight", sd["pos_emb.weight"].numpy())]
+    for i in range(cfg.n_layer):
+        for ours, theirs in _GPT2_OURS.items():
+            for kind in ("weight", "bias"):
+                out.append((f"blk.{i}.{theirs}.{kind}", sd[f"blocks.{i}.{ours}.{kind}"].numpy()))
+    out += [("output_norm.weight", sd["norm_f.weight"].numpy()), ("output_norm.bias", sd["norm_f.bias"].numpy())]
+    if not cfg.tie_embeddings:
+        out.append(("output.weight", sd["lm_head.weight"].numpy()))
+    return out

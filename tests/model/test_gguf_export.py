@@ -34,42 +34,57 @@ def _rounded(lm, quantize: str):
     qtype = {"q8_0": GGMLQuantizationType.Q8_0, "q4_0": GGMLQuantizationType.Q4_0}.get(quantize)
     out = copy.deepcopy(lm)
     with torch.no_grad():
-        for p in out.model.parameters():
+        for name, p in out.model.named_parameters():
             if p.dim() == 2:
                 x = p.numpy()
-                if qtype is not None and x.shape[-1] % 32 == 0:
+                if qtype is not None and x.shape[-1] % 32 == 0 and name != "pos_emb.weight":
                     p.copy_(torch.from_numpy(quants.dequantize(quants.quantize(x, qtype), qtype)))
                 else:
                     p.copy_(p.half().float())
     return out
 
 
-def _scaled_model(tok):
+def _model(tok, family: str, init_std: float):
     from lmstack.lm import LM
     from lmstack.model.config import preset
     from lmstack.model.transformer import Transformer
 
     torch.manual_seed(0)
-    cfg = preset("llama-tiny", vocab_size=tok.vocab_size, max_seq_len=128, bos_token_id=tok.bos_id,
-                 eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, init_std=0.02)
-    return LM(Transformer(cfg).eval(), tok, {})
+    cfg = preset(f"{family}-tiny", vocab_size=tok.vocab_size, max_seq_len=128, bos_token_id=tok.bos_id,
+                 eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, init_std=init_std)
+    model = Transformer(cfg).eval()
+    with torch.no_grad():  # norms and biases away from 1 and 0, so the test sees them
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    return LM(model, tok, {})
 
 
-@pytest.mark.parametrize("quantize", ["f16", "q8_0", "q4_0"])
-def test_exported_gguf_reads_back_with_the_checkpoints_logits(tiny_ckpt, tmp_path, quantize):
+@pytest.fixture(scope="module")
+def gpt2_ckpt(tiny_tokenizer, tmp_path_factory):
+    path = tmp_path_factory.mktemp("gpt2") / "tiny-gpt2"
+    _model(tiny_tokenizer, "gpt2", 0.3).save(path)
+    return path
+
+
+@pytest.mark.parametrize("family,quantize", [("llama", "f16"), ("llama", "q8_0"), ("llama", "q4_0"),
+                                             ("gpt2", "f16"), ("gpt2", "q8_0")])
+def test_exported_gguf_reads_back_with_the_checkpoints_logits(tiny_ckpt, gpt2_ckpt, tmp_path, family, quantize):
+    ckpt = tiny_ckpt if family == "llama" else gpt2_ckpt
     out = tmp_path / f"tiny-{quantize}.gguf"
-    p = subprocess.run([sys.executable, "-m", "lmstack", "export", "gguf", str(tiny_ckpt), str(out),
+    p = subprocess.run([sys.executable, "-m", "lmstack", "export", "gguf", str(ckpt), str(out),
                         "--quantize", quantize], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "llama-cli -m" in p.stdout
-    src, back = lmstack.load(tiny_ckpt), lmstack.load(out, quantize="none")
+    src, back = lmstack.load(ckpt), lmstack.load(out, quantize="none")
+    assert back.config.arch == src.config.arch
     ids = [src.tokenizer.encode(t) for t in TEXTS]
     # Exactly the checkpoint with its weights rounded as stored: names, layouts and the permutation are right.
     want = _rounded(src, quantize)
     for x in ids:
         assert _rel(back(x), want(x)) < 1e-5, quantize
     # Within the stated tolerance of the unrounded checkpoint, at a trained model's weight scale.
-    scaled = _scaled_model(src.tokenizer)
+    scaled = _model(src.tokenizer, family, 0.02)
     again = lmstack.load(write_gguf(scaled, tmp_path / "scaled.gguf", quantize), quantize="none")
     assert max(_rel(again(x), scaled(x)) for x in ids) < TOLERANCE[quantize]
     # The tokenizer: same ids for the same text, same specials and chat template.
@@ -78,11 +93,12 @@ def test_exported_gguf_reads_back_with_the_checkpoints_logits(tiny_ckpt, tmp_pat
     assert back.tokenizer.chat_template == src.tokenizer.chat_template
     # What llama.cpp reads: the architecture, the weight types, the tokenizer's kind and split.
     meta = {k: field_value(f) for k, f in GGUFReader(str(out)).fields.items() if not k.startswith("GGUF.")}
-    assert meta["general.architecture"] == "llama" and meta["tokenizer.ggml.model"] == "gpt2"
+    assert meta["general.architecture"] == family and meta["tokenizer.ggml.model"] == "gpt2"
     assert meta["tokenizer.ggml.pre"] == "gpt-2"
     types = {t.name: t.tensor_type.name for t in GGUFReader(str(out)).tensors}
     assert types["blk.0.attn_norm.weight"] == "F32"
-    assert types["blk.0.attn_q.weight"] == {"f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0"}[quantize]
+    assert types["blk.0.attn_q.weight" if family == "llama" else "blk.0.attn_qkv.weight"] == \
+        {"f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0"}[quantize]
     if quantize != "f16":  # lmstack's auto load keeps the quantised weights quantised
         blk = lmstack.load(out, quantize="auto").model.blocks[0]
         assert type(blk.attn.qkv).__name__ == {"q8_0": "Int8Linear", "q4_0": "Int4Linear"}[quantize]
@@ -109,9 +125,10 @@ def test_unsupported_exports_fail_in_one_line_and_write_nothing(tmp_path, tiny_c
     from lmstack.model.transformer import Transformer
 
     src = lmstack.load(tiny_ckpt)
-    gpt2 = lmstack.lm.LM(Transformer(preset("gpt2-tiny", vocab_size=src.config.vocab_size)), src.tokenizer, {})
-    with pytest.raises(LmstackError, match="gpt2 models are not supported"):
-        write_gguf(gpt2, tmp_path / "g.gguf")
+    qwen = lmstack.lm.LM(Transformer(preset("llama-tiny", arch="qwen2", qkv_bias=True,
+                                            vocab_size=src.config.vocab_size)), src.tokenizer, {})
+    with pytest.raises(LmstackError, match="qwen2 models are not supported"):
+        write_gguf(qwen, tmp_path / "g.gguf")
     with pytest.raises(LmstackError, match="--quantize 'q2_k'"):
         write_gguf(src, tmp_path / "q.gguf", "q2_k")
     assert list(tmp_path.iterdir()) == []
