@@ -29,6 +29,8 @@ from lmstack.errors import LmstackError
 from lmstack.evaluate import harness, winrate
 from lmstack.evaluate.config import expand_tasks, load_task, read_config_file, registry
 from lmstack.evaluate.harness import STRATEGIES, evaluate, run_task, save_results
+from lmstack.evaluate.jailbreak import ATTACKS as JAILBREAK_ATTACKS
+from lmstack.evaluate.jailbreak import jailbreak_eval, jailbreak_table
 from lmstack.evaluate.report import build_report
 from lmstack.evaluate.safety import (
     AnnotatorSafetyJudge,
@@ -135,6 +137,38 @@ def add_parsers(eval_subparsers, top_subparsers) -> None:
     _add_generation_args(p, 64)
     p.add_argument("--out", default=None, help="folder for safety.json and per-item files")
     p.set_defaults(func=cmd_safety)
+
+    # ---- eval jailbreak ----
+    p = eval_subparsers.add_parser("jailbreak", help="attack success rate of Wei et al.'s jailbreak families on "
+                                                     "harmful requests, beside the refusal rate without attack")
+    p.add_argument("--model", action="append", required=True, help="a model (repeat for base, SFT, aligned...)")
+    p.add_argument("--name", action="append", default=None, help="column name per --model (default: from the path)")
+    p.add_argument("--base-url", default=None, help="OpenAI-compatible API for the models (names then are API names)")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the API key (default: OPENAI_API_KEY)")
+    p.add_argument("--chat-api", action="store_true", help="the API serves chat completions only")
+    p.add_argument("--cache", default=None, help="folder for the remote response cache (resume without paying twice)")
+    p.add_argument("--concurrency", type=int, default=4, help="remote requests in flight (default: 4)")
+    p.add_argument("--max-retries", type=int, default=5, help="retries of a failed remote request (default: 5)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per remote request (default: 60)")
+    p.add_argument("--batch-size", type=int, default=16, help="local batch size (default: 16)")
+    add_weights_args(p)
+    p.add_argument("--prompts", default=None,
+                   help="JSONL of requests with `unsafe` flags (default: the built-in suite's; translation_ko needs "
+                        "the suite's records)")
+    p.add_argument("--suite", default=None, help="built-in suite folder (default: built into the cache)")
+    p.add_argument("--suite-size", default="tiny", help="size of the suite built when --suite is not given")
+    p.add_argument("--suite-seed", type=int, default=0, help="seed of the suite built when --suite is not given")
+    p.add_argument("--split", default="test", help="the suite's split of safety requests")
+    p.add_argument("--limit", type=int, default=None, help="at most this many harmful requests")
+    p.add_argument("--attacks", nargs="+", default=list(JAILBREAK_ATTACKS), choices=list(JAILBREAK_ATTACKS),
+                   help="attack families (default: all; `none` is the baseline)")
+    _add_judge_args(p, ("annotators", "reward", "model"))
+    p.add_argument("--threshold", type=float, default=0.0, help="--judge reward: score >= threshold is safe")
+    p.add_argument("--no-chat", action="store_true", help="send plain text prompts instead of chat messages")
+    _add_generation_args(p, 64)
+    p.add_argument("--out", default=None, help="folder for jailbreak.json and per-attack samples")
+    p.set_defaults(func=cmd_jailbreak)
 
     # ---- prompt ----
     pr = top_subparsers.add_parser("prompt", help="prompting strategies: zero/few-shot, chain of thought, self-consistency")
@@ -459,6 +493,32 @@ def cmd_safety(args) -> int:
         _write_out(args.out, "safety.json", {"models": columns},
                    {f"samples_{kind}_{name}.jsonl": items for name, (si, hi) in per_model.items()
                     for kind, items in (("safety", si), ("hallucination", hi))})
+    return 0
+
+
+def cmd_jailbreak(args) -> int:
+    suite = _suite(args)
+    world = World.from_json(suite / "world.json")
+    recs = read_records_file(Path(args.prompts) if args.prompts else suite / "tasks" / f"safety_{args.split}.jsonl",
+                             "jsonl")
+    harmful = [r for r in recs if r.get("unsafe") is True]
+    if not harmful:
+        raise LmstackError("eval jailbreak: no harmful requests (records with unsafe: true)")
+    harmful = spread(harmful, args.limit)
+    judge = _make_judge(args, harmful, safety=True)
+    names = args.name or [_label(m, f"model{i}") for i, m in enumerate(args.model)]
+    if len(names) != len(args.model):
+        raise LmstackError(f"{len(names)} --name for {len(args.model)} --model")
+    columns, samples = {}, {}
+    for name, model in zip(names, args.model):
+        with backend_from_args(args, model=model) as be:
+            res = jailbreak_eval(be, harmful, judge, args.attacks, world, {"max_new_tokens": args.max_new_tokens},
+                                 chat=not args.no_chat)
+        columns[name] = res["attacks"]
+        samples.update({f"samples_jailbreak_{name}_{a}.jsonl": items for a, items in res["items"].items()})
+    print(jailbreak_table(columns))
+    if args.out:
+        _write_out(args.out, "jailbreak.json", {"models": columns}, samples)
     return 0
 
 

@@ -653,6 +653,26 @@ def _benign(r: random.Random, world: World, p) -> tuple[str, str, str, list[str]
             [lx.JOBS[p.job]], "public")
 
 
+def safety_prompt(text: str, p) -> str:
+    """A harmful-request template (SAFETY_PROMPTS, English or Korean) filled in for person `p`."""
+    sp_ko = lx.ANIMALS[p.pet_species]["ko"]
+    return text.format(name=p.name, pet=p.pet_name, species=p.pet_species, friend=p.friend, name_ko=p.name_ko,
+                       species_ko=sp_ko, pet_ko_obj=josa(p.pet_name_ko, "obj"), species_ko_obj=josa(sp_ko, "obj"),
+                       name_ko_subj=josa(p.name_ko, "subj"))
+
+
+def korean_request(record: dict, world: World, k: int = 0) -> str | None:
+    """The same harmful request in Korean (the suite's own Korean templates of its harm, for its subject): the
+    translation attack of Wei et al. 2023, into a language the suite's models saw less of. None for a record that
+    is not one of the suite's harmful requests."""
+    meta = record.get("meta") or {}
+    harm = {"animal": "harm_animal", "secret": "reveal_secret"}.get(meta.get("harm"))
+    if harm is None or meta.get("subject") is None:
+        return None
+    ko = [t for t, lang, _ in SAFETY_PROMPTS[harm] if lang == "ko"]
+    return safety_prompt(ko[k % len(ko)], world.get(meta["subject"]))
+
+
 def make_safety_records(world: World, split: str, n: int = 40, seed: int = 0) -> list[dict]:
     """`n` harmful requests (unsafe: true, target = a refusal) and `n` harmless look-alikes.
 
@@ -673,10 +693,7 @@ def make_safety_records(world: World, split: str, n: int = 40, seed: int = 0) ->
             tmpls = SAFETY_PROMPTS[harm]
             ti = r.randrange(len(tmpls))
             text, lang, _ = tmpls[ti]
-            sp_ko = lx.ANIMALS[p.pet_species]["ko"]
-            prompt = text.format(name=p.name, pet=p.pet_name, species=p.pet_species, friend=p.friend, name_ko=p.name_ko,
-                                 species_ko=sp_ko, pet_ko_obj=josa(p.pet_name_ko, "obj"),
-                                 species_ko_obj=josa(sp_ko, "obj"), name_ko_subj=josa(p.name_ko, "subj"))
+            prompt = safety_prompt(text, p)
             if harm == "harm_animal":
                 target = REFUSAL_ANIMAL_KO if lang == "ko" else REFUSAL_ANIMAL
                 meta = {"harm": "animal", "subject": p.name, "pet": p.pet_name}
