@@ -32,6 +32,7 @@ from lmstack.evaluate.harness import STRATEGIES, evaluate, run_task, save_result
 from lmstack.evaluate.jailbreak import ATTACKS as JAILBREAK_ATTACKS
 from lmstack.evaluate.jailbreak import jailbreak_eval, jailbreak_table
 from lmstack.evaluate.report import build_report
+from lmstack.evaluate.retrieval import Retriever, build_index
 from lmstack.evaluate.safety import (
     AnnotatorSafetyJudge,
     LLMSafetyJudge,
@@ -138,6 +139,17 @@ def add_parsers(eval_subparsers, top_subparsers) -> None:
     p.add_argument("--out", default=None, help="folder for safety.json and per-item files")
     p.set_defaults(func=cmd_safety)
 
+    # ---- eval index ----
+    p = eval_subparsers.add_parser("index", help="a BM25 retrieval index over text files, for --strategy rag")
+    p.add_argument("--files", nargs="+", default=None,
+                   help="text files or globs (default: the built-in suite's corpus, the held-out facts included)")
+    p.add_argument("--suite", default=None, help="built-in suite folder (default: built into the cache)")
+    p.add_argument("--suite-size", default="tiny", help="size of the suite built when --suite is not given")
+    p.add_argument("--suite-seed", type=int, default=0, help="seed of the suite built when --suite is not given")
+    p.add_argument("--max-words", type=int, default=120, help="longest passage, in words (default: 120)")
+    p.add_argument("--out", required=True, help="the index folder to write")
+    p.set_defaults(func=cmd_index)
+
     # ---- eval jailbreak ----
     p = eval_subparsers.add_parser("jailbreak", help="attack success rate of Wei et al.'s jailbreak families on "
                                                      "harmful requests, beside the refusal rate without attack")
@@ -176,7 +188,7 @@ def add_parsers(eval_subparsers, top_subparsers) -> None:
     p = psub.add_parser("run", help="answer one question with a prompting strategy")
     add_backend_args(p)
     p.add_argument("--question", default=None, help="the question (stdin if omitted)")
-    p.add_argument("--strategy", default="zero_shot", choices=[s for s in STRATEGIES if s != "default"],
+    p.add_argument("--strategy", default="zero_shot", choices=[s for s in STRATEGIES if s not in ("default", "rag")],
                    help="prompting strategy (default: zero_shot)")
     p.add_argument("--instruction", default=None, help="an instruction put before everything")
     p.add_argument("--examples", default=None, help="JSONL of solved examples: question, answer[, rationale]")
@@ -228,6 +240,8 @@ def _add_task_options(p, strategy: bool = True) -> None:
                    "(default: the config's fewshot.seed)")
     g.add_argument("--bootstrap-iters", type=int, default=1000, help="bootstrap resamples for the stderr (default: 1000)")
     g.add_argument("--max-new-tokens", type=int, default=None, help="override the task's generation length")
+    g.add_argument("--index", default=None, help="--strategy rag: the retrieval index folder (`lmstack eval index`)")
+    g.add_argument("--rag-k", type=int, default=3, help="--strategy rag: passages put before each prompt (default: 3)")
 
 
 def _add_prompt_source(p) -> None:
@@ -267,9 +281,11 @@ def _data_map(items) -> dict:
 
 def _task_kwargs(args) -> dict:
     gen = {"max_new_tokens": args.max_new_tokens} if getattr(args, "max_new_tokens", None) else None
+    retriever = Retriever.load(args.index) if getattr(args, "index", None) else None
     return dict(num_fewshot=args.num_fewshot, fewshot_select=args.fewshot_select, limit=args.limit, chat=args.chat,
                 mc_mode=args.mc_mode, sc_samples=args.sc_samples, seed=args.seed,
-                bootstrap_iters=args.bootstrap_iters, generation=gen)
+                bootstrap_iters=args.bootstrap_iters, generation=gen, retriever=retriever,
+                rag_k=getattr(args, "rag_k", 3))
 
 
 # ---- eval run / tasks ----------------------------------------------------------------------------------------
@@ -493,6 +509,18 @@ def cmd_safety(args) -> int:
         _write_out(args.out, "safety.json", {"models": columns},
                    {f"samples_{kind}_{name}.jsonl": items for name, (si, hi) in per_model.items()
                     for kind, items in (("safety", si), ("hallucination", hi))})
+    return 0
+
+
+def cmd_index(args) -> int:
+    import glob
+
+    if args.files:
+        files = [f for pat in args.files for f in (sorted(glob.glob(pat)) or [pat])]
+    else:
+        files = sorted(str(f) for f in (_suite(args) / "corpus").glob("*.txt"))
+    n = build_index(files, args.out, args.max_words)
+    print(f"indexed {n} passages of {len(files)} files into {args.out}")
     return 0
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from lmstack.backends import as_sampling
 from lmstack.errors import LmstackError
+from lmstack.evaluate.retrieval import rag_prompt
 from lmstack.infer.prompting import (
     TfIdf,
     build_prompt,
@@ -38,7 +39,7 @@ from .metrics import bootstrap_stderr, mc_scores, ppl_aggs
 from .sources import load_records, with_split
 from .templating import Template
 
-STRATEGIES = ("default", "zero_shot", "few_shot", "cot", "zero_shot_cot", "self_consistency")
+STRATEGIES = ("default", "zero_shot", "few_shot", "cot", "zero_shot_cot", "self_consistency", "rag")
 
 
 @dataclass
@@ -97,7 +98,7 @@ def _resolve_strategy(cfg: TaskConfig, strategy: str | None, num_fewshot: int | 
     k = cfg.fewshot.k if num_fewshot is None else num_fewshot
     if cfg.type == "perplexity" and s != "default":
         raise LmstackError(f"{where}: prompting strategies do not apply to perplexity tasks")
-    if s in ("zero_shot", "zero_shot_cot"):
+    if s in ("zero_shot", "zero_shot_cot", "rag"):  # rag: the zero-shot prompt after the retrieved passages
         return 0, False, s == "zero_shot_cot"
     if s == "few_shot" and k <= 0:
         raise LmstackError(f"{where}: few_shot needs a number of examples (--num-fewshot K or fewshot.k)")
@@ -237,8 +238,10 @@ def _contexts(run: TaskRun, pool: list, same_pool: bool, select: str) -> list[st
 def prepare_task(cfg: TaskConfig | str, strategy: str | None = None, num_fewshot: int | None = None,
                  fewshot_select: str | None = None, limit: int | None = None, chat: bool | None = None,
                  mc_mode: str | None = None, sc_samples: int | None = None, generation: dict | None = None,
-                 seed: int | None = None, data: str | None = None, log=None) -> TaskRun:
-    """Load a task's records and lay out each item's prompt (arguments as `run_task`'s)."""
+                 seed: int | None = None, data: str | None = None, log=None, retriever=None,
+                 rag_k: int = 3) -> TaskRun:
+    """Load a task's records and lay out each item's prompt (arguments as `run_task`'s; `retriever` and `rag_k`:
+    the `rag` strategy's index (lmstack.evaluate.retrieval.Retriever) and passages per item)."""
     t0 = time.time()
     if isinstance(cfg, str):
         cfg = load_task(cfg)
@@ -264,6 +267,10 @@ def prepare_task(cfg: TaskConfig | str, strategy: str | None = None, num_fewshot
                   templates, sc_samples, generation, log)
     pool, same_pool = _fewshot_pool(cfg, source, all_records, data, where, base) if k > 0 else ([], False)
     run.contexts = _contexts(run, pool, same_pool, fewshot_select or cfg.fewshot.select)
+    if strategy == "rag":  # retrieval-augmented: each prompt is its own query; the passages go before it
+        if retriever is None:
+            raise LmstackError(f"{where}: the rag strategy needs an index (--index DIR, built by `lmstack eval index`)")
+        run.contexts = [rag_prompt(c, found) for c, found in zip(run.contexts, retriever.search(run.contexts, rag_k))]
     if mc_mode not in (None, "loglikelihood", "generate"):
         raise LmstackError(f"--mc-mode {mc_mode!r}: use loglikelihood or generate")
     run.seconds = time.time() - t0
@@ -490,13 +497,14 @@ def run_tasks(runs: list[TaskRun], backend, bootstrap_iters: int = 1000, log=Non
 def run_task(cfg: TaskConfig | str, backend, strategy: str | None = None, num_fewshot: int | None = None,
              fewshot_select: str | None = None, limit: int | None = None, chat: bool | None = None,
              mc_mode: str | None = None, sc_samples: int | None = None, generation: dict | None = None,
-             seed: int | None = None, bootstrap_iters: int = 1000, data: str | None = None, log=None) -> TaskResult:
+             seed: int | None = None, bootstrap_iters: int = 1000, data: str | None = None, log=None,
+             retriever=None, rag_k: int = 3) -> TaskResult:
     """Evaluate one task. `data` replaces the task's source with a JSONL/JSON file (and few-shot
     examples given as a split of the original source are then drawn from that file, minus the item).
     `seed` (default: the config's fewshot.seed) drives random few-shot selection, sampled paths and
     the bootstrap."""
     run = prepare_task(cfg, strategy, num_fewshot, fewshot_select, limit, chat, mc_mode, sc_samples, generation,
-                       seed, data, log)
+                       seed, data, log, retriever, rag_k)
     return run_tasks([run], backend, bootstrap_iters, log)[0]
 
 
