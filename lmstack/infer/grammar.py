@@ -117,6 +117,13 @@ class Matcher:
         """Write the allowed-token bits of the next token into row `row` of an int32 [B, words] CPU tensor."""
         v = bitmask[row]
         self.m.unsafe_compute_mask_ptr(v.data_ptr(), v.numel() * v.element_size())
+        if self.m.is_error():
+            raise LmstackError("grammar: no token of this tokenizer can continue an answer that follows it")
+
+    def check_start(self) -> None:
+        """Refuse, in one line, a grammar no answer in this tokenizer's tokens can start (e.g. a regex that
+        matches nothing): the first step's mask would be empty."""
+        self.fill(torch.full((1, self.words), -1, dtype=torch.int32), 0)
 
     def advance(self, token: int) -> None:
         if not self.m.consume_token(token):

@@ -186,7 +186,7 @@ class Server:
             raise bad(opts.guided_by, "structured output needs the model's tokenizer; this model has none")
         try:
             ends = stop_token_ids(self.lm.config.eos_token_id, self.tok, opts.params)  # as the engine will
-            Matcher(grammar_tokenizer(self.tok, self.vocab, ends), opts.params.grammar)
+            Matcher(grammar_tokenizer(self.tok, self.vocab, ends), opts.params.grammar).check_start()
         except LmstackError as e:
             raise bad(opts.guided_by, f"'{opts.guided_by}': {e}") from None
 

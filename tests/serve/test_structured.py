@@ -114,6 +114,7 @@ def test_structured_output_bad_input_is_a_400_naming_the_field(served):
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format"),
         ({"response_format": {"type": "yaml"}}, "response_format"),
         ({"guided_regex": "(("}, "guided_regex"),
+        ({"guided_regex": r"[^\s\S]"}, "guided_regex"),  # matches nothing: no answer can start
         ({"guided_choice": []}, "guided_choice"),
         ({"guided_json": "{not json"}, "guided_json"),
         ({"guided_regex": "a", "guided_choice": ["b"]}, "guided_choice"),
