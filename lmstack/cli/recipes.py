@@ -8,6 +8,7 @@ recipe's summary line below. `merge-lora` is the one hand-written training comma
 from __future__ import annotations
 
 import json
+import os
 
 from lmstack.options import add_dataclass_args, dataclass_from_args
 from lmstack.train.lora import merge_lora
@@ -102,8 +103,9 @@ def _runner(name: str):
         cfg_cls, run = RECIPES[name].load()
         cfg = dataclass_from_args(cfg_cls, args)
         res = run(cfg)
-        for line in SUMMARY_LINES.get(name, _json_lines)(res, cfg):
-            print(line)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, the summary once
+            for line in SUMMARY_LINES.get(name, _json_lines)(res, cfg):
+                print(line)
         return 0 if res.summary else 1
     return run_command
 

@@ -96,7 +96,7 @@ def run(cfg: GRPOConfig, rewards=None, step_hook=None) -> Result:
               minibatches=(cfg.prompts_per_step * cfg.group_size, cfg.micro_batch))
     s.shard_frozen()  # FSDP2: the reference and reward models sharded like the policy
     info, policy = s.info, s.policy
-    if not cfg.quiet:
+    if not cfg.quiet and info.main:
         print(f"grpo: {len(s.records)} prompts ({s.pstats['dropped_overlong']} too long dropped), {cfg.steps} "
               f"iterations x {cfg.prompts_per_step} prompts x {cfg.group_size} answers")
     resume_from, blob = resume_state(cfg, "grpo", policy, info.device)  # --resume: see ppo.run

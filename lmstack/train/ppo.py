@@ -189,7 +189,7 @@ def run(cfg: PPOConfig, rewards=None, step_hook=None) -> Result:
         if not files:
             raise LmstackError("--ptx-coef needs --ptx-data (pretraining text files)")
         ptx = PtxData(files, tok, cfg.ptx_seq_len, cfg.seed)
-    if not cfg.quiet:
+    if not cfg.quiet and info.main:
         print(f"ppo: {len(s.records)} prompts ({s.pstats['dropped_overlong']} longer than "
               f"{cfg.seq_len - cfg.max_new_tokens} tokens dropped), {cfg.steps} iterations x {cfg.rollout_batch} "
               f"rollouts, value model from the {value_from}")

@@ -9,7 +9,7 @@ import pytest
 
 from lmstack.data.builtin import World
 from lmstack.errors import LmstackError
-from lmstack.evaluate.jailbreak import ATTACKS, attacked, jailbreak_eval, jailbreak_table
+from lmstack.evaluate.jailbreak import attacked, jailbreak_eval, jailbreak_table
 from lmstack.evaluate.safety import AnnotatorSafetyJudge
 from lmstack.evaluate.sources import read_records_file
 from tests.evaluate.test_cli import run

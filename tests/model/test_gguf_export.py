@@ -54,7 +54,7 @@ def _model(tok, family: str, init_std: float):
                  eos_token_id=tok.eos_id, pad_token_id=tok.pad_id, init_std=init_std)
     model = Transformer(cfg).eval()
     with torch.no_grad():  # norms and biases away from 1 and 0, so the test sees them
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 1:
                 p.add_(torch.randn_like(p) * 0.1)
     return LM(model, tok, {})
