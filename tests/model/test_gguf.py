@@ -206,14 +206,14 @@ def test_random_bytes(tmp_path):
 
 
 def test_unsupported_architecture(tmp_path):
-    path = str(tmp_path / "gpt2.gguf")
-    gguf_writer = gguf.GGUFWriter(path, "gpt2")
+    path = str(tmp_path / "falcon.gguf")
+    gguf_writer = gguf.GGUFWriter(path, "falcon")  # llama and gpt2 are read
     gguf_writer.add_tensor("token_embd.weight", np.zeros((4, 4), np.float32))
     gguf_writer.write_header_to_file()
     gguf_writer.write_kv_data_to_file()
     gguf_writer.write_tensors_to_file()
     gguf_writer.close()
-    with pytest.raises(LmstackError, match=r"gpt2\.gguf: GGUF architecture 'gpt2' is not supported"):
+    with pytest.raises(LmstackError, match=r"falcon\.gguf: GGUF architecture 'falcon' is not supported"):
         read_gguf(path)
 
 
