@@ -207,7 +207,7 @@ def main() -> int:
         raise SystemExit("--llama-cpp needs --model to be a GGUF file (or smollm2)")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "lmstack.serve", "--model", str(model), "--port", str(port), "--model-name", "bench",
+    cmd = [sys.executable, "-m", "lmstack.serve", "--model", str(model), "--port", str(port), "--served-model-name", "bench",
            "--max-batch", str(max(args.concurrency)), "--threads", str(threads)]
     rows = measure("lmstack", cmd, url, args, Path(tmp.name) / "server.log")
     if args.prefix_cache_off_too:
