@@ -14,6 +14,7 @@ Any --model may be a remote model: add --base-url (and --api-key-env, --chat-api
 
 from __future__ import annotations
 
+import glob
 import json
 import sys
 from pathlib import Path
@@ -107,18 +108,7 @@ def add_parsers(eval_subparsers, top_subparsers) -> None:
 
     # ---- eval safety ----
     p = eval_subparsers.add_parser("safety", help="refusals of harmful requests, toxicity, hallucination, truthfulness")
-    p.add_argument("--model", action="append", required=True, help="a model (repeat for base, SFT, aligned...)")
-    p.add_argument("--name", action="append", default=None, help="column name per --model (default: from the path)")
-    p.add_argument("--base-url", default=None, help="OpenAI-compatible API for the models (names then are API names)")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
-                   help="environment variable holding the API key (default: OPENAI_API_KEY)")
-    p.add_argument("--chat-api", action="store_true", help="the API serves chat completions only")
-    p.add_argument("--cache", default=None, help="folder for the remote response cache (resume without paying twice)")
-    p.add_argument("--concurrency", type=int, default=4, help="remote requests in flight (default: 4)")
-    p.add_argument("--max-retries", type=int, default=5, help="retries of a failed remote request (default: 5)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per remote request (default: 60)")
-    p.add_argument("--batch-size", type=int, default=16, help="local batch size (default: 16)")
-    add_weights_args(p)
+    _add_model_columns(p)
     p.add_argument("--prompts", default=None, help="JSONL of requests with `unsafe` flags (default: the built-in suite's)")
     p.add_argument("--suite", default=None, help="built-in suite folder (default: built into the cache)")
     p.add_argument("--suite-size", default="tiny", help="size of the suite built when --suite is not given")
@@ -153,18 +143,7 @@ def add_parsers(eval_subparsers, top_subparsers) -> None:
     # ---- eval jailbreak ----
     p = eval_subparsers.add_parser("jailbreak", help="attack success rate of Wei et al.'s jailbreak families on "
                                                      "harmful requests, beside the refusal rate without attack")
-    p.add_argument("--model", action="append", required=True, help="a model (repeat for base, SFT, aligned...)")
-    p.add_argument("--name", action="append", default=None, help="column name per --model (default: from the path)")
-    p.add_argument("--base-url", default=None, help="OpenAI-compatible API for the models (names then are API names)")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
-                   help="environment variable holding the API key (default: OPENAI_API_KEY)")
-    p.add_argument("--chat-api", action="store_true", help="the API serves chat completions only")
-    p.add_argument("--cache", default=None, help="folder for the remote response cache (resume without paying twice)")
-    p.add_argument("--concurrency", type=int, default=4, help="remote requests in flight (default: 4)")
-    p.add_argument("--max-retries", type=int, default=5, help="retries of a failed remote request (default: 5)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per remote request (default: 60)")
-    p.add_argument("--batch-size", type=int, default=16, help="local batch size (default: 16)")
-    add_weights_args(p)
+    _add_model_columns(p)
     p.add_argument("--prompts", default=None,
                    help="JSONL of requests with `unsafe` flags (default: the built-in suite's; translation_ko needs "
                         "the suite's records)")
@@ -242,6 +221,22 @@ def _add_task_options(p, strategy: bool = True) -> None:
     g.add_argument("--max-new-tokens", type=int, default=None, help="override the task's generation length")
     g.add_argument("--index", default=None, help="--strategy rag: the retrieval index folder (`lmstack eval index`)")
     g.add_argument("--rag-k", type=int, default=3, help="--strategy rag: passages put before each prompt (default: 3)")
+
+
+def _add_model_columns(p) -> None:
+    """The models of a table with one column each (eval safety, eval jailbreak): local checkpoints or API names."""
+    p.add_argument("--model", action="append", required=True, help="a model (repeat for base, SFT, aligned...)")
+    p.add_argument("--name", action="append", default=None, help="column name per --model (default: from the path)")
+    p.add_argument("--base-url", default=None, help="OpenAI-compatible API for the models (names then are API names)")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the API key (default: OPENAI_API_KEY)")
+    p.add_argument("--chat-api", action="store_true", help="the API serves chat completions only")
+    p.add_argument("--cache", default=None, help="folder for the remote response cache (resume without paying twice)")
+    p.add_argument("--concurrency", type=int, default=4, help="remote requests in flight (default: 4)")
+    p.add_argument("--max-retries", type=int, default=5, help="retries of a failed remote request (default: 5)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per remote request (default: 60)")
+    p.add_argument("--batch-size", type=int, default=16, help="local batch size (default: 16)")
+    add_weights_args(p)
 
 
 def _add_prompt_source(p) -> None:
@@ -513,8 +508,6 @@ def cmd_safety(args) -> int:
 
 
 def cmd_index(args) -> int:
-    import glob
-
     if args.files:
         files = [f for pat in args.files for f in (sorted(glob.glob(pat)) or [pat])]
     else:
