@@ -84,7 +84,7 @@ def test_tiny_cpu_stages_get_the_values_they_always_got():
     """The defaults the stage functions used to inject (pretrain's preset ... ckpt_interval, sft's hold-out and
     switches, the evaluation's sizes, quiet, seed) reach the recipes from the YAML and the dataclasses."""
     paths = {"suite": "S", "tokens": "T", "base": "B", "sft": "F", "reward_model": "R", "safety_reward_model": "SR",
-             "sampled_rankings": "SRk", "sampled_rankings_test": "SRt"}
+             "sampled_rankings": "SRk", "sampled_rankings_test": "SRt", "index": "I"}
     c = _wired("tiny-cpu", paths)
     pre = c["pretrain"]
     assert (pre.out, pre.data, pre.preset, pre.seq_len, pre.micro_batch, pre.steps, pre.lr, pre.warmup,
@@ -92,7 +92,8 @@ def test_tiny_cpu_stages_get_the_values_they_always_got():
         ("/run/pretrain", ["T"], "llama-mini", 256, 16, 320, 3e-3, 30, 160, 200, 0, False, True, True)
     sft = c["sft"]
     assert (sft.base, sft.suite, sft.hold_out, sft.steps, sft.ablation, sft.ablation_steps, sft.cluster_study,
-            sft.quiet) == ("B", "S", ["nli", "commonsense"], 240, True, 80, False, True)
+            sft.quiet, sft.rag_index, sft.tool_repeat, sft.rag_repeat) == \
+        ("B", "S", ["nli", "commonsense"], 240, True, 80, False, True, "I", 1, 1)
     ppo = c["ppo"]
     assert (ppo.model, ppo.reward_model, ppo.safety_reward_model, ppo.safety_threshold, ppo.quiet) == \
         ("F", "R", "SR", 0.15, True)
@@ -104,6 +105,7 @@ def test_tiny_cpu_stages_get_the_values_they_always_got():
     assert (ev.models, ev.reward_model, ev.sampled_rankings_test, ev.safety_threshold, ev.prompts, ev.kl_prompts,
             ev.limit, ev.decoding_prompts, ev.prompting_items, ev.few_shot, ev.max_new_tokens, ev.bars) == \
         ({"base": "B", "sft": "F"}, "R", "SRt", 0.15, 200, 64, 80, 48, 60, 3, 32, True)
+    assert (ev.index, ev.rag_k, ev.applications_items, ev.jailbreak_items, ev.closed_models) == ("I", 2, 60, 40, {})
     assert (c["report"].run, c["report"].out) == ("/run", "/run/report")
     # The first reward stage samples itself when no samples exist yet.
     # The claims were measured in fp32: every stage that would autocast on this CPU says so.
@@ -121,6 +123,9 @@ name: mini
 claims:
   win: [ppo, dpo, rejection]
   kl_bound: 10.0
+  rag: true
+  tools: true
+  jailbreak: combination
 stages:
   - stage: data
     size: tiny
@@ -150,6 +155,8 @@ stages:
     seq_len: 128
     eval_items: 2
     safety_repeat: 1
+    tool_repeat: 1
+    rag_repeat: 1
     ckpt_interval: 1
   - stage: reward
     subset: helpful
@@ -197,6 +204,8 @@ stages:
     prompting_items: 3
     few_shot: 1
     max_new_tokens: 8
+    applications_items: 4
+    jailbreak_items: 2
   - stage: report
 """)
     out = tmp_path / "run"
@@ -225,17 +234,27 @@ stages:
     assert [r["proxy"] for r in rows] == sorted(r["proxy"] for r in rows)  # more samples, a higher max of the proxy
     assert set(ev["prompting"]["base"]["strategies"]) == {"zero_shot", "few_shot", "cot", "self_consistency"}
     assert len(ev["decoding"]["settings"]) == 4
+    apps = ev["applications"]  # jailbreaks for every model, retrieval and the calculator for the chat models
+    assert set(apps) == {"base", "sft", "ppo", "dpo", "rejection"} and set(apps["base"]) == {"jailbreak"}
+    assert set(apps["sft"]) == {"rag", "tool", "jailbreak"} and set(apps["sft"]["rag"]) == {"pretraining facts",
+                                                                                          "held-out facts"}
+    mixture = [json.loads(line) for line in open(out / "sft" / "sft_data" / "instructions.jsonl")]
+    assert any(m.get("tools") for m in mixture) and any("Use the passages" in m["messages"][0]["content"]
+                                                         for m in mixture)
     card = (out / "report" / "card.md").read_text()
     for section in ("## Scaling", "## Over-optimisation", "## Pretraining", "## Instruction tuning", "## Reward model",
                     "## Preference learning",
-                    "## Inference: decoding", "## Inference: prompting", "## Truthfulness", "What the course should show"):
+                    "## Inference: decoding", "## Inference: prompting", "## Truthfulness", "What the course should show",
+                    "## Applications and limitations", "### Retrieval-augmented generation", "### Tool use",
+                    "### Jailbreaks"):
         assert section in card
     for png in ("scaling", "overoptimisation", "pretrain_loss", "flan_held_out", "reward_training", "ppo", "dpo", "win_rates", "decoding", "prompting",
-                "alignment"):
+                "alignment", "retrieval", "jailbreak"):
         assert (out / "report" / "plots" / f"{png}.png").stat().st_size > 1000, png
         assert f"plots/{png}.png" in card
     checks = json.loads((out / "report" / "checks.json").read_text())
-    assert {c["key"] for c in checks if c["kind"] == "claim"} >= {"scaling", "flan", "rm", "win", "kl", "refusal"}
+    assert {c["key"] for c in checks if c["kind"] == "claim"} >= {"scaling", "flan", "rm", "win", "kl", "refusal", "rag",
+                                                                  "tools", "jailbreak"}
     assert {c["claim"].split()[0] for c in checks if c["key"] == "win"} == {"PPO", "DPO", "REJECTION"}
     assert {c["key"] for c in checks if c["kind"] == "at scale"} == {"icl", "cot"}
     out_text = capsys.readouterr().out
@@ -295,3 +314,36 @@ def test_a_failed_win_claim_is_explained_with_the_runs_best_of_n():
     assert "raises the annotators' score by at most +0.50 (n = 2)" in text
     assert "the best of the same 4 samples by the annotators is +2.50" in text
     assert "at most" not in " ".join(_why({"win"}, {"rm_policy": {"accuracy": 0.667}}, [])) # no study: no numbers
+
+
+def test_the_applications_claims_count_beyond_two_standard_errors_or_are_shown_at_scale():
+    """Retrieval and the calculator on SFT, a registered attack on each aligned model: a claim when registered
+    (holds only beyond 2 SE), an at-scale row when listed under at_scale, nothing otherwise."""
+    from lmstack.course.claims import Claims, check
+
+    def qa(closed, opened, n=40):
+        m = {"hallucination_rate": 0.5}
+        return {"n": n, "closed_book": {**m, "accuracy": closed}, "retrieval": {**m, "accuracy": opened}}
+
+    def tool(gain, se):
+        return {"n": 60, "gain": gain, "gain_se": se, "call_rate": 1.0, "calls": 60, "calls_failed": 0,
+                "call_gave_answer": 0.5, "without": {"accuracy": 0.1}, "with": {"accuracy": 0.1 + gain}}
+
+    def jb(none, attack, n=40):
+        return {"none": {"attack_success_rate": none, "n_judged": n},
+                "combination": {"attack_success_rate": attack, "n_judged": n}}
+
+    apps = {"sft": {"rag": {"held-out facts": qa(0.0, 0.5)}, "tool": tool(0.30, 0.05)},
+            "ppo": {"jailbreak": jb(0.0, 0.9)}, "dpo": {"jailbreak": jb(0.05, 0.10)}}
+    rows = {c["claim"].split("(")[0].strip(): c for c in check({"applications": apps}, Claims(
+        win=[], rag=True, tools=True, jailbreak="combination", at_scale=[]))}
+    got = {k: (c["ok"], c["kind"]) for k, c in rows.items()}
+    assert got == {
+        "retrieval answers questions about facts the model never saw": (True, "claim"),
+        "the calculator tool raises held-out arithmetic accuracy": (True, "claim"),
+        "the combination attack gets PPO to comply with harmful requests more than no attack": (True, "claim"),
+        "the combination attack gets DPO to comply with harmful requests more than no attack": (False, "claim")}
+    apps["sft"] = {"rag": {"held-out facts": qa(0.05, 0.10)}, "tool": tool(0.02, 0.02)}  # within noise
+    checks = check({"applications": apps}, Claims(win=[], at_scale=["rag", "tools"]))
+    assert [(c["key"], c["ok"], c["kind"]) for c in checks] == [("rag", False, "at scale"), ("tools", False, "at scale")]
+    assert check({"applications": apps}, Claims(win=[], at_scale=[])) == []  # not registered: not checked

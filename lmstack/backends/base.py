@@ -55,6 +55,14 @@ class Backend:
     def generate(self, prompts: Sequence[Prompt], sampling=None) -> list[str]:
         raise LmstackError(f"{self.name}: this backend cannot generate")
 
+    def chat(self, conversations: Sequence[Messages], sampling=None, tools: list | None = None) -> list[dict]:
+        """OpenAI's chat: one assistant message per conversation, {"role", "content", "tool_calls"?}; with
+        `tools` (OpenAI's function definitions) an answer may be calls, each {"id", "type": "function",
+        "function": {"name", "arguments": JSON text}}. Conversations may hold earlier calls and `tool` results."""
+        if tools:
+            raise LmstackError(f"{self.name}: this backend cannot offer tools")
+        return [{"role": "assistant", "content": t} for t in self.generate(list(conversations), sampling)]
+
     def chat_context(self, messages: Messages) -> str:
         """The text a chat prompt becomes before the assistant's answer (to score answers in chat form).
         A template's own BOS stays at its start, and `loglikelihood` then adds no second one."""

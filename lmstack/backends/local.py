@@ -14,6 +14,7 @@ import torch
 from lmstack.errors import LmstackError
 from lmstack.infer.engine import generate
 from lmstack.infer.logprobs import loglikelihood, perplexity
+from lmstack.infer.tools import parse_calls, template_messages, tool_names
 from lmstack.lm import LM, load
 from lmstack.model.checkpoint import Checkpoint
 
@@ -64,14 +65,15 @@ class LocalBackend(Backend):
             out.append(LLResult(-r["nll_sum"], False, r["tokens"]))
         return out
 
-    def _ids(self, prompt: Prompt) -> list[int]:
+    def _ids(self, prompt: Prompt, tools: list | None = None) -> list[int]:
         if is_messages(prompt):
-            return self.lm.chat_ids(prompt)
+            self.lm._need_tokenizer()
+            return self.tokenizer.encode_chat(template_messages(prompt), add_generation_prompt=True, tools=tools)[0]
         if isinstance(prompt, str):
             return self.tokenizer.encode(prompt)
         raise LmstackError(f"generate: a prompt must be a string or a list of messages, got {type(prompt).__name__}")
 
-    def generate(self, prompts: Sequence[Prompt], sampling=None) -> list[str]:
+    def generate(self, prompts: Sequence[Prompt], sampling=None, tools: list | None = None) -> list[str]:
         params = per_prompt(sampling, len(prompts))
         texts: list[str] = []
         ctx = self.lm.config.max_seq_len
@@ -79,7 +81,7 @@ class LocalBackend(Backend):
             ps = params[s:s + self.batch_size]
             ids = []
             for p, sp in zip(prompts[s:s + self.batch_size], ps):
-                x = self._ids(p)
+                x = self._ids(p, tools)
                 # Too long for the context: keep the rightmost tokens, leaving room for the answer (as
                 # lm-evaluation-harness does); counted so a report can say how many were cut.
                 keep = max(1, ctx - max(1, sp.max_new_tokens))
@@ -93,6 +95,22 @@ class LocalBackend(Backend):
                 outs = generate(self.lm.model, ids, ps, self.tokenizer)
             texts += [o.text for o in outs]
         return texts
+
+    def chat(self, conversations: Sequence[Messages], sampling=None, tools: list | None = None) -> list[dict]:
+        """The conversations rendered by the model's chat template with `tools` shown; calls parsed out of
+        each answer in the template's format (`infer.tools`: Hermes blocks or a JSON object), as the server does."""
+        texts = self.generate(list(conversations), sampling, tools)
+        names = tool_names(tools) if tools else []
+        out = []
+        for k, text in enumerate(texts):
+            rest, calls = parse_calls(text, names) if names else (text, [])
+            msg = {"role": "assistant", "content": (rest or "") if calls else text}
+            if calls:
+                msg["tool_calls"] = [{"id": f"call_{k}_{j}", "type": "function",
+                                      "function": {"name": c.name, "arguments": c.arguments}}
+                                     for j, c in enumerate(calls)]
+            out.append(msg)
+        return out
 
     def chat_context(self, messages: Messages) -> str:
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)

@@ -31,7 +31,7 @@ import httpx
 
 from lmstack.errors import LmstackError
 
-from .base import Backend, LLResult, Prompt, is_messages, per_prompt
+from .base import Backend, LLResult, Messages, Prompt, is_messages, per_prompt
 
 
 class ResponseCache:
@@ -85,7 +85,7 @@ class OpenAIBackend(Backend):
         self.model = model
         self.name = f"{model}@{base_url}"
         self.base_url = base_url.rstrip("/")
-        self.chat = chat
+        self.chat_only = chat  # a chat-only API: every prompt goes to /chat/completions
         self.can_loglikelihood = not chat
         self.concurrency = max(1, int(concurrency))
         self.max_retries = max_retries
@@ -183,7 +183,7 @@ class OpenAIBackend(Backend):
     # ---- the interface -------------------------------------------------------------------------------------
 
     def _no_ll(self):
-        if self.chat:
+        if self.chat_only:
             raise LmstackError(f"{self.name}: a chat endpoint returns no prompt log-probabilities, so it cannot "
                                "score multiple-choice or perplexity tasks by log-likelihood; use a /completions "
                                "endpoint (drop --chat) or score by generation (--mc-mode generate)")
@@ -229,7 +229,7 @@ class OpenAIBackend(Backend):
             if sp.num_beams > 1:
                 raise LmstackError(f"{self.name}: beam search is not available through the OpenAI API")
             body = _sampling_body(sp)
-            if is_messages(prompt) or self.chat:
+            if is_messages(prompt) or self.chat_only:
                 msgs = prompt if is_messages(prompt) else [{"role": "user", "content": prompt}]
                 text = self._post("chat/completions", {"messages": msgs, **body}, _chat_text)
             elif isinstance(prompt, str):
@@ -243,14 +243,56 @@ class OpenAIBackend(Backend):
 
         return self._map(one, list(zip(prompts, params)))
 
+    def chat(self, conversations: Sequence[Messages], sampling=None, tools: list | None = None) -> list[dict]:
+        """`/chat/completions` with OpenAI's `tools`: the assistant message as the API returns it (its
+        `tool_calls` kept); earlier calls go back with their arguments as JSON text, as the API expects."""
+        params = per_prompt(sampling, len(conversations))
+
+        def one(job):
+            msgs, sp = job
+            if sp.num_beams > 1:
+                raise LmstackError(f"{self.name}: beam search is not available through the OpenAI API")
+            body = {"messages": [_api_message(m) for m in msgs], **_sampling_body(sp)}
+            if tools:
+                body["tools"] = tools
+            msg = self._post("chat/completions", body, _chat_message)
+            msg["content"] = _cut_at_stop(msg["content"], sp.stop)
+            return msg
+
+        return self._map(one, list(zip(conversations, params)))
+
     def describe(self) -> dict:
         return {"backend": "openai", "name": self.name, "model": self.model, "base_url": self.base_url,
-                "chat": self.chat, **self.stats}
+                "chat": self.chat_only, **self.stats}
 
     def close(self) -> None:
         self.client.close()
         if self.cache is not None:
             self.cache.close()
+
+
+def _chat_message(data) -> dict:
+    msg = data["choices"][0]["message"]
+    calls = msg.get("tool_calls") or []
+    if not isinstance(calls, list) or any(not isinstance(c, dict) or not isinstance(c.get("function"), dict)
+                                          for c in calls):
+        raise LmstackError(f"the API returned malformed tool_calls: {calls!r:.200}")
+    out = {"role": "assistant", "content": _chat_text(data)}
+    if calls:
+        out["tool_calls"] = [{"id": c.get("id", ""), "type": "function",
+                              "function": {"name": c["function"].get("name", ""),
+                                           "arguments": c["function"].get("arguments") or "{}"}} for c in calls]
+    return out
+
+
+def _api_message(m: dict) -> dict:
+    """A message as the API takes it: call arguments as JSON text."""
+    if not m.get("tool_calls"):
+        return m
+    return {**m, "tool_calls": [{**c, "function": {**c["function"], "arguments": c["function"]["arguments"]
+                                                   if isinstance(c["function"]["arguments"], str)
+                                                   else json.dumps(c["function"]["arguments"])}}
+                                for c in m["tool_calls"]]}
 
 
 def _chat_text(data) -> str:

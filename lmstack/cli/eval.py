@@ -25,15 +25,17 @@ from lmstack.backends import add_backend_args, as_sampling, backend_from_args
 from lmstack.course.card import summary_lines, write_card
 from lmstack.data.builtin import World
 from lmstack.data.builtin.annotators import judge_panel
+from lmstack.data.builtin.applications import corpus_index
+from lmstack.data.retrieval import Retriever, build_index
 from lmstack.data.shards import TokenDataset
 from lmstack.errors import LmstackError
 from lmstack.evaluate import harness, winrate
+from lmstack.evaluate.applications import applications, applications_markdown
 from lmstack.evaluate.config import expand_tasks, load_task, read_config_file, registry
 from lmstack.evaluate.harness import STRATEGIES, evaluate, run_task, save_results
 from lmstack.evaluate.jailbreak import ATTACKS as JAILBREAK_ATTACKS
 from lmstack.evaluate.jailbreak import jailbreak_eval, jailbreak_table
 from lmstack.evaluate.report import build_report
-from lmstack.evaluate.retrieval import Retriever, build_index
 from lmstack.evaluate.safety import (
     AnnotatorSafetyJudge,
     LLMSafetyJudge,
@@ -140,6 +142,26 @@ def add_parsers(eval_subparsers, top_subparsers) -> None:
     p.add_argument("--out", required=True, help="the index folder to write")
     p.set_defaults(func=cmd_index)
 
+    # ---- eval applications ----
+    p = eval_subparsers.add_parser("applications", help="the course's applications and limitations tables on the "
+                                                        "built-in world: retrieval, the calculator tool, jailbreaks")
+    _add_model_columns(p)
+    p.add_argument("--suite", default=None, help="built-in suite folder (default: built into the cache)")
+    p.add_argument("--suite-size", default="tiny", help="size of the suite built when --suite is not given")
+    p.add_argument("--suite-seed", type=int, default=0, help="seed of the suite built when --suite is not given")
+    p.add_argument("--index", default=None,
+                   help="retrieval index folder (default: <suite>/index); one that does not exist yet is built "
+                        "there from the suite's corpus")
+    p.add_argument("--parts", default="rag,tool,jailbreak", help="comma-separated parts (default: rag,tool,jailbreak)")
+    p.add_argument("--rag-k", type=int, default=2, help="passages put before each question (default: 2)")
+    p.add_argument("--limit", type=int, default=60, help="questions per question set / arithmetic items (default: 60)")
+    p.add_argument("--jailbreak-limit", type=int, default=None, help="at most this many harmful requests")
+    p.add_argument("--attacks", nargs="+", default=list(JAILBREAK_ATTACKS), choices=list(JAILBREAK_ATTACKS),
+                   help="attack families (default: all; `none` is the baseline)")
+    _add_generation_args(p, 32)
+    p.add_argument("--out", default=None, help="folder for applications.json and applications.md")
+    p.set_defaults(func=cmd_applications)
+
     # ---- eval jailbreak ----
     p = eval_subparsers.add_parser("jailbreak", help="attack success rate of Wei et al.'s jailbreak families on "
                                                      "harmful requests, beside the refusal rate without attack")
@@ -167,7 +189,7 @@ def add_parsers(eval_subparsers, top_subparsers) -> None:
     p = psub.add_parser("run", help="answer one question with a prompting strategy")
     add_backend_args(p)
     p.add_argument("--question", default=None, help="the question (stdin if omitted)")
-    p.add_argument("--strategy", default="zero_shot", choices=[s for s in STRATEGIES if s not in ("default", "rag")],
+    p.add_argument("--strategy", default="zero_shot", choices=[s for s in STRATEGIES if s not in ("default", "rag", "tool")],
                    help="prompting strategy (default: zero_shot)")
     p.add_argument("--instruction", default=None, help="an instruction put before everything")
     p.add_argument("--examples", default=None, help="JSONL of solved examples: question, answer[, rationale]")
@@ -221,6 +243,10 @@ def _add_task_options(p, strategy: bool = True) -> None:
     g.add_argument("--max-new-tokens", type=int, default=None, help="override the task's generation length")
     g.add_argument("--index", default=None, help="--strategy rag: the retrieval index folder (`lmstack eval index`)")
     g.add_argument("--rag-k", type=int, default=3, help="--strategy rag: passages put before each prompt (default: 3)")
+    g.add_argument("--tools", default="calculator",
+                   help="--strategy tool: comma-separated built-in tools offered to the model (default: calculator)")
+    g.add_argument("--max-tool-calls", type=int, default=2,
+                   help="--strategy tool: rounds of calls before the model must answer in text (default: 2)")
 
 
 def _add_model_columns(p) -> None:
@@ -280,7 +306,9 @@ def _task_kwargs(args) -> dict:
     return dict(num_fewshot=args.num_fewshot, fewshot_select=args.fewshot_select, limit=args.limit, chat=args.chat,
                 mc_mode=args.mc_mode, sc_samples=args.sc_samples, seed=args.seed,
                 bootstrap_iters=args.bootstrap_iters, generation=gen, retriever=retriever,
-                rag_k=getattr(args, "rag_k", 3))
+                rag_k=getattr(args, "rag_k", 3),
+                tools=[t.strip() for t in getattr(args, "tools", "calculator").split(",") if t.strip()],
+                max_tool_calls=getattr(args, "max_tool_calls", 2))
 
 
 # ---- eval run / tasks ----------------------------------------------------------------------------------------
@@ -514,6 +542,26 @@ def cmd_index(args) -> int:
         files = sorted(str(f) for f in (_suite(args) / "corpus").glob("*.txt"))
     n = build_index(files, args.out, args.max_words)
     print(f"indexed {n} passages of {len(files)} files into {args.out}")
+    return 0
+
+
+def cmd_applications(args) -> int:
+    suite = _suite(args)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    index = corpus_index(suite, args.index) if "rag" in parts else None
+    names = args.name or [_label(m, f"model{i}") for i, m in enumerate(args.model)]
+    if len(names) != len(args.model):
+        raise LmstackError(f"{len(names)} --name for {len(args.model)} --model")
+    rows = {}
+    for name, model in zip(names, args.model):
+        with backend_from_args(args, model=model) as be:
+            rows[name] = applications(be, suite, index, parts, args.rag_k, args.limit, args.jailbreak_limit,
+                                      args.attacks, args.max_new_tokens)
+    text = applications_markdown(rows)
+    print(text)
+    if args.out:
+        _write_out(args.out, "applications.json", {"models": rows}, {})
+        (Path(args.out) / "applications.md").write_text(text + "\n")
     return 0
 
 

@@ -19,6 +19,8 @@ import torch
 from lmstack.course.claims import PAPER_SCALE, Claims, check, pct
 from lmstack.data.curves import read_metrics
 from lmstack.errors import LmstackError
+from lmstack.evaluate.applications import rag_table, tool_table
+from lmstack.evaluate.jailbreak import jailbreak_table
 from lmstack.evaluate.report import pyplot, read_json, stacked_bars
 from lmstack.evaluate.safety import alignment_table
 from lmstack.options import from_dict
@@ -392,6 +394,57 @@ def _alignment(ev: dict, plots: Path, s: dict) -> list[str]:
             "", alignment_table(cols), "", "![alignment](plots/alignment.png)", ""]
 
 
+def _applications(ev: dict, plots: Path, s: dict) -> list[str]:
+    apps = ev.get("applications")
+    if not apps:
+        return []
+    s["applications"] = apps
+    L = ["## Applications and limitations: retrieval, tools, jailbreaks", ""]
+    rag = {m: r["rag"] for m, r in apps.items() if r.get("rag")}
+    if rag:
+        groups = [f"{m}, {f}" for m, r in rag.items() for f in r]
+        _bars(plots / "retrieval.png", groups,
+              {"closed-book": [r[f]["closed_book"]["accuracy"] for r in rag.values() for f in r],
+               "with retrieval": [r[f]["retrieval"]["accuracy"] for r in rag.values() for f in r]},
+              "accuracy", "Closed-book QA without and with retrieval", (0, 1))
+        ex = next(iter(next(iter(rag.values())).values()))
+        L += ["### Retrieval-augmented generation", "",
+              f"Open questions about the suite's world, answered closed-book and with the {ex['k']} passages a BM25 "
+              "index over the corpus finds put before the question (Lewis et al. 2020's pattern; `--strategy rag`). "
+              "*Pretraining facts*: the test split's people and towns, stated in the pretraining corpus; *held-out "
+              "facts*: people and towns only corpus/val.txt mentions, which no model here was trained on, so "
+              "retrieval is the only way to be right. Hallucination: answers asserting a value the world contradicts, "
+              "among answered questions (their number in parentheses). Recall@k: questions whose passages state the "
+              "answer. 95% Wilson intervals in brackets.", "", rag_table(rag), "", "![retrieval](plots/retrieval.png)",
+              ""]
+    tool = {m: r["tool"] for m, r in apps.items() if r.get("tool")}
+    if tool:
+        ex = next(iter(tool.values()))["example"]
+        call = (ex.get("calls") or [{}])[0]
+        L += ["### Tool use: a calculator", "",
+              "Held-out arithmetic problems (the test split) answered directly, and with a `calculator` tool offered "
+              "through the chat template's tool-call format: the model emits a call, the harness runs it and sends "
+              "the result back as a `tool` message, and the model answers (`--strategy tool`; SFT saw the suite's "
+              "calculator demonstrations on training problems, `tool_repeat`). Gain: paired difference on the same "
+              "problems, ± 2 standard errors.", "", tool_table(tool), "",
+              f"Example: {ex['prompt'][:120]!r} -> call {call.get('arguments')} = {call.get('result')!r} -> "
+              f"{ex['answer']!r}.", ""]
+    jb = {m: r["jailbreak"] for m, r in apps.items() if r.get("jailbreak")}
+    if jb:
+        attacks = list(next(iter(jb.values())))
+        _bars(plots / "jailbreak.png", attacks, {m: [v.get(a, {}).get("attack_success_rate") for a in attacks]
+                                                  for m, v in jb.items()},
+              "attack success rate", "Jailbreaks: compliance with harmful requests per attack", (0, 1))
+        L += ["### Jailbreaks (Wei et al. 2023)", "",
+              "The suite's harmful test requests under each attack family of *Jailbroken*: competing objectives "
+              "(prefix injection, refusal suppression, style injection) and mismatched generalisation (Base64, a "
+              "translation into Korean, which the safety demonstrations cover less), and combinations. Attack "
+              "success rate: the share of judged answers that comply (the simulated annotators' refusal judgement); "
+              "the first row is compliance without an attack, i.e. 1 − the refusal rate.", "", jailbreak_table(jb),
+              "", "![jailbreaks](plots/jailbreak.png)", ""]
+    return L
+
+
 # ---- checks ------------------------------------------------------------------------------------------------------
 
 def _why(failed: set[str], s: dict, bon: list[dict]) -> list[str]:
@@ -428,6 +481,18 @@ def _why(failed: set[str], s: dict, bon: list[dict]) -> list[str]:
                        "collected preferences on their own policies' samples (papers' practice).")
     if "kl" in failed:
         out.append("- KL: lower `lr`, a smaller `kl_target` or a larger initial `kl_coef` keep PPO closer to SFT.")
+    if "rag" in failed:
+        out.append("- Retrieval: the model must learn to read an answer from a passage (more `rag_repeat` in SFT) and "
+                   "the retriever must find it (recall@k in the table); RAG's gains were measured with a 400M BART "
+                   "reader and a trained dense retriever (Lewis et al. 2020, paper's finding).")
+    if "tools" in failed:
+        out.append("- Tool use: the model must learn to emit a well-formed call and copy the numbers (more "
+                   "`tool_repeat` in SFT); Toolformer saw tool use pay only from ~775M parameters (Schick et al. "
+                   "2023, Figure 4; paper's finding).")
+    if "jailbreak" in failed:
+        out.append("- Jailbreaks: an attack that does not raise compliance means safety training generalised to it "
+                   "here, or that the model cannot follow the attack's instructions (Wei et al. found attacks that "
+                   "need capability, such as Base64, work only on the most capable models; paper's finding).")
     if "refusal" in failed:
         out.append("- Refusals: more safety demonstrations in SFT (`safety_repeat`) and a stronger safety reward model.")
     return out
@@ -500,6 +565,7 @@ def write_card(run_dir, out_dir=None, title: str | None = None, kl_bound: float 
     body += _decoding(ev, plots)
     body += _prompting(ev, plots, s)
     body += _alignment(ev, plots, s)
+    body += _applications(ev, plots, s)
     checks = check(s, claims, kl_target)
     minutes = sum(h.get("minutes", 0) for h in results.values() if isinstance(h, dict))
     head = [f"# {title or 'Report card'}: `{cfg.get('name', run.name)}`", "",

@@ -8,7 +8,9 @@ report card (`lmstack.course.card`) renders. The judges are the suite's simulate
 - `win_rates`: policies against a reference (SFT), greedy and sampled, with Monte-Carlo KL from it;
 - `alignment_columns`: InstructGPT's table (truthfulness, hallucination, refusals) per checkpoint;
 - `decoding_study`: the same prompts under greedy, beam and nucleus sampling: distinct-n and quality;
-- `prompting_study`: zero-shot / few-shot / chain of thought / self-consistency on the arithmetic cluster.
+- `prompting_study`: zero-shot / few-shot / chain of thought / self-consistency on the arithmetic cluster;
+- `applications_study`: retrieval, the calculator tool and jailbreaks (`evaluate.applications`) per model, local
+  checkpoints and models behind OpenAI-compatible APIs alike.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from pathlib import Path
 
 import torch
 
+from lmstack.backends import Backend, get_backend
 from lmstack.backends.local import LocalBackend
 from lmstack.data.builtin import World, agreement, win_rate
 from lmstack.data.builtin.annotators import assess
 from lmstack.data.records import read_jsonl
 from lmstack.errors import LmstackError
+from lmstack.evaluate.applications import applications
 from lmstack.evaluate.config import load_task
 from lmstack.evaluate.harness import run_task
 from lmstack.evaluate.metrics import distinct_n
@@ -229,6 +233,28 @@ def alignment_columns(suite, models: dict[str, str], limit: int = 80, truthfulne
         cols[name] = {**s.metrics, **h.metrics, "n_safety": s.metrics["n"], "n_qa": h.metrics["n"],
                       "truthfulness": acc, "truthfulness_ci": [acc - 1.96 * se, acc + 1.96 * se], "n_truthfulness": t.n}
     return cols
+
+
+# ---- applications and limitations ---------------------------------------------------------------------------------
+
+def applications_study(suite, models: dict[str, str], index: str = "", rag_k: int = 2, limit: int = 60,
+                       jailbreak_limit: int | None = None, max_new: int = 32, closed_models: dict | None = None) -> dict:
+    """{model: {rag, tool, jailbreak}}: jailbreaks for every checkpoint (base included: the no-attack row is its
+    refusal rate), retrieval and the calculator for the chat models (SFT and aligned), all three for each closed
+    model ({label: {model, base_url, api_key_env}}, asked through its chat endpoint)."""
+    out = {}
+    jobs = [(k, p, ("jailbreak",) if k == "base" else ("rag", "tool", "jailbreak")) for k, p in models.items()]
+    for k, spec in (closed_models or {}).items():
+        if not isinstance(spec, dict) or not spec.get("model") or not spec.get("base_url"):
+            raise LmstackError(f"evaluate: closed_models.{k}: needs model and base_url (and api_key_env)")
+        jobs.append((k, get_backend(spec["model"], spec["base_url"], spec.get("api_key_env", "OPENAI_API_KEY"),
+                                    chat=True), ("rag", "tool", "jailbreak")))
+    for k, model, parts in jobs:
+        parts = [p for p in parts if p != "rag" or index]
+        be = model if isinstance(model, Backend) else LocalBackend(load(model))
+        with be:
+            out[k] = applications(be, suite, index or None, parts, rag_k, limit, jailbreak_limit, max_new=max_new)
+    return out
 
 
 # ---- decoding ----------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from lmstack.course import evaluation as C
 from lmstack.course.card import summary_lines, write_card
+from lmstack.data.builtin.applications import corpus_index
 from lmstack.data.defaults import builtin_token_data
 from lmstack.train.recipe import RECIPES, Result
 
@@ -33,17 +34,20 @@ class DataConfig:
 
 
 def run_data(cfg: DataConfig) -> Result:
-    """The built-in suite, a byte-level BPE tokenizer trained on its corpus, and token shards."""
+    """The built-in suite, a byte-level BPE tokenizer trained on its corpus, token shards, and a BM25 index over
+    the corpus (retrieval demonstrations for SFT, the retrieval study)."""
     t0 = time.time()
     d = Path(cfg.out)
     tokens = builtin_token_data(d, size=cfg.size, seed=cfg.seed, vocab_size=cfg.vocab_size)
     suite = d / "suite"
+    index = corpus_index(suite, d / "index")
     man = json.loads((suite / "manifest.json").read_text())
     tm = json.loads((tokens / "manifest.json").read_text())
     summary = {"corpus_mb": round(man["corpus"]["train"]["bytes"] / 1e6, 2),
                "train_tokens": tm["splits"]["train"]["tokens"], "val_tokens": tm["splits"]["val"]["tokens"],
                "seconds": round(time.time() - t0, 1)}
-    return Result(summary, {"suite": str(suite), "tokens": str(tokens), "tokenizer": str(d / "tokenizer")})
+    return Result(summary, {"suite": str(suite), "tokens": str(tokens), "tokenizer": str(d / "tokenizer"),
+                            "index": str(index)})
 
 
 @dataclass
@@ -65,6 +69,12 @@ class EvaluateConfig:
     max_new_tokens: int = 32  #: answer length
     best_of_n: int = 16  #: over-optimisation study: best of n = 1, 2, 4 ... this many SFT samples by the RM (0: skip)
     best_of_n_prompts: int = 64  #: held-out prompts of the best-of-n study
+    index: str = ""  #: retrieval index over the suite's corpus for the retrieval study ("": skip it)
+    rag_k: int = 2  #: passages put before each question in the retrieval study
+    applications_items: int = 60  #: questions per question set (retrieval) and arithmetic items (tool use)
+    jailbreak_items: int = 0  #: harmful test requests per attack family (0: all)
+    #: models behind OpenAI-compatible APIs in the applications tables: label -> {model, base_url, api_key_env}
+    closed_models: dict = field(default_factory=dict)
     bars: bool = False  #: a transient progress bar over the parts
 
 
@@ -80,7 +90,7 @@ def run_evaluate(cfg: EvaluateConfig) -> Result:
     head: dict = {}
     bon = bool(cfg.reward_model) and cfg.best_of_n > 0 and "sft" in models
     steps = [("reward_models", bool(cfg.reward_model)), ("best_of_n", bon), ("win_rates", bool(aligned) and "sft" in models),
-             ("alignment", True), ("decoding", "sft" in models), ("prompting", True)]
+             ("alignment", True), ("applications", True), ("decoding", "sft" in models), ("prompting", True)]
     bar = _bar([k for k, on in steps if on], "evaluate", cfg.bars)
     if cfg.reward_model:
         held = {"suite pairs_test": [str(Path(suite) / "preferences" / "pairs_test.jsonl")]}
@@ -110,6 +120,11 @@ def run_evaluate(cfg: EvaluateConfig) -> Result:
     for k in ("base", *aligned):
         if k in res["alignment"]:
             head[f"{k}_refusal"] = res["alignment"][k]["refusal_rate"]
+    bar()
+    res["applications"] = C.applications_study(suite, models, cfg.index, cfg.rag_k, cfg.applications_items,
+                                               cfg.jailbreak_items or None, max_new, cfg.closed_models)
+    if "tool" in res["applications"].get("sft", {}):
+        head["sft_tool_gain"] = round(res["applications"]["sft"]["tool"]["gain"], 3)
     bar()
     if "sft" in models:
         res["decoding"] = C.decoding_study(models["sft"], suite, cfg.decoding_prompts, 2, max_new)
@@ -229,13 +244,14 @@ def _aligned(name: str, **kw) -> Stage:
 
 
 STAGES: dict[str, Stage] = {
-    "data": Stage("data", outputs={"suite": "suite", "tokens": "tokens", "tokenizer": "tokenizer"}),
+    "data": Stage("data", outputs={"suite": "suite", "tokens": "tokens", "tokenizer": "tokenizer", "index": "index"}),
     "scaling": Stage("scaling", inputs={"data": "tokens"},
                      headline=lambda s: {"alpha_N": s["L_of_N"]["fit"]["alpha"],
                                          "val_losses": "/".join(f"{p['val_loss']:.3f}" for p in s["L_of_N"]["points"])}),
     "pretrain": Stage("pretrain", inputs={"data": "tokens"}, outputs={"model": "base"}, resume=True,
                       headline=lambda s: {k: s.get(k) for k in ("final_loss", "val_ppl", "tokens_per_s", "params")}),
-    "sft": Stage("flan", inputs={"base": "base", "suite": "suite"}, outputs={"model": "sft"}, resume=True,
+    "sft": Stage("flan", inputs={"base": "base", "suite": "suite"}, optional={"rag_index": "index"},
+                 outputs={"model": "sft"}, resume=True,
                  headline=_flan_headline),
     "reward": Stage("reward", inputs={"model": "sft", "suite": "suite"}, wire=_reward_wire, resume=True,
                     outputs={"model": lambda cfg: "safety_reward_model" if cfg.subset == "safety" else "reward_model",
@@ -250,7 +266,7 @@ STAGES: dict[str, Stage] = {
     "rejection": _aligned("rejection", resume=True),
     "evaluate": Stage("evaluate", inputs={"suite": "suite"},
                       optional={"reward_model": "reward_model", "safety_reward_model": "safety_reward_model",
-                                "sampled_rankings_test": "sampled_rankings_test"},
+                                "sampled_rankings_test": "sampled_rankings_test", "index": "index"},
                       wire=_evaluate_wire, outputs={"evaluation": "evaluation"}),
     "report": Stage("report", wire=lambda params, ctx: {"run": str(ctx.out)}, outputs={"report": "report"}),
 }

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmstack.errors import LmstackError
+from lmstack.infer.tools import check_tools
 
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                    "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
@@ -43,9 +44,18 @@ def to_messages(rec: dict, where: str) -> list[dict]:
             raise LmstackError(f"{where}: field 'messages' must be a non-empty list")
         out = []
         for i, m in enumerate(msgs):
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            calls = m.get("tool_calls") if isinstance(m, dict) and m.get("role") == "assistant" else None
+            content = m.get("content") if isinstance(m, dict) else None
+            if calls is not None and content is None:
+                content = ""  # OpenAI's assistant turn that only calls tools
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(content, str):
                 raise LmstackError(f"{where}: messages[{i}] needs string fields 'role' and 'content'")
-            out.append({"role": m["role"], "content": m["content"]})
+            msg = {"role": m["role"], "content": content}
+            if calls is not None:
+                msg["tool_calls"] = _tool_calls(calls, f"{where}: messages[{i}].tool_calls")
+            out.append(msg)
+        if "tools" in rec:
+            _check_tools(rec["tools"], where)
     elif "conversations" in rec:
         out = []
         for i, m in enumerate(rec["conversations"] or []):
@@ -65,8 +75,42 @@ def to_messages(rec: dict, where: str) -> list[dict]:
     assistants = [m for m in out if m["role"] == "assistant"]
     if not assistants:
         raise LmstackError(f"{where}: no assistant turn to learn from")
-    if any(not m["content"].strip() for m in assistants):
+    if any(not m["content"].strip() and not m.get("tool_calls") for m in assistants):
         raise LmstackError(f"{where}: empty assistant response")
+    return out
+
+
+_VALID_TOOLS: set[str] = set()  # tool lists already checked: a dataset repeats the same tools on every record
+
+
+def _check_tools(tools, where: str) -> None:
+    key = json.dumps(tools, sort_keys=True, default=str)
+    if key in _VALID_TOOLS:
+        return
+    try:
+        check_tools(tools)
+    except LmstackError as e:
+        raise LmstackError(f"{where}: {e}") from None
+    _VALID_TOOLS.add(key)
+
+
+def _tool_calls(calls, where: str) -> list[dict]:
+    """An assistant turn's calls in OpenAI's form, {"type": "function", "function": {"name", "arguments"}}, the
+    arguments an object (what chat templates render; OpenAI sends them as a JSON string)."""
+    if not isinstance(calls, list) or not calls:
+        raise LmstackError(f"{where}: must be a non-empty list of {{type: function, function: {{name, arguments}}}}")
+    out = []
+    for j, c in enumerate(calls):
+        f = c.get("function", c) if isinstance(c, dict) else None
+        args = f.get("arguments", {}) if isinstance(f, dict) else None
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except json.JSONDecodeError as e:
+                raise LmstackError(f"{where}[{j}].function.arguments: not JSON ({e.msg})") from None
+        if not isinstance(f, dict) or not isinstance(f.get("name"), str) or not isinstance(args, dict):
+            raise LmstackError(f"{where}[{j}]: needs function.name (a string) and function.arguments (an object)")
+        out.append({"type": "function", "function": {"name": f["name"], "arguments": args}})
     return out
 
 

@@ -23,15 +23,17 @@ from pathlib import Path
 import numpy as np
 
 from lmstack.backends import as_sampling
+from lmstack.data.retrieval import rag_prompt
 from lmstack.errors import LmstackError
-from lmstack.evaluate.retrieval import rag_prompt
 from lmstack.infer.prompting import (
     TfIdf,
     build_prompt,
     select_examples,
     self_consistency,
+    tool_loop,
     zero_shot_cot,
 )
+from lmstack.infer.tools import BUILTIN_TOOLS
 from lmstack.text import exact_match, extract_answer, match_choice
 
 from .config import TaskConfig, expand_tasks, load_task
@@ -39,7 +41,8 @@ from .metrics import bootstrap_stderr, mc_scores, ppl_aggs
 from .sources import load_records, with_split
 from .templating import Template
 
-STRATEGIES = ("default", "zero_shot", "few_shot", "cot", "zero_shot_cot", "self_consistency", "rag")
+STRATEGIES = ("default", "zero_shot", "few_shot", "cot", "zero_shot_cot", "self_consistency", "rag", "tool")
+TOOL_TOKENS = 96  # room for a tool call per round of the tool strategy
 
 
 @dataclass
@@ -98,7 +101,8 @@ def _resolve_strategy(cfg: TaskConfig, strategy: str | None, num_fewshot: int | 
     k = cfg.fewshot.k if num_fewshot is None else num_fewshot
     if cfg.type == "perplexity" and s != "default":
         raise LmstackError(f"{where}: prompting strategies do not apply to perplexity tasks")
-    if s in ("zero_shot", "zero_shot_cot", "rag"):  # rag: the zero-shot prompt after the retrieved passages
+    # rag: the zero-shot prompt after the retrieved passages; tool: the zero-shot prompt with tools offered
+    if s in ("zero_shot", "zero_shot_cot", "rag", "tool"):
         return 0, False, s == "zero_shot_cot"
     if s == "few_shot" and k <= 0:
         raise LmstackError(f"{where}: few_shot needs a number of examples (--num-fewshot K or fewshot.k)")
@@ -149,6 +153,8 @@ class TaskRun:
     requests: list = field(default_factory=list)
     outputs: list | None = None  # multi-step strategies (self-consistency, zero-shot CoT): {output, pred, extra}
     seconds: float = 0.0
+    tools: list = field(default_factory=list)  # the tool strategy's built-in tools (names)
+    max_tool_calls: int = 2
 
 
 def choices_of(run: TaskRun, rec, i):
@@ -239,9 +245,10 @@ def prepare_task(cfg: TaskConfig | str, strategy: str | None = None, num_fewshot
                  fewshot_select: str | None = None, limit: int | None = None, chat: bool | None = None,
                  mc_mode: str | None = None, sc_samples: int | None = None, generation: dict | None = None,
                  seed: int | None = None, data: str | None = None, log=None, retriever=None,
-                 rag_k: int = 3) -> TaskRun:
+                 rag_k: int = 3, tools: list[str] | None = None, max_tool_calls: int = 2) -> TaskRun:
     """Load a task's records and lay out each item's prompt (arguments as `run_task`'s; `retriever` and `rag_k`:
-    the `rag` strategy's index (lmstack.evaluate.retrieval.Retriever) and passages per item)."""
+    the `rag` strategy's index (lmstack.data.retrieval.Retriever) and passages per item; `tools` and
+    `max_tool_calls`: the `tool` strategy's built-in tools (default: the calculator) and rounds of calls)."""
     t0 = time.time()
     if isinstance(cfg, str):
         cfg = load_task(cfg)
@@ -271,6 +278,14 @@ def prepare_task(cfg: TaskConfig | str, strategy: str | None = None, num_fewshot
         if retriever is None:
             raise LmstackError(f"{where}: the rag strategy needs an index (--index DIR, built by `lmstack eval index`)")
         run.contexts = [rag_prompt(c, found) for c, found in zip(run.contexts, retriever.search(run.contexts, rag_k))]
+    if strategy == "tool":  # the model may call tools; the harness runs them and sends the results back
+        if chat is False or cfg.type == "perplexity":
+            raise LmstackError(f"{where}: the tool strategy needs chat prompts (tool results come back as messages)")
+        unknown = [t for t in tools or () if t not in BUILTIN_TOOLS]
+        if unknown:
+            raise LmstackError(f"{where}: unknown tool(s) {', '.join(unknown)} (built in: {', '.join(BUILTIN_TOOLS)})")
+        run.chat, run.tools, run.max_tool_calls = True, list(tools or ["calculator"]), max_tool_calls
+        run.mc_generate = cfg.type == "multiple_choice"
     if mc_mode not in (None, "loglikelihood", "generate"):
         raise LmstackError(f"--mc-mode {mc_mode!r}: use loglikelihood or generate")
     run.seconds = time.time() - t0
@@ -311,7 +326,7 @@ def build_requests(run: TaskRun, backend) -> list[Request]:
         text_t = Template(cfg.text or cfg.prompt, f"{run.where}: {'text' if cfg.text else 'prompt'}")
         text_t.check(run.records[0])
         reqs = [Request("loglikelihood_rolling", (text_t(r, i),), i) for i, r in enumerate(run.records)]
-    elif run.strategy != "self_consistency" and not run.zs_cot:
+    elif run.strategy not in ("self_consistency", "tool") and not run.zs_cot:
         sp, cot_sp = _samplings(run)
         sampling = cot_sp if run.use_rationale else sp
         reqs = [Request("generate_until", ([{"role": "user", "content": c}] if run.chat else c, sampling), i)
@@ -364,13 +379,29 @@ def _extractor(run: TaskRun, choices):
 
 
 def run_strategies(run: TaskRun, backend) -> None:
-    """Self-consistency and zero-shot CoT: several dependent calls per item, through infer.prompting."""
-    if scored_by(run) != "generation" or not (run.strategy == "self_consistency" or run.zs_cot):
+    """Self-consistency, zero-shot CoT and tool use: several dependent calls per item, through infer.prompting."""
+    if scored_by(run) != "generation" or not (run.strategy in ("self_consistency", "tool") or run.zs_cot):
         return
     cfg = run.cfg
     mc = cfg.type == "multiple_choice"
     extractors = [_extractor(run, choices_of(run, r, i) if mc else None) for i, r in enumerate(run.records)]
     _, cot_sp = _samplings(run)
+    if run.strategy == "tool":
+        tools = [BUILTIN_TOOLS[t][0] for t in run.tools]
+
+        def call(name, args):
+            return BUILTIN_TOOLS[name][1](args) if name in run.tools else f"error: no tool named {name}"
+
+        # A call is longer than a short answer (its JSON is ~60 tokens in a small model's vocabulary), so each
+        # round may write TOOL_TOKENS unless the caller set a length; the final answer is cut at the task's stops.
+        sp = as_sampling(run.cfg.generation, **(run.generation or {}))
+        if not (run.generation or {}).get("max_new_tokens"):
+            sp = as_sampling(sp, max_new_tokens=max(sp.max_new_tokens, TOOL_TOKENS))
+        res = tool_loop(backend, [[{"role": "user", "content": c}] for c in run.contexts], tools, call, sp,
+                        run.max_tool_calls)
+        run.outputs = [{"output": r["answer"], "pred": extractors[i](r["answer"]),
+                        "extra": {"calls": r["calls"], "called": bool(r["calls"])}} for i, r in enumerate(res)]
+        return
     if run.strategy == "self_consistency":
         n = run.sc_samples or cfg.self_consistency.n
         sc_sp = as_sampling(cot_sp, temperature=cfg.self_consistency.temperature, top_p=cfg.self_consistency.top_p)
@@ -498,13 +529,14 @@ def run_task(cfg: TaskConfig | str, backend, strategy: str | None = None, num_fe
              fewshot_select: str | None = None, limit: int | None = None, chat: bool | None = None,
              mc_mode: str | None = None, sc_samples: int | None = None, generation: dict | None = None,
              seed: int | None = None, bootstrap_iters: int = 1000, data: str | None = None, log=None,
-             retriever=None, rag_k: int = 3) -> TaskResult:
+             retriever=None, rag_k: int = 3, tools: list[str] | None = None,
+             max_tool_calls: int = 2) -> TaskResult:
     """Evaluate one task. `data` replaces the task's source with a JSONL/JSON file (and few-shot
     examples given as a split of the original source are then drawn from that file, minus the item).
     `seed` (default: the config's fewshot.seed) drives random few-shot selection, sampled paths and
     the bootstrap."""
     run = prepare_task(cfg, strategy, num_fewshot, fewshot_select, limit, chat, mc_mode, sc_samples, generation,
-                       seed, data, log, retriever, rag_k)
+                       seed, data, log, retriever, rag_k, tools, max_tool_calls)
     return run_tasks([run], backend, bootstrap_iters, log)[0]
 
 

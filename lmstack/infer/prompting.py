@@ -11,10 +11,13 @@ a local checkpoint and on a closed model's API; the task harness and `lmstack pr
   second call appends the reasoning and "Therefore, the answer is" and reads the short answer.
 - Self-consistency (Wang et al. 2023): n sampled reasoning paths, majority vote over the answers
   extracted from them (paths with no extractable answer do not vote).
+- Tool use (Schick et al. 2023, Toolformer; OpenAI's function calling): the model may answer with a tool call;
+  the caller runs the tool and sends the result back as a `tool` message, until the model answers in text.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
@@ -161,4 +164,49 @@ def self_consistency(backend, prompts: Sequence, n: int, extract, sampling=None,
         paths = [{"text": texts[j * n + i], "answer": extracts[j](answer_texts[j * n + i])} for i in range(n)]
         answer, votes = majority_vote([p["answer"] for p in paths])
         out.append({"answer": answer, "votes": votes, "paths": paths})
+    return out
+
+
+# ---- tool use ----------------------------------------------------------------------------------------------------
+
+def tool_loop(backend, conversations: Sequence[list], tools: list[dict], run_tool: Callable[[str, dict], str],
+              sampling=None, max_calls: int = 2) -> list[dict]:
+    """Each conversation answered with `tools` offered: while the answer is a call (and fewer than `max_calls`
+    rounds have run), the call is run (`run_tool(name, arguments)` -> text) and its result goes back as a `tool`
+    message, and the model is asked again; all conversations of a round go to the backend in one batch
+    (`backend.chat`, OpenAI's chat with tools on any backend). Per conversation: `answer` (the final text),
+    `calls` [{name, arguments, result}], `messages` (the whole exchange).
+
+    A call spans lines, so the backend generates without the sampling's stop strings; the final text is cut at
+    the first of them afterwards (for greedy decoding the same text as stopping there)."""
+    sp = as_sampling(sampling)
+    stops, sp = list(sp.stop or []), as_sampling(sp, stop=[])
+    convs = [list(c) for c in conversations]
+    out: list[dict] = [{"answer": "", "calls": [], "messages": c} for c in convs]
+    active = list(range(len(convs)))
+    for rnd in range(max_calls + 1):
+        if not active:
+            break
+        msgs = backend.chat([convs[i] for i in active], sp, tools if rnd < max_calls else None)
+        nxt = []
+        for i, m in zip(active, msgs):
+            calls = m.get("tool_calls") or []
+            convs[i].append({"role": "assistant", "content": m.get("content") or "",
+                             **({"tool_calls": calls} if calls else {})})
+            if not calls:
+                text = m.get("content") or ""
+                cut = [text.index(x) for x in stops if x and x in text]
+                out[i]["answer"] = text[:min(cut)] if cut else text
+                continue
+            for c in calls:
+                f = c["function"]
+                try:
+                    args = json.loads(f["arguments"]) if isinstance(f["arguments"], str) else f["arguments"]
+                except json.JSONDecodeError:
+                    args = None
+                result = run_tool(f["name"], args) if isinstance(args, dict) else "error: arguments are not JSON"
+                out[i]["calls"].append({"name": f["name"], "arguments": args, "result": result})
+                convs[i].append({"role": "tool", "content": result, "tool_call_id": c.get("id", "")})
+            nxt.append(i)
+        active = nxt
     return out

@@ -8,7 +8,9 @@ call (`tool_choice` required or named, as vLLM does it: guided decoding), and pa
 
 from __future__ import annotations
 
+import ast
 import json
+import math
 import re
 from dataclasses import dataclass
 
@@ -116,3 +118,73 @@ def may_become_call(text: str) -> bool:
     """Could an answer that starts with `text` still turn out to be a call (streaming holds it back until not)?"""
     t = text.lstrip()
     return not t or t[0] in "{[" or "<tool_call>".startswith(t[:11])
+
+
+# ---- a built-in tool ----------------------------------------------------------------------------------------------
+
+CALCULATOR = {"type": "function", "function": {
+    "name": "calculator", "description": "Evaluate an arithmetic expression: + - * / // % ** ( ), gcd(a, b), lcm(a, b)",
+    "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]}}}
+
+_OPS = {"Add": lambda a, b: a + b, "Sub": lambda a, b: a - b, "Mult": lambda a, b: a * b, "Div": lambda a, b: a / b,
+        "FloorDiv": lambda a, b: a // b, "Mod": lambda a, b: a % b, "Pow": lambda a, b: a ** b}
+_FUNCS = {"gcd": lambda *x: math.gcd(*x), "lcm": lambda *x: math.lcm(*x), "abs": abs, "min": min, "max": max,
+          "round": round}
+
+
+def calculate(expression: str) -> str:
+    """The calculator tool: the value of an arithmetic expression as text (an integer without ".0"), or
+    "error: ..." for anything else, as a tool returns an error to the model rather than raising. Parsed with `ast`
+    and evaluated node by node (never `eval`); powers are capped so an answer stays small."""
+
+    def ev(node):
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            return node.value
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            v = ev(node.operand)
+            return -v if isinstance(node.op, ast.USub) else v
+        if isinstance(node, ast.BinOp) and type(node.op).__name__ in _OPS:
+            a, b = ev(node.left), ev(node.right)
+            if isinstance(node.op, ast.Pow) and (abs(b) > 64 or abs(a) > 1e6):
+                raise ValueError("power too large")
+            return _OPS[type(node.op).__name__](a, b)
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCS
+                and not node.keywords and node.args):
+            return _FUNCS[node.func.id](*[ev(a) for a in node.args])
+        raise ValueError(f"unsupported: {ast.unparse(node)[:40]}")
+
+    try:
+        v = ev(ast.parse(str(expression).strip(), mode="eval"))
+    except (SyntaxError, ValueError, TypeError, ZeroDivisionError, OverflowError) as e:
+        return f"error: {e}"
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return str(round(v, 6) if isinstance(v, float) else v)
+
+
+BUILTIN_TOOLS = {"calculator": (CALCULATOR, lambda args: calculate(args.get("expression", "")))}
+
+
+def template_messages(messages: list[dict]) -> list[dict]:
+    """Messages as chat templates read them: an assistant turn's call arguments as objects (OpenAI sends them as
+    JSON text; a template writes them with `tojson`). Other messages are unchanged."""
+    out = []
+    for m in messages:
+        calls = m.get("tool_calls") if isinstance(m, dict) else None
+        if calls:
+            m = {**m, "tool_calls": [{**c, "function": {**c["function"], "arguments": _args(c["function"])}}
+                                     for c in calls]}
+        out.append(m)
+    return out
+
+
+def _args(f: dict):
+    a = f.get("arguments", {})
+    if isinstance(a, str):
+        try:
+            return json.loads(a)
+        except json.JSONDecodeError:
+            return a
+    return a

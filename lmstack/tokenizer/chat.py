@@ -19,10 +19,21 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from lmstack.errors import LmstackError
 
-# ChatML, as used by SmolLM2 and Qwen (minus their default system prompts).
+# ChatML, as used by SmolLM2 and Qwen (minus their default system prompts). With `tools` a system turn lists each
+# tool as name(parameters) (a tiny model's context has no room for Qwen's JSON schemas); an assistant turn's
+# `tool_calls` are written in the Hermes/Qwen format (<tool_call>{"name", "arguments"}</tool_call>) and a tool's
+# result is its own `tool` turn. Conversations without tools render exactly as plain ChatML.
 DEFAULT_CHAT_TEMPLATE = (
+    "{% if tools %}{{ '<|im_start|>system\\nTools:' }}{% for t in tools %}"
+    "{{ ' ' + t['function']['name'] + '(' + ((t['function']['parameters'] or {})['properties'] or {}).keys()"
+    "| join(', ') + ')' }}{% endfor %}{{ '<|im_end|>\\n' }}{% endif %}"
     "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is defined and message['content'] %}{{ message['content'] }}{% endif %}"
+    "{% if message['tool_calls'] is defined %}{% for call in message['tool_calls'] %}"
+    "{{ '<tool_call>\\n' + {'name': call['function']['name'], 'arguments': call['function']['arguments']} | tojson"
+    " + '\\n</tool_call>' }}{% endfor %}{% endif %}"
+    "{{ '<|im_end|>' + '\\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
@@ -122,6 +133,7 @@ def normalize_messages(messages: Sequence[Mapping]) -> list[dict]:
     return out
 
 
+@lru_cache(maxsize=32)
 def renders_tools(template: str) -> bool:
     """Does the template read a `tools` variable (as Llama 3.1+, Qwen 2.5, Mistral and Hermes templates do)?"""
     env = jinja2.Environment(extensions=[_GenerationTag, jinja2.ext.loopcontrols])

@@ -167,15 +167,16 @@ class Tokenizer:
         return self._render(messages, add_generation_prompt, tools)
 
     def encode_chat(
-        self, messages: Sequence[dict], add_generation_prompt: bool = False
+        self, messages: Sequence[dict], add_generation_prompt: bool = False, tools: list | None = None
     ) -> tuple[list[int], list[int]]:
-        """Token ids of the rendered chat and a mask that is 1 on what the assistant says, end-of-turn included.
+        """Token ids of the rendered chat and a mask that is 1 on what the assistant says (its tool calls too),
+        end-of-turn included; `tools`: the function definitions the template shows (OpenAI's `tools`).
 
         No bos is added: templates that want one write it themselves (as with HF's apply_chat_template).
         """
         messages = chat.normalize_messages(messages)
-        full = self._render(messages, add_generation_prompt)
-        spans = chat.assistant_spans(self._render, messages, full)
+        full = self._render(messages, add_generation_prompt, tools)
+        spans = chat.assistant_spans(lambda m, g: self._render(m, g, tools), messages, full)
         enc = self.backend.encode(full, add_special_tokens=False)
         return list(enc.ids), chat.mask_from_offsets(enc.offsets, spans)
 

@@ -23,8 +23,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lmstack.data.builtin import CLUSTERS
+from lmstack.data.builtin.applications import rag_demonstrations, tool_demonstrations
 from lmstack.data.defaults import builtin_token_data
 from lmstack.data.records import read_instruction_records, write_jsonl
+from lmstack.data.retrieval import Retriever
 from lmstack.errors import LmstackError
 from lmstack.infer.engine import generate
 from lmstack.infer.logprobs import loglikelihood
@@ -61,6 +63,14 @@ class FlanConfig(LoraOptions):
     ablation_steps: int = 0  #: SFT steps of the ablation / cluster-study runs (0: --steps)
     cluster_study: bool = True  #: also tune on 1, 2, 4, ... clusters (accuracy against the number of clusters)
     safety_repeat: int = 0  #: add the suite's safety demonstrations this many times to every tuned mixture
+    #: add calculator demonstrations (the training arithmetic items answered through the calculator tool) this many
+    #: times to every tuned mixture that trains on the arithmetic cluster
+    tool_repeat: int = 0
+    #: add retrieval demonstrations (training closed-book questions with the passages `rag_index` finds for them)
+    #: this many times to every tuned mixture that trains on the closed_book_qa cluster
+    rag_repeat: int = 0
+    rag_index: str = ""  #: BM25 index folder of the retrieval demonstrations (`lmstack eval index`)
+    rag_k: int = 2  #: passages per retrieval demonstration
     lora: bool = False  #: tune with LoRA adapters (peft) instead of every weight, e.g. for a real model on a CPU
     seed: int = 0  #: seed of the data, the runs and the evaluation samples
     quiet: bool = True  #: no progress messages from the nested pretraining and SFT runs
@@ -236,6 +246,18 @@ def run(cfg: FlanConfig) -> Result:
     if cfg.seen_eval and not seen:
         raise LmstackError(f"{suite}: no test items of the training clusters to evaluate (--seen-items {cfg.seen_items})")
 
+    def applications(clusters: list[str]) -> list[dict]:
+        """The tool-use and retrieval demonstrations of a mixture's clusters (instruction style)."""
+        extra = []
+        if cfg.tool_repeat and "arithmetic" in clusters:
+            extra += tool_demonstrations(read_records(suite, "train", ["arithmetic"])) * cfg.tool_repeat
+        if cfg.rag_repeat and "closed_book_qa" in clusters:
+            if not cfg.rag_index:
+                raise LmstackError("flan: rag_repeat needs rag_index (an index folder built by `lmstack eval index`)")
+            extra += rag_demonstrations(read_records(suite, "train", ["closed_book_qa"]), Retriever.load(cfg.rag_index),
+                                        cfg.rag_k) * cfg.rag_repeat
+        return extra
+
     def tune(tag: str, clusters: list[str], style: str) -> str:
         path = out / "sft" / tag
         if (path / "model" / "config.json").exists():
@@ -243,10 +265,12 @@ def run(cfg: FlanConfig) -> Result:
         recs = read_records(suite, "train", clusters, style)
         # Llama 2 collects safety demonstrations on purpose: without them refusals are ~1% of the mixture.
         recs += read_instruction_records(suite / "tasks" / "safety_train.jsonl") * cfg.safety_repeat
+        recs += applications(clusters)
         steps = cfg.steps if tag == "instructions" else (cfg.ablation_steps or cfg.steps)
         data = out / "sft_data" / f"{tag}.jsonl"
         data.parent.mkdir(parents=True, exist_ok=True)
-        write_jsonl(data, [{"messages": r["messages"]} for r in recs])
+        write_jsonl(data, [{"messages": r["messages"], **({"tools": r["tools"]} if r.get("tools") else {})}
+                           for r in recs])
         _say(cfg, f"instruction tuning '{tag}': {len(recs)} examples from {len(clusters)} clusters ({style})")
         sft.run(sft.SFTConfig(out=str(path), model=base, data=[str(data)], seq_len=cfg.seq_len,
                               micro_batch=cfg.micro_batch, steps=steps, lr=cfg.lr, warmup=max(1, steps // 20),

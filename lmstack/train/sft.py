@@ -72,7 +72,7 @@ def tokenize_conversations(tokenizer, convs: list[dict], seq_len: int, train_on:
     stats = {"examples": 0, "truncated": 0, "rejected_overlong": 0, "dropped_no_target": 0, "target_tokens": 0}
     out = []
     for c in convs:
-        ids, mask = tokenizer.encode_chat(c["messages"])
+        ids, mask = tokenizer.encode_chat(c["messages"], tools=c.get("tools"))
         if train_on == "all":
             mask = [1] * len(ids)
         if len(ids) > seq_len:

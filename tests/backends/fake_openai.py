@@ -1,7 +1,8 @@
 """A tiny OpenAI-compatible HTTP server for tests, on 127.0.0.1 only.
 
 `/v1/completions` with echo+logprobs returns the real log-probabilities of a local LM (so remote
-scoring can be checked against local scoring); generation answers come from `reply(prompt)`.
+scoring can be checked against local scoring); generation answers come from `reply(prompt)` (for chat, a text or
+an assistant message dict, e.g. with `tool_calls`).
 `faults` is a queue of misbehaviours served before normal answers: "429", "500", "badjson",
 "401", "error" (a JSON error object), "noshape" (JSON without choices), ("sleep", seconds).
 `add_bos=True` tokenises prompts as the tokenizer does (a BOS first) and counts the BOS's text in
@@ -77,9 +78,11 @@ class FakeOpenAI:
                 if fault == "noshape":
                     return self._send(200, {"object": "text_completion"})
                 if self.path.endswith("/chat/completions"):
-                    text = outer.reply(body["messages"])
-                    return self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                                         "finish_reason": "stop"}]})
+                    said = outer.reply(body["messages"])  # a text, or a message dict (e.g. with tool_calls)
+                    msg = {"role": "assistant", **said} if isinstance(said, dict) else {"role": "assistant",
+                                                                                       "content": said}
+                    finish = "tool_calls" if msg.get("tool_calls") else "stop"
+                    return self._send(200, {"choices": [{"index": 0, "message": msg, "finish_reason": finish}]})
                 if self.path.endswith("/completions"):
                     if body.get("echo"):
                         return self._send(200, {"choices": [{"index": 0, "text": body["prompt"],

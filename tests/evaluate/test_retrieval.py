@@ -5,9 +5,9 @@ import json
 
 import pytest
 
+from lmstack.data.retrieval import Retriever, build_index, passages, rag_prompt
 from lmstack.errors import LmstackError
 from lmstack.evaluate.harness import prepare_task
-from lmstack.evaluate.retrieval import Retriever, build_index, passages, rag_prompt
 from tests.evaluate.test_cli import run
 
 pytest.importorskip("bm25s")

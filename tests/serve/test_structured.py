@@ -173,9 +173,19 @@ def test_streamed_tool_call_deltas_add_up_to_the_call(served):
     assert json.loads(calls[0]["arguments"]) == json.loads(whole.function.arguments)  # same seed, same call
 
 
-def test_a_template_without_tools_is_refused(server):
-    r = httpx.post(server.v1 + "/chat/completions", json={
-        "model": "tiny", "messages": [{"role": "user", "content": "x"}], "tools": [ADD]})
+PLAIN_CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+                "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def test_a_template_without_tools_is_refused(tiny_lm):
+    from lmstack.lm import LM
+    from lmstack.tokenizer.core import Tokenizer
+
+    t = tiny_lm.tokenizer
+    lm = LM(tiny_lm.model, Tokenizer(t.backend, t.bos_token, t.eos_token, t.pad_token, PLAIN_CHATML), {})
+    with server_thread(lm) as s:
+        r = httpx.post(s.v1 + "/chat/completions", json={
+            "model": "tiny", "messages": [{"role": "user", "content": "x"}], "tools": [ADD]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
     assert "does not render tools" in r.json()["error"]["message"]
 

@@ -24,7 +24,7 @@ def _bm25s():
     try:
         import bm25s
     except ImportError:
-        raise LmstackError("retrieval needs bm25s: pip install 'lmstack[eval]' (or pip install bm25s PyStemmer)") \
+        raise LmstackError("retrieval needs bm25s: pip install bm25s PyStemmer") \
             from None
     return bm25s
 
