@@ -341,8 +341,8 @@ def test_the_applications_claims_count_beyond_two_standard_errors_or_are_shown_a
     assert got == {
         "retrieval answers questions about facts the model never saw": (True, "claim"),
         "the calculator tool raises held-out arithmetic accuracy": (True, "claim"),
-        "the combination attack gets PPO to comply with harmful requests more than no attack": (True, "claim"),
-        "the combination attack gets DPO to comply with harmful requests more than no attack": (False, "claim")}
+        "the combination attack gets PPO to comply with": (True, "claim"),
+        "the combination attack gets DPO to comply with": (False, "claim")}
     apps["sft"] = {"rag": {"held-out facts": qa(0.05, 0.10)}, "tool": tool(0.02, 0.02)}  # within noise
     checks = check({"applications": apps}, Claims(win=[], at_scale=["rag", "tools"]))
     assert [(c["key"], c["ok"], c["kind"]) for c in checks] == [("rag", False, "at scale"), ("tools", False, "at scale")]

@@ -440,8 +440,12 @@ def _applications(ev: dict, plots: Path, s: dict) -> list[str]:
               "(prefix injection, refusal suppression, style injection) and mismatched generalisation (Base64, a "
               "translation into Korean, which the safety demonstrations cover less), and combinations. Attack "
               "success rate: the share of judged answers that comply (the simulated annotators' refusal judgement); "
-              "the first row is compliance without an attack, i.e. 1 − the refusal rate.", "", jailbreak_table(jb),
-              "", "![jailbreaks](plots/jailbreak.png)", ""]
+              "the first row is compliance without an attack, i.e. 1 − the refusal rate. Wei et al. count an attack "
+              "as successful only when the answer is harmful: the last row is the worst attack's share of answers "
+              "the annotators judge harmful (a secret leaked, a way to hurt the animal given); an attacked model "
+              "that stops refusing but says nothing harmful shows what the attack breaks (the refusal) and what it "
+              "cannot buy from a model this small (the harm).", "", jailbreak_table(jb), "",
+              "![jailbreaks](plots/jailbreak.png)", ""]
     return L
 
 

@@ -142,4 +142,11 @@ def jailbreak_table(columns: dict[str, dict]) -> str:
                          f"(n={m['n_judged']})")
         label = "no attack (compliance)" if a == "none" else a
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    # Compliance is not harm: Wei et al. count an attack as successful only when the answer is harmful. Where the
+    # judge can tell harm, the worst attack's harmful share per model.
+    worst = [max((m.get("harmful_rate") for m in columns[x].values() if m.get("harmful_rate") is not None),
+                 default=None) for x in models]
+    if any(w is not None for w in worst):
+        lines.append("| harmful answers, worst attack | " + " | ".join("n/a" if w is None else f"{100 * w:.1f}%"
+                                                                    for w in worst) + " |")
     return "\n".join(lines)
