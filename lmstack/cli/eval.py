@@ -112,9 +112,7 @@ def add_parsers(eval_subparsers, top_subparsers) -> None:
     p = eval_subparsers.add_parser("safety", help="refusals of harmful requests, toxicity, hallucination, truthfulness")
     _add_model_columns(p)
     p.add_argument("--prompts", default=None, help="JSONL of requests with `unsafe` flags (default: the built-in suite's)")
-    p.add_argument("--suite", default=None, help="built-in suite folder (default: built into the cache)")
-    p.add_argument("--suite-size", default="tiny", help="size of the suite built when --suite is not given")
-    p.add_argument("--suite-seed", type=int, default=0, help="seed of the suite built when --suite is not given")
+    _add_suite_args(p)
     p.add_argument("--split", default="test", help="the suite's split of safety requests and questions")
     p.add_argument("--limit", type=int, default=None, help="at most this many prompts per part")
     _add_judge_args(p, ("annotators", "reward", "model"))
@@ -135,9 +133,7 @@ def add_parsers(eval_subparsers, top_subparsers) -> None:
     p = eval_subparsers.add_parser("index", help="a BM25 retrieval index over text files, for --strategy rag")
     p.add_argument("--files", nargs="+", default=None,
                    help="text files or globs (default: the built-in suite's corpus, the held-out facts included)")
-    p.add_argument("--suite", default=None, help="built-in suite folder (default: built into the cache)")
-    p.add_argument("--suite-size", default="tiny", help="size of the suite built when --suite is not given")
-    p.add_argument("--suite-seed", type=int, default=0, help="seed of the suite built when --suite is not given")
+    _add_suite_args(p)
     p.add_argument("--max-words", type=int, default=120, help="longest passage, in words (default: 120)")
     p.add_argument("--out", required=True, help="the index folder to write")
     p.set_defaults(func=cmd_index)
@@ -146,9 +142,7 @@ def add_parsers(eval_subparsers, top_subparsers) -> None:
     p = eval_subparsers.add_parser("applications", help="the course's applications and limitations tables on the "
                                                         "built-in world: retrieval, the calculator tool, jailbreaks")
     _add_model_columns(p)
-    p.add_argument("--suite", default=None, help="built-in suite folder (default: built into the cache)")
-    p.add_argument("--suite-size", default="tiny", help="size of the suite built when --suite is not given")
-    p.add_argument("--suite-seed", type=int, default=0, help="seed of the suite built when --suite is not given")
+    _add_suite_args(p)
     p.add_argument("--index", default=None,
                    help="retrieval index folder (default: <suite>/index); one that does not exist yet is built "
                         "there from the suite's corpus")
@@ -169,9 +163,7 @@ def add_parsers(eval_subparsers, top_subparsers) -> None:
     p.add_argument("--prompts", default=None,
                    help="JSONL of requests with `unsafe` flags (default: the built-in suite's; translation_ko needs "
                         "the suite's records)")
-    p.add_argument("--suite", default=None, help="built-in suite folder (default: built into the cache)")
-    p.add_argument("--suite-size", default="tiny", help="size of the suite built when --suite is not given")
-    p.add_argument("--suite-seed", type=int, default=0, help="seed of the suite built when --suite is not given")
+    _add_suite_args(p)
     p.add_argument("--split", default="test", help="the suite's split of safety requests")
     p.add_argument("--limit", type=int, default=None, help="at most this many harmful requests")
     p.add_argument("--attacks", nargs="+", default=list(JAILBREAK_ATTACKS), choices=list(JAILBREAK_ATTACKS),
@@ -265,12 +257,17 @@ def _add_model_columns(p) -> None:
     add_weights_args(p)
 
 
-def _add_prompt_source(p) -> None:
-    p.add_argument("--prompts", default="builtin",
-                   help="JSONL of prompts (messages or prompt), or 'builtin' (the suite's test prompts + safety)")
+def _add_suite_args(p) -> None:
+    """The built-in suite a command reads (`_suite(args)`): a folder, or one built into the cache."""
     p.add_argument("--suite", default=None, help="built-in suite folder (default: built into the cache)")
     p.add_argument("--suite-size", default="tiny", help="size of the suite built when --suite is not given")
     p.add_argument("--suite-seed", type=int, default=0, help="seed of the suite built when --suite is not given")
+
+
+def _add_prompt_source(p) -> None:
+    p.add_argument("--prompts", default="builtin",
+                   help="JSONL of prompts (messages or prompt), or 'builtin' (the suite's test prompts + safety)")
+    _add_suite_args(p)
     p.add_argument("--limit", type=int, default=None, help="at most this many prompts")
     p.add_argument("--no-chat", action="store_true", help="send plain text prompts instead of chat messages")
 
