@@ -97,14 +97,16 @@ def test_tiny_cpu_stages_get_the_values_they_always_got():
     ppo = c["ppo"]
     assert (ppo.model, ppo.reward_model, ppo.safety_reward_model, ppo.safety_threshold, ppo.quiet) == \
         ("F", "R", "SR", 0.15, True)
+    assert (ppo.steps, ppo.rollout_batch, ppo.micro_batch, ppo.kl_coef, ppo.kl_target) == (24, 64, 16, 0.2, 0.0)
+    assert (c["rejection"].rounds, c["rejection"].prompts_per_round, c["rejection"].samples) == (2, 512, 4)
     prefs = ["S/preferences/pairs.jsonl", "SRk"]
     assert (c["dpo"].data, c["dpo"].val_data) == (prefs, ["S/preferences/pairs_test.jsonl"])
     assert (c["reward_safety"].data, c["reward_safety"].sample_rankings) == \
         (["S/preferences/rankings.jsonl", "SRk"], 0)
     ev = c["evaluate"]
-    assert (ev.models, ev.reward_model, ev.sampled_rankings_test, ev.safety_threshold, ev.prompts, ev.kl_prompts,
-            ev.limit, ev.decoding_prompts, ev.prompting_items, ev.few_shot, ev.max_new_tokens, ev.bars) == \
-        ({"base": "B", "sft": "F"}, "R", "SRt", 0.15, 200, 64, 80, 48, 60, 3, 32, True)
+    assert (ev.models, ev.reward_model, ev.sampled_rankings_test, ev.safety_threshold, ev.prompts, ev.win_samples,
+            ev.kl_prompts, ev.limit, ev.decoding_prompts, ev.prompting_items, ev.few_shot, ev.max_new_tokens, ev.bars) == \
+        ({"base": "B", "sft": "F"}, "R", "SRt", 0.15, 0, 4, 64, 80, 48, 60, 3, 32, True)
     assert (ev.index, ev.rag_k, ev.applications_items, ev.jailbreak_items, ev.closed_models) == ("I", 2, 60, 40, {})
     assert (c["report"].run, c["report"].out) == ("/run", "/run/report")
     # The first reward stage samples itself when no samples exist yet.
@@ -198,6 +200,7 @@ stages:
     best_of_n: 4
     best_of_n_prompts: 3
     prompts: 6
+    win_samples: 2
     kl_prompts: 4
     limit: 6
     decoding_prompts: 4
@@ -225,7 +228,10 @@ stages:
     for c in (safety_cfg, dpo_cfg):  # progress bars are the pipeline's setting of each recipe, not a global
         assert c["bars"] is True
     ev = json.loads((out / "evaluate" / "evaluation.json").read_text())
-    assert set(ev["win_rates"]) == {"n", "reference", "ppo", "dpo", "rejection"}
+    assert set(ev["win_rates"]) == {"n", "samples", "reference", "ppo", "dpo", "rejection"}
+    sampled = ev["win_rates"]["ppo"]["sampled"]  # two draws per prompt, judged pairwise, SE over prompts
+    n = ev["win_rates"]["n"]  # 6 task prompts + the suite's safety requests
+    assert (sampled["draws"], sampled["prompts"], sampled["n"]) == (2, n, 2 * n) and n > 6 and sampled["se"] >= 0
     assert set(ev["alignment"]) == {"base", "sft", "ppo", "dpo", "rejection"}
     assert [r["n"] for r in ev["best_of_n"]["rows"]] == [1, 2, 4]
     rows = ev["best_of_n"]["rows"]

@@ -250,10 +250,12 @@ def _preference(ev: dict, run: Path, stages: dict, plots: Path, s: dict) -> list
                   f"{pct(last.get('val_reward_accuracy'))}%.", "", "![DPO](plots/dpo.png)", ""]
     w = ev.get("win_rates")
     if w:
-        pols = [k for k in w if k not in ("n", "reference")]
+        pols = [k for k in w if k not in ("n", "samples", "reference")]
+        draws = w.get("samples", 1)
         L += [f"Against the SFT policy on {w['n']} held-out prompts, judged by the majority of the three simulated "
-              "annotators; answers sampled at temperature 1 (the distribution PPO optimises) and greedy; KL(policy || "
-              "SFT) by Monte Carlo on sampled answers:", "",
+              f"annotators; answers sampled at temperature 1 (the distribution PPO optimises; {draws} per prompt, "
+              "draw j with the same seed for every model) and greedy; KL(policy || SFT) by Monte Carlo on sampled "
+              "answers:", "",
               "| policy | sampled: win / tie / loss (%) | greedy: win / tie / loss (%) | KL from SFT | annotator score "
               "sampled / greedy |", "| --- | --- | --- | --- | --- |"]
         for k in pols:

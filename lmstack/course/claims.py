@@ -120,11 +120,14 @@ def check(s: dict, c: Claims, kl_target: float | None = None) -> list[dict]:
         if w is None:
             continue
         a = w["sampled"]
-        se = win_loss_se(a["win"], a["loss"], a["n"])
+        # Several draws per prompt: the SE over prompts that win_rate_draws measured (draws of one prompt are not
+        # independent); one draw: the trinomial formula.
+        se = a["se"] if "se" in a else win_loss_se(a["win"], a["loss"], a["n"])
         d = a["win"] - a["loss"]
+        n = f"{a['prompts']} prompts x {a['draws']} draws" if a.get("draws", 1) > 1 else str(a["n"])
         add("win", f"{name.upper()} beats SFT under the annotators (win - loss > {k:g} SE, sampled answers)", d > k * se,
             f"win {pct(a['win'])}% / tie {pct(a['tie'])}% / loss {pct(a['loss'])}%, win - loss = {100 * d:+.1f} ± "
-            f"{100 * k * se:.1f} ({k:g} SE); greedy {pct(w['greedy']['win'])} / {pct(w['greedy']['loss'])}; n = {a['n']}")
+            f"{100 * k * se:.1f} ({k:g} SE); greedy {pct(w['greedy']['win'])} / {pct(w['greedy']['loss'])}; n = {n}")
     if "ppo" in wins:
         bound = c.kl_bound or (2 * kl_target if kl_target else 5.0)
         kl = wins["ppo"]["kl_from_reference"]

@@ -25,7 +25,7 @@ import torch
 from lmstack.backends import Backend, get_backend
 from lmstack.backends.local import LocalBackend
 from lmstack.data.builtin import World, agreement, win_rate
-from lmstack.data.builtin.annotators import assess
+from lmstack.data.builtin.annotators import assess, win_rate_draws
 from lmstack.data.records import read_jsonl
 from lmstack.errors import LmstackError
 from lmstack.evaluate.applications import applications
@@ -156,28 +156,35 @@ def reward_model_accuracy(suite, reward_model: str, safety_reward_model: str = "
 # ---- policies against SFT ----------------------------------------------------------------------------------------
 
 def win_rates(suite, recs, policies: dict[str, str], reference: str, max_new: int = 48,
-              kl_prompts: int = 64) -> dict:
+              kl_prompts: int = 64, samples: int = 1) -> dict:
     """Win / tie / loss of each policy against the reference (majority of the annotator panel), with greedy
-    answers and with answers sampled at temperature 1 (the distribution PPO optimises); KL(policy || ref)."""
+    answers and with `samples` answers per prompt sampled at temperature 1 (the distribution PPO optimises; draw j
+    with the same seeds for every model), the SE of win - loss over prompts; KL(policy || ref)."""
 
     panel = suite_judge(Path(suite))
 
     def score(ans):
         return sum(panel[0].score(r, x) for r, x in zip(recs, ans)) / max(len(recs), 1)
 
-    def answers(lm):  # greedy, and sampled at T=1 with the same seeds for every model
+    def answers(lm):
         return ([o.text for o in answers_of(lm, recs, max_new)[0]],
-                [o.text for o in answers_of(lm, recs, max_new, temperature=1.0, seed=11)[0]])
+                [[o.text for o in answers_of(lm, recs, max_new, temperature=1.0, seed=11 + 1000 * j)[0]]
+                 for j in range(samples)])
+
+    def sampled_score(draws):
+        return sum(score(d) for d in draws) / len(draws)
 
     ref = _lm(reference)
     ref_greedy, ref_sampled = answers(ref)
-    out = {"n": len(recs), "reference": {"annotator_score": score(ref_greedy), "annotator_score_sampled": score(ref_sampled)}}
+    out = {"n": len(recs), "samples": samples,
+           "reference": {"annotator_score": score(ref_greedy), "annotator_score_sampled": sampled_score(ref_sampled)}}
     for k, p in policies.items():
         pol = _lm(p)  # one policy in memory at a time, beside the reference
         greedy, sampled = answers(pol)
-        out[k] = {"greedy": win_rate(panel, recs, greedy, ref_greedy), "sampled": win_rate(panel, recs, sampled, ref_sampled),
+        out[k] = {"greedy": win_rate(panel, recs, greedy, ref_greedy),
+                  "sampled": win_rate_draws(panel, recs, sampled, ref_sampled),
                   "kl_from_reference": kl_from(pol, ref, spread(recs, kl_prompts), max_new),
-                  "annotator_score": score(greedy), "annotator_score_sampled": score(sampled)}
+                  "annotator_score": score(greedy), "annotator_score_sampled": sampled_score(sampled)}
     return out
 
 

@@ -60,7 +60,8 @@ class EvaluateConfig:
     sampled_rankings_test: str = ""  #: ranked SFT samples on test prompts, a second held-out set for the RMs
     safety_rule: str = "llama2"  #: how the two RMs combine (lmstack.train.rewards.SAFETY_RULES)
     safety_threshold: float | None = None  #: the rule's threshold (None: the rule's default; Llama 2's 0.15)
-    prompts: int = 200  #: held-out prompts per model for the win rates
+    prompts: int = 200  #: held-out prompts per model for the win rates (0: every held-out prompt)
+    win_samples: int = 1  #: answers sampled per prompt and model for the win rates (draw j: same seed for each model)
     kl_prompts: int = 64  #: prompts for each policy's KL from SFT
     limit: int = 80  #: items per truthfulness / hallucination / safety column
     decoding_prompts: int = 48  #: prompts of the decoding study
@@ -111,7 +112,7 @@ def run_evaluate(cfg: EvaluateConfig) -> Result:
     if aligned and "sft" in models:
         recs = C.held_out_prompts(suite, cfg.prompts)
         res["win_rates"] = C.win_rates(suite, recs, {k: models[k] for k in aligned}, models["sft"], max_new,
-                                       cfg.kl_prompts)
+                                       cfg.kl_prompts, cfg.win_samples)
         for k in aligned:
             w = res["win_rates"][k]["sampled"]
             head[f"{k}_win_loss"] = f"{w['win']:.2f}/{w['loss']:.2f}"

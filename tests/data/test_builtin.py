@@ -22,6 +22,7 @@ from lmstack.data.builtin.annotators import (
     is_refusal,
     judge_panel,
     win_rate,
+    win_rate_draws,
 )
 from lmstack.data.builtin.corpus import read_documents
 from lmstack.data.records import (
@@ -377,6 +378,24 @@ def test_noise_rate_and_disagreement(suite):
     assert agreement(judge_panel(w, n=3, flip_prob=0.0), items) == 1.0
     wr = win_rate(panel, [i[0] for i in items[:200]], [i[1] for i in items[:200]], [i[2] for i in items[:200]])
     assert wr["win"] > 0.8 and abs(wr["win"] + wr["tie"] + wr["loss"] - 1) < 1e-9
+
+
+class _Scripted:
+    """A judge that prefers the answer 'good' to anything else."""
+
+    def compare(self, prompt, a, b):
+        return "tie" if (a == "good") == (b == "good") else ("a" if a == "good" else "b")
+
+
+def test_win_rate_over_draws_takes_its_standard_error_over_prompts():
+    # Prompt 0: A wins both draws; prompt 1: one win and one loss; prompt 2: both tie. Per-prompt means 1, 0, 0.
+    a = [["good", "good", "x"], ["good", "x", "x"]]
+    b = [["x", "x", "x"], ["x", "good", "x"]]
+    r = win_rate_draws(_Scripted(), ["p0", "p1", "p2"], a, b)
+    assert (r["win"], r["tie"], r["loss"]) == (3 / 6, 2 / 6, 1 / 6) and (r["n"], r["prompts"], r["draws"]) == (6, 3, 2)
+    assert r["se"] == pytest.approx(math.sqrt((4 / 9 + 1 / 9 + 1 / 9) / 2 / 3))  # sample SD of (1, 0, 0) / sqrt(3)
+    one = win_rate_draws(_Scripted(), ["p0", "p1", "p2"], a[:1], b[:1])  # one draw: win_rate's counts
+    assert {k: one[k] for k in ("win", "tie", "loss", "n")} == win_rate(_Scripted(), ["p0", "p1", "p2"], a[0], b[0])
 
 
 def test_preference_files(suite):

@@ -96,6 +96,10 @@ def test_claims_are_what_the_config_registers():
     assert [c["key"] for c in check(s, Claims(win=[], rm_policy_lower=0), kl_target=1.5)] == ["kl"]
     strict = check(s, Claims(se=20.0), kl_target=1.5)  # a threshold fixed in advance decides, not the outcome
     assert [c["ok"] for c in strict if c["key"] == "win"] == [False]
+    # Several draws per prompt: the SE measured over prompts decides (here larger than the trinomial formula's).
+    s["win"]["ppo"]["sampled"].update(se=0.2, prompts=50, draws=2)
+    drawn = [c for c in check(s, Claims(), kl_target=1.5) if c["key"] == "win"]
+    assert not drawn[0]["ok"] and "± 40.0 (2 SE)" in drawn[0]["numbers"] and "50 prompts x 2 draws" in drawn[0]["numbers"]
     with pytest.raises(LmstackError, match="claims: unknown field 'typo'"):
         from_dict(Claims, {"typo": 1}, "cfg.yaml: claims")
 

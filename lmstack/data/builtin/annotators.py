@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import random
 import re
 from dataclasses import dataclass, field
@@ -329,6 +330,21 @@ def win_rate(judge, prompts, answers_a, answers_b) -> dict:
                       for p, a, b in zip(prompts, answers_a, answers_b)])
     n = max(1, w + t + lo)
     return {"win": w / n, "tie": t / n, "loss": lo / n, "n": w + t + lo}
+
+
+def win_rate_draws(judge, prompts, draws_a: list[list[str]], draws_b: list[list[str]]) -> dict:
+    """`win_rate` over several sampled answers per prompt: draws_a[j][i] is system A's j-th answer to prompt i,
+    judged against draws_b[j][i]. Rates are over all prompt x draw judgements; `se` is the standard error of
+    win - loss over prompts (each prompt's mean verdict, since draws of one prompt are not independent)."""
+    votes = [[majority(judge, p, a, b) if isinstance(judge, list) else judge.compare(p, a, b)
+              for p, a, b in zip(prompts, da, db)] for da, db in zip(draws_a, draws_b)]
+    w, t, lo = tally(v for vs in votes for v in vs)
+    n = max(1, w + t + lo)
+    per = [sum((v[i] == "a") - (v[i] == "b") for v in votes) / len(votes) for i in range(len(prompts))]
+    m = sum(per) / max(len(per), 1)
+    se = math.sqrt(sum((x - m) ** 2 for x in per) / (len(per) - 1) / len(per)) if len(per) > 1 else 0.0
+    return {"win": w / n, "tie": t / n, "loss": lo / n, "n": w + t + lo, "prompts": len(prompts),
+            "draws": len(votes), "se": se}
 
 
 def tally(verdicts) -> tuple[int, int, int]:
