@@ -486,7 +486,7 @@ def _why(failed: set[str], s: dict, bon: list[dict]) -> list[str]:
                        "ranked answers, and the margin is measured on few prompts (see n); InstructGPT and Llama 2 "
                        "collected preferences on their own policies' samples (papers' practice).")
     if "kl" in failed:
-        out.append("- KL: lower `lr`, a smaller `kl_target` or a larger initial `kl_coef` keep PPO closer to SFT.")
+        out.append("- KL: lower `lr`, a larger `kl_coef` (fixed, or the initial one with a smaller `kl_target`) keep PPO closer to SFT.")
     if "rag" in failed:
         out.append("- Retrieval: the model must learn to read an answer from a passage (more `rag_repeat` in SFT) and "
                    "the retriever must find it (recall@k in the table); RAG's gains were measured with a 400M BART "
@@ -545,7 +545,9 @@ def write_card(run_dir, out_dir=None, title: str | None = None, kl_bound: float 
     if not state:
         raise LmstackError(f"{run}: no pipeline.json (not a `lmstack run` folder, or no stage has finished)")
     cfg, results = state.get("config", {}), state.get("results", {})
-    stages = {st["stage"]: st.get("name", st["stage"]) for st in cfg.get("stages", [])}
+    stages: dict = {}
+    for st in cfg.get("stages", []):  # the first stage of a kind: `reward` before Llama 2's `reward_safety`
+        stages.setdefault(st["stage"], st.get("name", st["stage"]))
     out = Path(out_dir) if out_dir else run / "report"
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)

@@ -108,3 +108,25 @@ def test_reward_model_check_needs_a_lower_bound_above_chance():
     few = check({"rm": {"accuracy": 0.7, "pairs": 10, "agreement": 0.8}}, Claims())
     many = check({"rm": {"accuracy": 0.7, "pairs": 400, "agreement": 0.8}}, Claims())
     assert not few[0]["ok"] and many[0]["ok"]  # 7 of 10 is not clearly above chance; 280 of 400 is
+
+
+def test_card_plots_the_helpfulness_reward_model_not_the_second_reward_stage(tmp_path, monkeypatch):
+    """Two `reward` stages (Llama 2's helpfulness and safety RMs): the card's reward section is the first's."""
+    import json
+
+    from lmstack.course import card
+
+    run = tmp_path / "run"
+    for name, loss in (("reward", 0.5), ("reward_safety", 0.3)):
+        (run / name).mkdir(parents=True)
+        (run / name / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": loss}) + "\n")
+    (run / "evaluate").mkdir()
+    ev = {"reward_models": {"suite pairs_test": {"models": {"reward model": {"accuracy": 0.7, "pairs": 10}},
+                                                 "annotator_agreement": 0.8, "annotator_vs_label": {"a": 0.8}}}}
+    (run / "evaluate" / "evaluation.json").write_text(json.dumps(ev))
+    stages = [{"stage": "reward"}, {"stage": "reward", "name": "reward_safety"}, {"stage": "evaluate"}]
+    (run / "pipeline.json").write_text(json.dumps({"config": {"stages": stages}, "results": {}}))
+    drawn = {}
+    monkeypatch.setattr(card, "_curve", lambda png, panels, title: drawn.setdefault(png.name, panels))
+    card.write_card(run)
+    assert drawn["reward_training.png"][0][1][0][2] == [0.5]  # the loss panel's train series: the helpfulness RM's
