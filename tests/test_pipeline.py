@@ -228,7 +228,7 @@ stages:
     for c in (safety_cfg, dpo_cfg):  # progress bars are the pipeline's setting of each recipe, not a global
         assert c["bars"] is True
     ev = json.loads((out / "evaluate" / "evaluation.json").read_text())
-    assert set(ev["win_rates"]) == {"n", "samples", "reference", "ppo", "dpo", "rejection"}
+    assert set(ev["win_rates"]) == {"n", "reference", "ppo", "dpo", "rejection"}
     sampled = ev["win_rates"]["ppo"]["sampled"]  # two draws per prompt, judged pairwise, SE over prompts
     n = ev["win_rates"]["n"]  # 6 task prompts + the suite's safety requests
     assert (sampled["draws"], sampled["prompts"], sampled["n"]) == (2, n, 2 * n) and n > 6 and sampled["se"] >= 0

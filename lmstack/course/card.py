@@ -250,8 +250,8 @@ def _preference(ev: dict, run: Path, stages: dict, plots: Path, s: dict) -> list
                   f"{pct(last.get('val_reward_accuracy'))}%.", "", "![DPO](plots/dpo.png)", ""]
     w = ev.get("win_rates")
     if w:
-        pols = [k for k in w if k not in ("n", "samples", "reference")]
-        draws = w.get("samples", 1)
+        pols = [k for k in w if isinstance(w[k], dict) and "sampled" in w[k]]  # the aligned policies' rows
+        draws = w[pols[0]]["sampled"].get("draws", 1) if pols else 1
         L += [f"Against the SFT policy on {w['n']} held-out prompts, judged by the majority of the three simulated "
               f"annotators; answers sampled at temperature 1 (the distribution PPO optimises; {draws} per prompt, "
               "draw j with the same seed for every model) and greedy; KL(policy || SFT) by Monte Carlo on sampled "

@@ -176,7 +176,7 @@ def win_rates(suite, recs, policies: dict[str, str], reference: str, max_new: in
 
     ref = _lm(reference)
     ref_greedy, ref_sampled = answers(ref)
-    out = {"n": len(recs), "samples": samples,
+    out = {"n": len(recs),
            "reference": {"annotator_score": score(ref_greedy), "annotator_score_sampled": sampled_score(ref_sampled)}}
     for k, p in policies.items():
         pol = _lm(p)  # one policy in memory at a time, beside the reference

@@ -112,3 +112,19 @@ def test_gold_judge_needs_reward_models_and_the_suites_records(tmp_path):
     hist = [{"reward": 1.0, "kl": 0.0, "gold": g} for g in (1.0, 2.0, 3.0, 4.0)]
     assert reward_trend(hist)["gold_first"] == 1.0 and reward_trend(hist)["gold_last"] == 4.0
     assert "gold_first" not in reward_trend([{k: v for k, v in h.items() if k != "gold"} for h in hist])
+
+
+def test_rollouts_are_decoded_in_bounded_chunks_with_each_rows_own_stream(tiny_lm, monkeypatch):
+    import lmstack.train.rl as rl
+
+    ids = [tiny_lm.tokenizer.encode(t) for t in ("the cat", "a dog sat on", "the", "one two three four")] * 2
+    cfg = SimpleNamespace(max_new_tokens=6, temperature=1.0)
+    seeds = list(range(100, 100 + len(ids)))
+    whole = rl.sample(tiny_lm.model, tiny_lm.tokenizer, ids, cfg, seeds)  # 8 rows < SAMPLE_CHUNK: one batch
+    sizes = []
+    real = rl.generate
+    monkeypatch.setattr(rl, "generate", lambda m, p, sp, tok: sizes.append(len(p)) or real(m, p, sp, tok))
+    monkeypatch.setattr(rl, "SAMPLE_CHUNK", 3)
+    chunked = rl.sample(tiny_lm.model, tiny_lm.tokenizer, ids, cfg, seeds)
+    assert sizes == [3, 3, 2]  # no batch above the bound, every row decoded once, in order
+    assert [c.ids for c in chunked] == [c.ids for c in whole]  # row j's answer comes from seeds[j], not its batch

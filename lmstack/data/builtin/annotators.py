@@ -326,10 +326,8 @@ def win_rate(judge, prompts, answers_a, answers_b) -> dict:
     """Win / tie / loss rates of system A against system B, as Llama 2 reports them.
 
     `judge` is an Annotator or a panel (list) deciding by majority."""
-    w, t, lo = tally([majority(judge, p, a, b) if isinstance(judge, list) else judge.compare(p, a, b)
-                      for p, a, b in zip(prompts, answers_a, answers_b)])
-    n = max(1, w + t + lo)
-    return {"win": w / n, "tie": t / n, "loss": lo / n, "n": w + t + lo}
+    r = win_rate_draws(judge, prompts, [answers_a], [answers_b])
+    return {k: r[k] for k in ("win", "tie", "loss", "n")}
 
 
 def win_rate_draws(judge, prompts, draws_a: list[list[str]], draws_b: list[list[str]]) -> dict:
