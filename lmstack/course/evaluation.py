@@ -34,6 +34,7 @@ from lmstack.evaluate.harness import run_task
 from lmstack.evaluate.metrics import distinct_n
 from lmstack.evaluate.safety import AnnotatorSafetyJudge, hallucination_eval, safety_eval
 from lmstack.evaluate.sources import builtin_records, read_records_file, spread
+from lmstack.infer.cache import PrefixCache
 from lmstack.infer.engine import generate
 from lmstack.infer.sampling import SamplingParams
 from lmstack.lm import load
@@ -61,6 +62,10 @@ def _lm(model):
     return load(model) if isinstance(model, (str, Path)) else model
 
 
+ANSWER_CHUNK = 256  # rows decoded together: 1.6x the tokens/s of 64 rows for the course's 1M model here
+CACHE_BUDGET = 1 << 30  # bytes of keys/values one chunk may hold (fewer rows for a larger model)
+
+
 @torch.no_grad()
 def answers_of(model, recs, max_new: int, temperature: float = 0.0, seed: int = 0, **sampling):
     """Completions of a checkpoint (path or loaded LM) for the records' chat prompts, and the prompt ids."""
@@ -68,13 +73,16 @@ def answers_of(model, recs, max_new: int, temperature: float = 0.0, seed: int = 
     lm = _lm(model)
     room = max(1, lm.config.max_seq_len - max_new)  # too long: keep the rightmost tokens (the question)
     ids = [lm.chat_ids(r["prompt"])[-room:] for r in recs]
+    # Row i samples from its own stream (seed, i), so an answer does not depend on the batch it was decoded in.
+    sps = [SamplingParams(max_new_tokens=max_new, temperature=temperature, seed=seed * 100_003 + i, **sampling)
+           for i in range(len(ids))]
+    if sps and sps[0].num_beams > 1:  # beam search: one prompt at a time
+        return [generate(lm.model, [i], sp, lm.tokenizer)[0] for i, sp in zip(ids, sps)], ids
+    row_bytes = PrefixCache.bytes_per_token(lm.config) * (max(map(len, ids), default=0) + max_new)
+    chunk = max(16, min(ANSWER_CHUNK, CACHE_BUDGET // max(row_bytes, 1)))
     outs = []
-    for s in range(0, len(ids), 64):
-        sp = SamplingParams(max_new_tokens=max_new, temperature=temperature, seed=seed + s, **sampling)
-        if sp.num_beams > 1:  # beam search: one prompt at a time
-            outs += [generate(lm.model, [i], sp, lm.tokenizer)[0] for i in ids[s:s + 64]]
-        else:
-            outs += generate(lm.model, ids[s:s + 64], sp, lm.tokenizer)
+    for s in range(0, len(ids), chunk):
+        outs += generate(lm.model, ids[s:s + chunk], sps[s:s + chunk], lm.tokenizer)
     return outs, ids
 
 
@@ -130,18 +138,25 @@ def reward_model_accuracy(suite, reward_model: str, safety_reward_model: str = "
         items = [(by_text.get(c.prompt[0]["content"], {"prompt": c.prompt, "unsafe": c.unsafe}), c.answers[w],
                   c.answers[lo]) for c in comps for w, lo, _ in c.pairs]
         res: dict = {"models": {}}
+        # Every answer scored once per model in one batched call (a call per comparison was 36 s of tiny forwards).
+        starts = [0]
+        for c in comps:
+            starts.append(starts[-1] + len(c.answers))
+        prompts = [c.prompt for c in comps for _ in c.answers]
+        answers = [a for c in comps for a in c.answers]
+        scores = {id(m): m.score(prompts, answers) for m in (rm, safe) if m is not None}
         for key, model, keep in rows:
             ok = n = 0
-            for c in comps:
+            for i, c in enumerate(comps):
                 if not keep(c):
                     continue
-                prompts = [c.prompt] * len(c.answers)
+                at = slice(starts[i], starts[i + 1])
                 if model is None:
                     # The ranking within one prompt's answers: no whitening (an order-preserving rescaling anyway).
-                    sc = safety_combination(rule, rm.score(prompts, c.answers), safe.score(prompts, c.answers),
+                    sc = safety_combination(rule, scores[id(rm)][at], scores[id(safe)][at],
                                             [c.unsafe] * len(c.answers), threshold, whiten=False)[0]
                 else:
-                    sc = model.score(prompts, c.answers)
+                    sc = scores[id(model)][at]
                 ok += sum(bool(sc[w] > sc[lo]) for w, lo, _ in c.pairs)
                 n += len(c.pairs)
             res["models"][key] = {"accuracy": ok / max(n, 1), "pairs": n}

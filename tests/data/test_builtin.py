@@ -189,6 +189,13 @@ def test_no_test_item_in_training_data(suite):
             assert suite["world"].get(subj).split == "test"
         if r["task"] in ("sentiment_en", "sentiment_ko", "translate_en_ko", "summarize_story") and r["style"] == "no_instruction":
             assert _user(r) not in corpus, r["id"]
+        # Commonsense situations: the sensible action is stated in pretraining text (the held-out cluster asks
+        # what the base model could know), never for the test item's own person and situation.
+        if r["task"] == "commonsense_situations":
+            _, sit, act = lx.SITUATIONS[r["meta"]["situation"]]
+            name = r["meta"]["key"].split("|")[1]
+            assert act.split("{")[0].strip() in corpus, act
+            assert sit.format(n=name, pet=suite["world"].get(name).pet_species) not in corpus, r["id"]
 
 
 def _check_truth(w: World, r: dict) -> None:

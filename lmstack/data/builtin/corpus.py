@@ -28,7 +28,7 @@ from .world import Person, Town, World
 
 TRAIN_WEIGHTS = {
     "bio_en": 18, "bio_ko": 8, "town_en": 5, "town_ko": 3, "animal_en": 3, "animal_ko": 2, "objects_en": 3,
-    "story_en": 12, "news_en": 3, "review_en": 8, "review_ko": 6, "dialogue_en": 7, "secret_en": 3,
+    "situations_en": 10, "story_en": 12, "news_en": 3, "review_en": 8, "review_ko": 6, "dialogue_en": 7, "secret_en": 3,
     "arith_en": 6, "arith_ko": 3, "glossary": 7,
 }
 # val.txt: only document kinds that can be written about heldout entities or heldout keys.
@@ -185,6 +185,24 @@ def _objects_en(c: _Ctx) -> str:
     return " ".join(out)
 
 
+def _situations_en(c: _Ctx) -> str:
+    """Everyday situations and the sensible action (lexicon.SITUATIONS): the knowledge the commonsense cluster
+    asks about, stated as pretraining text the way FLAN's held-out tasks rely on what pretraining stored. Only
+    people of this corpus's own split act in them (the task items of a split are about that split's people), so
+    no validation or test item's situation sentence occurs in train.txt."""
+    r = c.rng
+    people = [p for p in c.people if p.split == ("heldout" if c.heldout else "train")] or c.people
+    out = []
+    for _ in range(r.randint(2, 4)):
+        p, si = r.choice(people), r.randrange(len(lx.SITUATIONS))
+        _, sit, act = lx.SITUATIONS[si]
+        act = act.format(pet=p.pet_species)
+        out.append(sit.format(n=p.name, pet=p.pet_species) + " " + r.choice([
+            f"So {p.name} decides to {act}.", f"The sensible thing is to {act}, and {p.name} does.",
+            f"{p.name}'s friend says: \"You should {act}.\"", f"{p.name} knows what to do: {act}."]))
+    return " ".join(out)
+
+
 def _keyed(c: _Ctx, make, arithmetic: bool = False, tries: int = 50):
     """Draw items from `make` until one's key belongs to this corpus (see module docstring)."""
     for _ in range(tries):
@@ -284,7 +302,7 @@ def _glossary(c: _Ctx) -> str:
 
 GENERATORS = {
     "bio_en": _bio_en, "bio_ko": _bio_ko, "town_en": _town_en, "town_ko": _town_ko, "animal_en": _animal_en,
-    "animal_ko": _animal_ko, "objects_en": _objects_en, "story_en": _story_en, "news_en": _news_en,
+    "animal_ko": _animal_ko, "objects_en": _objects_en, "situations_en": _situations_en, "story_en": _story_en, "news_en": _news_en,
     "review_en": _review_en, "review_ko": _review_ko, "dialogue_en": _dialogue_en, "secret_en": _secret_en,
     "arith_en": lambda c: _arith(c, False), "arith_ko": lambda c: _arith(c, True), "glossary": _glossary,
 }
