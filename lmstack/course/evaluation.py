@@ -34,8 +34,7 @@ from lmstack.evaluate.harness import run_task
 from lmstack.evaluate.metrics import distinct_n
 from lmstack.evaluate.safety import AnnotatorSafetyJudge, hallucination_eval, safety_eval
 from lmstack.evaluate.sources import builtin_records, read_records_file, spread
-from lmstack.infer.cache import PrefixCache
-from lmstack.infer.engine import generate
+from lmstack.infer.engine import generate, generate_rows
 from lmstack.infer.sampling import SamplingParams
 from lmstack.lm import load
 from lmstack.train.prefdata import load_comparisons, right_pad, suite_judge
@@ -63,27 +62,35 @@ def _lm(model):
 
 
 ANSWER_CHUNK = 256  # rows decoded together: 1.6x the tokens/s of 64 rows for the course's 1M model here
-CACHE_BUDGET = 1 << 30  # bytes of keys/values one chunk may hold (fewer rows for a larger model)
+CACHE_BUDGET = 1 << 30  # bytes of keys/values one batch may hold (fewer rows for a larger model)
 
 
 @torch.no_grad()
-def answers_of(model, recs, max_new: int, temperature: float = 0.0, seed: int = 0, **sampling):
-    """Completions of a checkpoint (path or loaded LM) for the records' chat prompts, and the prompt ids."""
+def answer_sets(model, recs, max_new: int, settings: list[dict]):
+    """Completions of a checkpoint (path or loaded LM) for the records' chat prompts under each of `settings`
+    (SamplingParams fields, e.g. {"temperature": 1.0, "seed": 11}): one list per setting, and the prompt ids.
+
+    All settings are decoded together (`generate_rows`: length-sorted bounded batches, where one prompt's rows
+    share a prefill). Row i of a setting samples from its own stream (seed, i), so an answer depends on neither
+    the batch it was decoded in nor the other settings."""
 
     lm = _lm(model)
     room = max(1, lm.config.max_seq_len - max_new)  # too long: keep the rightmost tokens (the question)
     ids = [lm.chat_ids(r["prompt"])[-room:] for r in recs]
-    # Row i samples from its own stream (seed, i), so an answer does not depend on the batch it was decoded in.
-    sps = [SamplingParams(max_new_tokens=max_new, temperature=temperature, seed=seed * 100_003 + i, **sampling)
-           for i in range(len(ids))]
-    if sps and sps[0].num_beams > 1:  # beam search: one prompt at a time
-        return [generate(lm.model, [i], sp, lm.tokenizer)[0] for i, sp in zip(ids, sps)], ids
-    row_bytes = PrefixCache.bytes_per_token(lm.config) * (max(map(len, ids), default=0) + max_new)
-    chunk = max(16, min(ANSWER_CHUNK, CACHE_BUDGET // max(row_bytes, 1)))
-    outs = []
-    for s in range(0, len(ids), chunk):
-        outs += generate(lm.model, ids[s:s + chunk], sps[s:s + chunk], lm.tokenizer)
-    return outs, ids
+    sps = [[SamplingParams(**{"max_new_tokens": max_new, **st, "seed": st.get("seed", 0) * 100_003 + i})
+            for i in range(len(ids))] for st in settings]
+    if any(sp.num_beams > 1 for row in sps for sp in row):  # beam search: one prompt at a time
+        return [[generate(lm.model, [i], sp, lm.tokenizer)[0] for i, sp in zip(ids, row)] for row in sps], ids
+    flat = generate_rows(lm.model, ids * len(settings), [sp for row in sps for sp in row], lm.tokenizer,
+                         ANSWER_CHUNK, CACHE_BUDGET)
+    return [flat[j * len(ids):(j + 1) * len(ids)] for j in range(len(settings))], ids
+
+
+def answers_of(model, recs, max_new: int, temperature: float = 0.0, seed: int = 0, **sampling):
+    """Completions of a checkpoint (path or loaded LM) for the records' chat prompts, and the prompt ids."""
+
+    sets, ids = answer_sets(model, recs, max_new, [{"temperature": temperature, "seed": seed, **sampling}])
+    return sets[0], ids
 
 
 @torch.no_grad()
@@ -181,10 +188,10 @@ def win_rates(suite, recs, policies: dict[str, str], reference: str, max_new: in
     def score(ans):
         return sum(panel[0].score(r, x) for r, x in zip(recs, ans)) / max(len(recs), 1)
 
-    def answers(lm):
-        return ([o.text for o in answers_of(lm, recs, max_new)[0]],
-                [[o.text for o in answers_of(lm, recs, max_new, temperature=1.0, seed=11 + 1000 * j)[0]]
-                 for j in range(samples)])
+    def answers(lm):  # greedy and the draws decoded together: each prompt is prefilled once for all of them
+        sets, _ = answer_sets(lm, recs, max_new, [{"temperature": 0.0}] +
+                              [{"temperature": 1.0, "seed": 11 + 1000 * j} for j in range(samples)])
+        return [o.text for o in sets[0]], [[o.text for o in s] for s in sets[1:]]
 
     def sampled_score(draws):
         return sum(score(d) for d in draws) / len(draws)
@@ -213,8 +220,8 @@ def best_of_n(suite, policy, reward_model: str, recs, n_max: int = 16, max_new: 
     panel = suite_judge(Path(suite))
     rm = load_reward_model(reward_model)
     lm = _lm(policy)
-    samples = [[o.text for o in answers_of(lm, recs, max_new, temperature=1.0, seed=seed + 1000 * j)[0]]
-               for j in range(n_max)]
+    sets, _ = answer_sets(lm, recs, max_new, [{"temperature": 1.0, "seed": seed + 1000 * j} for j in range(n_max)])
+    samples = [[o.text for o in s] for s in sets]
     prompts = [r["prompt"] for r in recs]
     proxy = torch.stack([rm.score(prompts, s) for s in samples], 1)  # prompts x n_max
     gold = torch.tensor([[panel[0].score(r, s[i]) for s in samples] for i, r in enumerate(recs)])

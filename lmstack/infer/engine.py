@@ -23,7 +23,7 @@ from lmstack.infer.request import Completion, Request, StreamEvent
 from lmstack.infer.sampling import SamplingParams, apply_penalties, filter_logits, sample
 from lmstack.infer.stop import StopText, stop_token_ids
 
-__all__ = ["Completion", "Generation", "Request", "StreamEvent", "beam_search", "generate", "stream"]
+__all__ = ["Completion", "Generation", "Request", "StreamEvent", "beam_search", "generate", "generate_rows", "stream"]
 
 
 class Generation:
@@ -235,13 +235,23 @@ class Generation:
     # ---- batch state ----------------------------------------------------------------------------------------
 
     def _prefill(self):
+        """The first forward. Rows with the same prompt (several samples of one prompt, as in best-of-n, GRPO's
+        groups or a labelling step's k answers) share one prefill; its cache rows are then copied out to each."""
         rows = [r.prompt for r in self.running]
         max_new = max(r.budget for r in self.running)
         pad = self.tokenizer.pad_id if self.tokenizer is not None and self.tokenizer.pad_id is not None else 0
-        self.cache = KVCache(self.model.cfg, len(rows), max(len(t) for t in rows) + max_new, device=self.device,
+        first: dict[tuple, int] = {}
+        owner = [first.setdefault(tuple(t), len(first)) for t in rows]
+        shared = self.adapters is None and len(first) < len(rows)  # rows with different LoRA adapters differ
+        unique = [list(t) for t in first] if shared else rows  # in order of first appearance
+        self.cache = KVCache(self.model.cfg, len(unique), max(len(t) for t in rows) + max_new, device=self.device,
                              dtype=self.model.cache_dtype)
         self._select(self.running)
-        logits = self._forward_left_padded(rows, self.cache, pad)
+        logits = self._forward_left_padded(unique, self.cache, pad)
+        if shared:
+            idx = torch.tensor(owner, device=self.device)
+            self.cache.reorder(idx)
+            logits = logits.index_select(0, idx)
         self._prefilled = True
         return logits[:, -1]
 
@@ -391,6 +401,27 @@ def generate(model, prompts: list[list[int]], params: SamplingParams | list[Samp
             out[k] = res
     for k in beams:
         out[k] = beam_search(model, prompts[k], per[k], tokenizer)
+    return out  # type: ignore[return-value]
+
+
+def generate_rows(model, prompts: list[list[int]], params: list[SamplingParams], tokenizer=None,
+                  max_rows: int = 256, cache_budget: int = 1 << 30) -> list[Completion]:
+    """`generate` for many rows in bounded batches: rows ordered by prompt length (little left padding, identical
+    prompts side by side so they share a prefill) and decoded at most `max_rows` at a time, fewer where their
+    keys/values would pass `cache_budget` bytes; completions in the order given. Every sampled row needs its own
+    seed, so that its answer does not depend on which rows it was batched with."""
+    if len(params) != len(prompts):
+        raise LmstackError(f"generate: {len(params)} sampling settings for {len(prompts)} prompts")
+    if any(p.temperature > 0 and p.seed is None for p in params):
+        raise LmstackError("generate_rows: a sampled row needs its own seed (SamplingParams.seed)")
+    order = sorted(range(len(prompts)), key=lambda k: (len(prompts[k]), prompts[k]))
+    longest = max((len(t) for t in prompts), default=0) + max((p.max_new_tokens for p in params), default=0)
+    rows = max(1, min(max_rows, cache_budget // max(1, PrefixCache.bytes_per_token(model.cfg) * longest)))
+    out: list[Completion | None] = [None] * len(prompts)
+    for s in range(0, len(order), rows):
+        part = order[s:s + rows]
+        for k, res in zip(part, generate(model, [prompts[k] for k in part], [params[k] for k in part], tokenizer)):
+            out[k] = res
     return out  # type: ignore[return-value]
 
 

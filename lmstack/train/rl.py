@@ -21,7 +21,7 @@ import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from lmstack.errors import LmstackError
-from lmstack.infer.engine import generate
+from lmstack.infer.engine import generate_rows
 from lmstack.infer.logprobs import sequence_logprobs
 from lmstack.infer.sampling import SamplingParams
 from lmstack.lm import load
@@ -252,14 +252,11 @@ def sample(policy, tok, prompt_ids: list[list[int]], cfg, seeds: list[int]):
     """Answers to `prompt_ids`, row j sampled with its own random stream seeds[j]."""
     sps = [SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=sd) for sd in seeds]
     model = rollout_model(policy, getattr(cfg, "rollout_quantize", "none"))
-    # A bounded batch: one left-padded batch of thousands of rows (rejection sampling's rounds) pads every row to
+    # Bounded batches: one left-padded batch of thousands of rows (rejection sampling's rounds) pads every row to
     # the longest prompt and holds all their caches at once (4,096 rows: 46 s in one batch, 20 s in chunks of 256,
     # on the course's SFT model here). Each row keeps its own random stream; only float rounding of other paddings
     # differs (2 of 24,476 answer tokens changed in that measurement).
-    out = []
-    for s in range(0, len(prompt_ids), SAMPLE_CHUNK):
-        out += generate(model, prompt_ids[s:s + SAMPLE_CHUNK], sps[s:s + SAMPLE_CHUNK], tok)
-    return out
+    return generate_rows(model, prompt_ids, sps, tok, SAMPLE_CHUNK)
 
 
 @dataclass

@@ -167,3 +167,37 @@ def test_finished_and_cancelled_requests_leave_no_state_behind(tiny_lm):
         del a, b, c
     gc.collect()
     assert not [r for r in refs if r() is not None]  # nothing in the engine holds a finished request
+
+
+def test_rows_with_one_prompt_share_its_prefill_and_decode_as_alone(tiny_lm, monkeypatch):
+    """Several samples of one prompt are prefilled once (the cache rows copied out), each row decoding exactly
+    as it would in a batch of distinct prompts."""
+    from lmstack.infer import engine
+
+    a, b = tiny_lm.tokenizer.encode("the cat sat"), tiny_lm.tokenizer.encode("a dog")
+    rows = [a, b, a, a, b]
+    sps = [SamplingParams(max_new_tokens=6, temperature=1.0, seed=s) for s in range(5)]
+    alone = [engine.generate(tiny_lm.model, [r], [sp], tiny_lm.tokenizer)[0].ids for r, sp in zip(rows, sps)]
+    prefilled = []
+    real = engine.Generation._forward_left_padded
+    monkeypatch.setattr(engine.Generation, "_forward_left_padded",
+                        lambda self, rs, cache, pad: prefilled.append(len(rs)) or real(self, rs, cache, pad))
+    together = engine.generate(tiny_lm.model, rows, sps, tiny_lm.tokenizer)
+    assert prefilled == [2]  # two distinct prompts
+    assert [c.ids for c in together] == alone
+
+
+def test_generate_rows_bounds_batches_and_keeps_the_order_given(tiny_lm, monkeypatch):
+    from lmstack.infer import engine
+
+    prompts = [tiny_lm.tokenizer.encode(t) for t in ("one two three four", "a", "the cat", "b c")]
+    sps = [SamplingParams(max_new_tokens=4, temperature=1.0, seed=7 + k) for k in range(4)]
+    ref = engine.generate(tiny_lm.model, prompts, sps, tiny_lm.tokenizer)
+    sizes = []
+    real = engine.generate
+    monkeypatch.setattr(engine, "generate", lambda m, p, sp, tok: sizes.append([len(x) for x in p]) or real(m, p, sp, tok))
+    out = engine.generate_rows(tiny_lm.model, prompts, sps, tiny_lm.tokenizer, max_rows=2)
+    assert [len(b) for b in sizes] == [2, 2] and sizes[0][-1] <= sizes[1][0]  # shortest prompts first
+    assert [c.ids for c in out] == [c.ids for c in ref]
+    with pytest.raises(LmstackError, match="needs its own seed"):
+        engine.generate_rows(tiny_lm.model, prompts, [SamplingParams(max_new_tokens=2, temperature=1.0)] * 4)

@@ -83,13 +83,13 @@ def test_rollouts_from_a_quantised_copy(tiny_ckpt, tmp_path, monkeypatch):
     from lmstack.train import rl
 
     seen = []
-    generate = rl.generate
+    generate_rows = rl.generate_rows
 
     def spy(model, *a, **kw):
         seen.append(is_quantized(model))
-        return generate(model, *a, **kw)
+        return generate_rows(model, *a, **kw)
 
-    monkeypatch.setattr(rl, "generate", spy)
+    monkeypatch.setattr(rl, "generate_rows", spy)
     data = tmp_path / "p.jsonl"
     data.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in ["Hi", "Name a cat."]))
     res = run(GRPOConfig(model=str(tiny_ckpt), data=[str(data)], out=str(tmp_path / "g"), steps=2, prompts_per_step=2,
