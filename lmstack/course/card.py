@@ -24,7 +24,7 @@ from lmstack.evaluate.jailbreak import jailbreak_table
 from lmstack.evaluate.report import pyplot, read_json, stacked_bars
 from lmstack.evaluate.safety import alignment_table
 from lmstack.options import from_dict
-from lmstack.train.flan import ABLATION_PAPER
+from lmstack.train.flan import ABLATION_PAPER, probe_text
 
 
 def _read(path: Path):
@@ -174,6 +174,8 @@ def _flan(d: Path, plots: Path, s: dict) -> list[str]:
               f"base. On the test items of the clusters it was tuned on ({t['n_em']} items) exact match is "
               f"**{cell(t, 'em_acc', 'n_em')}%** tuned vs {cell(b, 'em_acc', 'n_em')}% base (zero-shot): the generation "
               "metric measures what instruction tuning taught, rank classification measures transfer."]
+    if "knowledge_probe" in r:
+        L += ["", probe_text(r["knowledge_probe"])]
     L += ["", "![held-out cluster](plots/flan_held_out.png)", ""]
     if "ablation" in r:
         paper = ABLATION_PAPER

@@ -195,6 +195,24 @@ def evaluate_records(lm, recs: list[dict], fmt: str, shots_pool: list[dict] | No
     return {**pooled(items), "tasks": tasks, "items": items}
 
 
+def probe_items(recs: list[dict]) -> list[dict]:
+    """The records the knowledge probe can ask: those with options and a `meta.statement`."""
+    return [r for r in recs if (r.get("meta") or {}).get("statement") and r["choices"]]
+
+
+def knowledge_probe(lm, items: list[dict]) -> dict:
+    """Does the model know the answers at all, whatever the question's format? Rank classification of the options
+    of `probe_items`, each asked as its `meta.statement`, the question in the pretraining corpus's own phrasing
+    (e.g. "Bamepi has a bad toothache. So Bamepi decides to" + " visit a dentist"), as plain text."""
+    requests = [(r["meta"]["statement"], " " + ch) for r in items for ch in r["choices"]]
+    lls = iter(loglikelihood(lm.model, lm.tokenizer, requests))
+    right = 0
+    for r in items:
+        scores = [next(lls).logprob for _ in r["choices"]]
+        right += r["choices"][max(range(len(scores)), key=scores.__getitem__)] == r["target"]
+    return {"acc": right / len(items), "n": len(items), "tasks": sorted({r["task"] for r in items})}
+
+
 def _sample(recs: list[dict], per_task: int, seed: int) -> list[dict]:
     by = defaultdict(list)
     for r in recs:
@@ -291,6 +309,16 @@ def run(cfg: FlanConfig) -> Result:
     main = tune("instructions", train_clusters, "instruction")
     results["flan_zero_shot"] = ev(main, "instruction", "chat")
     results["clusters"] = by_cluster({k: results[k] for k in _MAIN}, hold)
+    probed = probe_items(held["instruction"])
+    if probed:
+        probe = {k: knowledge_probe(load(m), probed) for k, m in (("base", base), ("tuned", main))}
+        # The same items asked as the task asks them (rank classification above), for the comparison.
+        ids = {r["id"] for r in probed}
+        asked = {k: pooled([it for it in results[k]["items"] if it["id"] in ids])["rank_acc"]
+                 for k in ("base_zero_shot", "flan_zero_shot")}
+        results["knowledge_probe"] = {"tasks": probe["base"]["tasks"], "n": probe["base"]["n"],
+                                      "base_stated": probe["base"]["acc"], "tuned_stated": probe["tuned"]["acc"],
+                                      "base_asked": asked["base_zero_shot"], "tuned_asked": asked["flan_zero_shot"]}
     if cfg.seen_eval:
         _say(cfg, f"exact match on {len(seen)} test items of the {len(train_clusters)} training clusters")
         sc = {"base_zero_shot": ev(base, "instruction", "plain", recs=seen),
@@ -369,6 +397,15 @@ def _both(v: dict) -> str:
     return f"{_pct(v['rank_acc'])} / {_pct(v['em_acc'])}"
 
 
+def probe_text(k: dict) -> str:
+    """The knowledge probe's sentence for the FLAN report and the course's card."""
+    return (f"Knowledge probe ({', '.join(k['tasks'])}, {k['n']} held-out items, rank classification): stated the way "
+            f"the pretraining corpus states such facts (\"... So X decides to\"), the base model picks the right "
+            f"option on {_pct(k['base_stated'])}% and the tuned model on {_pct(k['tuned_stated'])}%; asked as the task "
+            f"asks, {_pct(k['base_asked'])}% base zero-shot and {_pct(k['tuned_asked'])}% tuned. A held-out gain needs "
+            "the tuned model to carry what pretraining stored over to the question's format.")
+
+
 def write_report(r: dict, out: Path) -> Path:
     hold = r.get("hold_out") or [r["config"]["hold_out"]]
     names = ", ".join(f"`{c}`" for c in hold)
@@ -390,6 +427,8 @@ def write_report(r: dict, out: Path) -> Path:
         for c, v in r["clusters"].items():
             lines.append(f"| {c} | {_n_items(v['flan_zero_shot'])} | {_both(v['base_zero_shot'])} | "
                          f"{_both(v['base_few_shot'])} | {_both(v['flan_zero_shot'])} |")
+    if "knowledge_probe" in r:
+        lines += ["", probe_text(r["knowledge_probe"])]
     lines += ["", "Per task (rank classification):", "", "| task | base 0-shot | base few-shot | tuned 0-shot |",
               "| --- | --- | --- | --- |"]
     for t in r["flan_zero_shot"]["tasks"]:

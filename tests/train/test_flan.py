@@ -297,6 +297,22 @@ def test_a_single_held_out_cluster_as_a_string(flan_run, tmp_path):
     assert sentiment_ids(tmp_path) == sentiment_ids(out)
 
 
+def test_held_out_commonsense_gets_the_knowledge_probe(flan_run, tmp_path):
+    """Holding out commonsense probes its situation items in the corpus's phrasing for base and tuned model, beside
+    the same items asked as the task asks them; the report says both."""
+    _, res, _ = flan_run
+    r = run(FlanConfig(out=str(tmp_path), base=res.summary["base"], suite=res.summary["suite"], hold_out="commonsense",
+                       steps=1, eval_items=4, micro_batch=4, seq_len=128, ablation=False, cluster_study=False,
+                       seen_eval=False)).summary
+    k = r["knowledge_probe"]
+    situations = [it for it in map(json.loads, open(tmp_path / "flan_items.jsonl"))
+                  if it["task"] == "commonsense_situations" and it["run"] == "base_zero_shot"]
+    assert k["tasks"] == ["commonsense_situations"] and k["n"] == len(situations) == 4
+    assert k["base_asked"] == sum(it["rank_correct"] for it in situations) / 4
+    assert all(0.0 <= k[x] <= 1.0 for x in ("base_stated", "tuned_stated", "tuned_asked"))
+    assert "Knowledge probe (commonsense_situations, 4 held-out items" in (tmp_path / "flan_report.md").read_text()
+
+
 def test_hold_out_from_yaml_and_command_line():
     from lmstack.cli import build_parser
     from lmstack.options import from_dict
@@ -322,3 +338,27 @@ def test_unknown_cluster_is_an_error(tmp_path):
         run(FlanConfig(out=str(tmp_path), hold_out=["nli", "sentiment"], clusters=["nli", "arithmetic"]))
     with pytest.raises(LmstackError, match="no cluster is left"):
         run(FlanConfig(out=str(tmp_path), hold_out=list(flan.CLUSTERS)))
+
+
+def test_knowledge_probe_ranks_the_options_after_the_corpus_phrasing(tiny_lm, monkeypatch):
+    """The probe scores each option as plain text after the item's `meta.statement` and picks the likeliest; items
+    without a statement (or without options) are not probed."""
+    from types import SimpleNamespace
+
+    recs = [{"id": f"cs-{i}", "task": "commonsense_situations", "choices": ["go to bed", "take a boat", "eat some food"],
+             "target": t, "meta": {"statement": f"Mina is tired {i}. So Mina decides to"}}
+            for i, t in enumerate(["go to bed", "take a boat", "eat some food", "go to bed"])]
+    recs.append({"id": "nli-0", "task": "nli_events", "choices": ["yes", "no"], "target": "no", "meta": {}})
+    asked = []
+
+    def fake(model, tok, requests):  # "knows" the option " go to bed" only
+        asked.extend(requests)
+        return [SimpleNamespace(logprob=0.0 if cont == " go to bed" else -1.0) for _, cont in requests]
+
+    monkeypatch.setattr(flan, "loglikelihood", fake)
+    assert flan.probe_items(recs) == recs[:4]
+    res = flan.knowledge_probe(tiny_lm, flan.probe_items(recs))
+    assert res["n"] == 4 and res["acc"] == 0.5 and res["tasks"] == ["commonsense_situations"]
+    assert asked[0] == ("Mina is tired 0. So Mina decides to", " go to bed") and len(asked) == 12
+    assert "50.0%" in flan.probe_text({"tasks": ["t"], "n": 4, "base_stated": 0.5, "tuned_stated": 0.25,
+                                       "base_asked": 0.25, "tuned_asked": 0.5})

@@ -247,7 +247,8 @@ def _situations(g: _Gen) -> Item | None:
     choices = [target] + distract
     r.shuffle(choices)
     situation = sit.format(n=p.name, pet=sp)
-    meta = {"situation": si, "answer": target}
+    # The same question in the pretraining corpus's own phrasing (corpus._situations_en): FLAN's knowledge probe.
+    meta = {"situation": si, "answer": target, "statement": f"{situation} So {p.name} decides to"}
     return Item(f"cs|{p.name}|{si}", {"situation": situation, "name": p.name}, target, choices, meta)
 
 
