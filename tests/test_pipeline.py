@@ -97,10 +97,10 @@ def test_tiny_cpu_stages_get_the_values_they_always_got():
     ppo = c["ppo"]
     assert (ppo.model, ppo.reward_model, ppo.safety_reward_model, ppo.safety_threshold, ppo.quiet) == \
         ("F", "R", "SR", 0.15, True)
-    assert (ppo.steps, ppo.rollout_batch, ppo.micro_batch, ppo.kl_coef, ppo.kl_target) == (24, 64, 16, 0.2, 0.0)
+    assert (ppo.steps, ppo.rollout_batch, ppo.micro_batch, ppo.kl_coef, ppo.kl_target) == (48, 64, 16, 0.2, 0.0)
     assert (c["rejection"].rounds, c["rejection"].prompts_per_round, c["rejection"].samples) == (2, 512, 4)
-    prefs = ["S/preferences/pairs.jsonl", "SRk"]
-    assert (c["dpo"].data, c["dpo"].val_data) == (prefs, ["S/preferences/pairs_test.jsonl"])
+    # DPO: the ranked SFT samples only (on-policy); validated on the suite's held-out written pairs.
+    assert (c["dpo"].data, c["dpo"].val_data) == (["SRk"], ["S/preferences/pairs_test.jsonl"])
     assert (c["reward_safety"].data, c["reward_safety"].sample_rankings) == \
         (["S/preferences/rankings.jsonl", "SRk"], 0)
     ev = c["evaluate"]
@@ -165,6 +165,7 @@ stages:
     sample_rankings: 2
     sample_prompts: 8
     sample_max_new_tokens: 8
+    tie_margin: 0.0      # the 8 prompts' samples of a 4-step model must give DPO (trained on them only) a pair
     seq_len: 128
     epochs: 0
     steps: 2
@@ -225,6 +226,7 @@ stages:
     dpo_cfg = json.loads((out / "dpo" / "dpo_config.json").read_text())
     for c in (safety_cfg, dpo_cfg):  # both learn from the first reward stage's ranked SFT samples
         assert str(out / "reward" / "sampled_rankings_train.jsonl") in c["data"], c["data"]
+    assert len(dpo_cfg["data"]) == 1  # DPO: those samples only, not the suite's written pairs
     for c in (safety_cfg, dpo_cfg):  # progress bars are the pipeline's setting of each recipe, not a global
         assert c["bars"] is True
     ev = json.loads((out / "evaluate" / "evaluation.json").read_text())

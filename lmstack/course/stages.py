@@ -196,16 +196,17 @@ class Stage:
     headline: Callable[[dict], dict] = dict  # the stage's line in the log and stage.json, from Result.summary
 
 
-def _reuse_samples(suite_file: str):
+def _reuse_samples(suite_file: str | None):
     """A stage that wants ranked SFT samples reuses those an earlier reward stage sampled: training data = the
-    suite's `suite_file` + those samples, validation = the suite's held-out pairs (InstructGPT's labelling once,
-    Llama 2's second reward model and DPO on the same preferences)."""
+    suite's `suite_file` (None: none) + those samples, validation = the suite's held-out pairs (InstructGPT's
+    labelling once, Llama 2's second reward model and DPO on the same preferences)."""
 
     def wire(params: dict, ctx) -> dict:
         if "data" in params or "sampled_rankings" not in ctx.paths:
             return {}
         prefs = Path(ctx.need("suite")) / "preferences"
-        return {"data": [str(prefs / suite_file), ctx.paths["sampled_rankings"]],
+        written = [str(prefs / suite_file)] if suite_file else []
+        return {"data": written + [ctx.paths["sampled_rankings"]],
                 "val_data": [str(prefs / "pairs_test.jsonl")]}
     return wire
 
@@ -262,7 +263,11 @@ STAGES: dict[str, Stage] = {
                                                           "val_sampled_accuracy", "final_loss")
                                         if s.get(k) is not None}),
     "ppo": _aligned("ppo", resume=True),
-    "dpo": _aligned("dpo", resume=True, wire=_reuse_samples("pairs.jsonl")),  # the reward model's preferences
+    # DPO learns from the annotators' rankings of the SFT policy's own samples only (on-policy, as Llama 2's
+    # preference data were), not the suite's scripted pairs: a quarter of those reject "I'm sorry, but I can't help
+    # with that." on harmless requests, and DPO carried that to harmful ones ("I't help with that": refusals
+    # 87-93% against SFT's 100% on three seeds; likelihood displacement, Razin et al. 2025).
+    "dpo": _aligned("dpo", resume=True, wire=_reuse_samples(None)),
     "grpo": _aligned("grpo", resume=True),
     "rejection": _aligned("rejection", resume=True),
     "evaluate": Stage("evaluate", inputs={"suite": "suite"},

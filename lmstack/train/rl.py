@@ -324,12 +324,12 @@ def collect(s: Setup, cfg, rows: list[int], it: int, reference_lp: bool = True,
     ro = Rollouts.of([s.pids[i] for i in rows[mine]], comps, pad_id(s.tok), info.device)
     per_token = {}
     with torch.no_grad():
-        per_token["old_lp"] = policy_logprobs(s.policy, ro, cfg.temperature)[0]
+        per_token["old_lp"] = by_length(ro, lambda r: policy_logprobs(s.policy, r, cfg.temperature)[0])
         if reference_lp:
             with reference(s.policy, s.ref) as ref_model:
-                per_token["ref_lp"] = policy_logprobs(ref_model, ro, cfg.temperature)[0]
+                per_token["ref_lp"] = by_length(ro, lambda r: policy_logprobs(ref_model, r, cfg.temperature)[0])
         if values is not None:
-            per_token["values"] = values(ro)
+            per_token["values"] = by_length(ro, values)
     # Each rollout as one picklable row, its per-token tensors cut to its answer's length.
     local = [{"comp": c, "parts": {k: float(v[j]) for k, v in parts.items()},
               **{k: v[j, :len(c.ids)].cpu() for k, v in per_token.items()}} for j, c in enumerate(comps)]
@@ -340,6 +340,29 @@ def collect(s: Setup, cfg, rows: list[int], it: int, reference_lp: bool = True,
         setattr(ro, k, torch.nn.utils.rnn.pad_sequence([r[k] for r in every], batch_first=True).to(info.device))
     parts = {k: torch.tensor([r["parts"][k] for r in every]) for k in parts}
     return Batch(list(rows), comps, ro, parts, t_gen, time.perf_counter() - t0)
+
+
+SCORE_ROWS = 16  # rollouts per no-grad forward in `collect`
+
+
+def by_length(ro: Rollouts, fn: Callable[[Rollouts], torch.Tensor], rows: int = SCORE_ROWS) -> torch.Tensor:
+    """fn(chunk) -> [b, R_chunk] over length-sorted chunks of the rollouts, reassembled as [B, R].
+
+    One right-padded batch pads every rollout to the longest prompt + answer of the iteration (the course's prompts
+    run from ~20 to ~250 tokens): its forward did 2-3x the work of the real tokens. A right-padded row's values do
+    not depend on the padding after it (causal attention), so chunks of similar length give the same numbers up to
+    float rounding. Entries past a rollout's answer are zero."""
+    order = torch.argsort(ro.plen + ro.rlen, stable=True)
+    out = None
+    for s in range(0, len(order), rows):
+        idx = order[s:s + rows]
+        r = ro.rows(idx)
+        v = fn(r)
+        v = v.masked_fill(~response_index(r.plen, r.rlen)[1].to(v.device), 0)
+        if out is None:
+            out = v.new_zeros(len(order), int(ro.rlen.max()))
+        out[idx.to(v.device), :v.shape[1]] = v
+    return out
 
 
 def policy_logprobs(model, ro: Rollouts, temperature: float, entropy: bool = False):

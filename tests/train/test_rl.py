@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from lmstack.train.prefdata import right_pad
-from lmstack.train.rl import AdaptiveKL, Rollouts, gae, policy_logprobs, ppo_losses
+from lmstack.train.rl import AdaptiveKL, Rollouts, by_length, gae, policy_logprobs, ppo_losses
 
 
 def test_gae_matches_the_recursion():
@@ -60,6 +60,29 @@ def test_batched_tempered_logprobs_equal_one_by_one(tiny_lm):
             assert torch.allclose(lp[i, :n], want, atol=1e-5)
             assert not mask[i, n:].any()
     assert (ent[mask] > 0).all()
+
+
+def test_length_sorted_chunks_give_each_rollout_its_own_logprobs(tiny_lm):
+    """`collect` scores rollouts in length-sorted chunks: every row gets what the one padded batch gave it, in its
+    own place, zero past its answer, and each chunk is padded only to its own longest row."""
+    m = tiny_lm.model
+    torch.manual_seed(1)
+    lens, plens = [30, 5, 18, 7, 26, 9, 12], [20, 2, 10, 3, 5, 4, 11]
+    seqs = [torch.randint(4, 300, (n,)).tolist() for n in lens]
+    ids, _ = right_pad(seqs, 0)
+    ro = Rollouts(ids, torch.tensor(plens), torch.tensor(lens) - torch.tensor(plens))
+    widths = []
+
+    def fn(r):
+        widths.append(r.ids.shape[1])
+        return policy_logprobs(m, r, 1.0)[0]
+    with torch.no_grad():
+        whole, _, mask = policy_logprobs(m, ro, 1.0)
+        chunked = by_length(ro, fn, rows=3)
+    assert chunked.shape == whole.shape
+    assert torch.allclose(chunked[mask], whole[mask], atol=1e-5)
+    assert (chunked[~mask] == 0).all()
+    assert widths == [9, 26, 30]  # sorted by prompt + answer length: (5, 7, 9), (12, 18, 26), (30,)
 
 
 def test_adaptive_kl_moves_beta_towards_target():
