@@ -99,8 +99,8 @@ def test_tiny_cpu_stages_get_the_values_they_always_got():
         ("F", "R", "SR", 0.15, True)
     assert (ppo.steps, ppo.rollout_batch, ppo.micro_batch, ppo.kl_coef, ppo.kl_target) == (48, 64, 16, 0.2, 0.0)
     assert (c["rejection"].rounds, c["rejection"].prompts_per_round, c["rejection"].samples) == (2, 512, 4)
-    # DPO: the ranked SFT samples only (on-policy); validated on the suite's held-out written pairs.
-    assert (c["dpo"].data, c["dpo"].val_data) == (["SRk"], ["S/preferences/pairs_test.jsonl"])
+    # DPO: the ranked SFT samples only (on-policy), validated on the held-out prompts' ranked samples.
+    assert (c["dpo"].data, c["dpo"].val_data) == (["SRk"], ["SRt"])
     assert (c["reward_safety"].data, c["reward_safety"].sample_rankings) == \
         (["S/preferences/rankings.jsonl", "SRk"], 0)
     ev = c["evaluate"]
@@ -227,6 +227,7 @@ stages:
     for c in (safety_cfg, dpo_cfg):  # both learn from the first reward stage's ranked SFT samples
         assert str(out / "reward" / "sampled_rankings_train.jsonl") in c["data"], c["data"]
     assert len(dpo_cfg["data"]) == 1  # DPO: those samples only, not the suite's written pairs
+    assert dpo_cfg["val_data"] == [str(out / "reward" / "sampled_rankings_test.jsonl")]
     for c in (safety_cfg, dpo_cfg):  # progress bars are the pipeline's setting of each recipe, not a global
         assert c["bars"] is True
     ev = json.loads((out / "evaluate" / "evaluation.json").read_text())

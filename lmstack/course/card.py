@@ -502,7 +502,10 @@ def _why(failed: set[str], s: dict, bon: list[dict]) -> list[str]:
                    "here, or that the model cannot follow the attack's instructions (Wei et al. found attacks that "
                    "need capability, such as Base64, work only on the most capable models; paper's finding).")
     if "refusal" in failed:
-        out.append("- Refusals: more safety demonstrations in SFT (`safety_repeat`) and a stronger safety reward model.")
+        out.append("- Refusals: more safety demonstrations in SFT (`safety_repeat`) and a stronger safety reward model. "
+                   "DPO on pairs that reject a refusal of a harmless request lowers the refusal's tokens everywhere "
+                   "(likelihood displacement, Razin et al. 2025; here DPO on the suite's written pairs answered "
+                   "\"I't help with that\"): train it on the policy's own ranked samples, the pipeline's default.")
     return out
 
 

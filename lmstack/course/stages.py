@@ -198,16 +198,19 @@ class Stage:
 
 def _reuse_samples(suite_file: str | None):
     """A stage that wants ranked SFT samples reuses those an earlier reward stage sampled: training data = the
-    suite's `suite_file` (None: none) + those samples, validation = the suite's held-out pairs (InstructGPT's
-    labelling once, Llama 2's second reward model and DPO on the same preferences)."""
+    suite's `suite_file` (None: none) + those samples, validation = the suite's held-out pairs, or for samples alone
+    the held-out prompts' ranked samples, the same kind of data (InstructGPT's labelling once, Llama 2's second
+    reward model and DPO on the same preferences)."""
 
     def wire(params: dict, ctx) -> dict:
         if "data" in params or "sampled_rankings" not in ctx.paths:
             return {}
         prefs = Path(ctx.need("suite")) / "preferences"
         written = [str(prefs / suite_file)] if suite_file else []
-        return {"data": written + [ctx.paths["sampled_rankings"]],
-                "val_data": [str(prefs / "pairs_test.jsonl")]}
+        val = [str(prefs / "pairs_test.jsonl")]
+        if not suite_file and "sampled_rankings_test" in ctx.paths:
+            val = [ctx.paths["sampled_rankings_test"]]
+        return {"data": written + [ctx.paths["sampled_rankings"]], "val_data": val}
     return wire
 
 
@@ -264,7 +267,7 @@ STAGES: dict[str, Stage] = {
                                         if s.get(k) is not None}),
     "ppo": _aligned("ppo", resume=True),
     # DPO learns from the annotators' rankings of the SFT policy's own samples only (on-policy, as Llama 2's
-    # preference data were), not the suite's scripted pairs: a quarter of those reject "I'm sorry, but I can't help
+    # preference data were), not the suite's scripted pairs: 23% of those reject "I'm sorry, but I can't help
     # with that." on harmless requests, and DPO carried that to harmful ones ("I't help with that": refusals
     # 87-93% against SFT's 100% on three seeds; likelihood displacement, Razin et al. 2025).
     "dpo": _aligned("dpo", resume=True, wire=_reuse_samples(None)),
