@@ -348,10 +348,10 @@ SCORE_ROWS = 16  # rollouts per no-grad forward in `collect`
 def by_length(ro: Rollouts, fn: Callable[[Rollouts], torch.Tensor], rows: int = SCORE_ROWS) -> torch.Tensor:
     """fn(chunk) -> [b, R_chunk] over length-sorted chunks of the rollouts, reassembled as [B, R].
 
-    One right-padded batch pads every rollout to the longest prompt + answer of the iteration (the course's prompts
-    run from ~20 to ~250 tokens): its forward did 2-3x the work of the real tokens. A right-padded row's values do
-    not depend on the padding after it (causal attention), so chunks of similar length give the same numbers up to
-    float rounding. Entries past a rollout's answer are zero."""
+    One right-padded batch pads every rollout to the longest prompt + answer of the iteration: for 64 of the
+    course's rollouts (29-138 tokens, median 81) it holds 1.6x their real tokens, length-sorted chunks of 16 hold
+    1.14x. A right-padded row's values do not depend on the padding after it (causal attention), so the chunks give
+    the same numbers up to float rounding. Entries past a rollout's answer are zero."""
     order = torch.argsort(ro.plen + ro.rlen, stable=True)
     out = None
     for s in range(0, len(order), rows):
