@@ -198,6 +198,7 @@ def run(cfg: DPOConfig, step_hook=None) -> Result:
     run = start_run(cfg, model, info, "dpo", {"parent": cfg.model, "data": data, "data_stats": stats,
                                               "loss": cfg.loss, "beta": cfg.beta, "lora": cfg.lora},
                     params=params, resume_from=resume_from)
+    run.release_memory()  # what the reference pass freed
     # Before the first update the policy is the reference (a full copy, or LoRA adapters that start at zero), so
     # its held-out log-probs are the reference's: no second pass over the held-out pairs (minutes at 135M).
     val = evaluate_pairs(model, val_pairs, val_refs, cfg, pad, info.device, pol=val_refs if run.start == 0 else None)
@@ -218,6 +219,7 @@ def run(cfg: DPOConfig, step_hook=None) -> Result:
             with run.no_sync(k), run.autocast():
                 lp = answer_logprobs(run.dmodel, [p[0] for p in b] + [p[2] for p in b],
                                      [p[1] for p in b] + [p[3] for p in b], pad, info.device)
+            run.release_memory()  # the forward's transients, before the backward recomputes its checkpoints
             r = refs[mine].to(info.device)
             loss, rc, rr = dpo_loss(lp[: len(b)], lp[len(b):], r[:, 0], r[:, 1], cfg.beta, cfg.loss,
                                     cfg.label_smoothing)
