@@ -43,8 +43,10 @@ def _args(algo, ckpt, data, out):
                    "--ptx-batch", "2"],
            "grpo": ["--steps", "4", "--log-interval", "1", "--prompts-per-step", "2", "--group-size", "3",
                     "--micro-batch", "2", "--lr", "2e-4"],
+           # fp32: its fine-tuning would autocast to bf16 on a CPU with AVX-512 BF16 (--precision auto), where
+           # one process's batch of 2 and two processes' batches of 1 round differently at bf16's 3 digits
            "rejection-sampling": ["--rounds", "2", "--prompts-per-round", "4", "--samples", "3",
-                                  "--micro-batch", "2", "--sft-epochs", "1"]}[algo]
+                                  "--micro-batch", "2", "--sft-epochs", "1", "--precision", "fp32"]}[algo]
     return [algo, *common, *own]
 
 
