@@ -8,6 +8,7 @@ plumbing around them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import time
@@ -109,7 +110,16 @@ class Run:
         return lr
 
 
-_LIBC: list = []
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, or None where there is no glibc (macOS, musl)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def trim_heap() -> None:
@@ -122,17 +132,9 @@ def trim_heap() -> None:
     Trimming at the step's phase boundaries gives most of that back for ~0.04 s a call (re-faulting the pages as
     they are reused did not slow the step measurably); setting glibc's thresholds so that every block is returned at
     once (MALLOC_TRIM_THRESHOLD_=0) reached 2.6 GiB but made the step 30% slower (docs/benchmarks.md)."""
-    if not _LIBC:
-        import ctypes
-        import ctypes.util
-
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _LIBC.append(libc.malloc_trim)
-        except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
-            _LIBC.append(None)
-    if _LIBC[0] is not None:
-        _LIBC[0](0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def cpu_runs_bf16() -> bool:
