@@ -7,7 +7,9 @@
 nanoGPT is MIT-licensed and never vendored: pass the path of its model.py (a checkout of karpathy/nanoGPT, or
 the file alone); without it that column is skipped with a message. Both models are GPT-2 blocks of the same
 shape (LayerNorm, GELU MLP, biases, tied embeddings), the same batch and sequence length, the same AdamW step
-and, per row, the same precision (fp32, or bf16 autocast). Their steps are interleaved in one process (A, B,
+and, per row, the same precision (fp32, or bf16 autocast). lmstack runs with GPT-2's tanh GELU (its default for
+gpt2 models, which GPT-2's checkpoints need) and with nanoGPT's exact erf GELU (`activation="gelu"`: the same
+network as the peer); `--compile` compiles every model's forward and loss, as nanoGPT's train.py does. Their steps are interleaved in one process (A, B,
 A, B, ...) so that a machine's drift hits both; reported are median step times as tokens/s and the ratios
 lmstack / nanoGPT at equal precision and lmstack bf16 / nanoGPT fp32.
 
@@ -24,6 +26,7 @@ import contextlib
 import importlib.util
 import platform
 import statistics
+import sys
 import time
 
 import torch
@@ -41,21 +44,25 @@ def nanogpt_module(path: str | None):
     file = os.path.join(path, "model.py") if os.path.isdir(path) else path
     spec = importlib.util.spec_from_file_location("nanogpt_model", file)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # torch.compile looks a traced function's module up by name
     spec.loader.exec_module(mod)
     return mod
 
 
-def lmstack_gpt(n_layer, d, n_head, vocab, seq):
+def lmstack_gpt(n_layer, d, n_head, vocab, seq, activation="gelu_tanh"):
     from lmstack.model.config import preset
     from lmstack.model.transformer import Transformer
 
     torch.manual_seed(0)
     return Transformer(preset("gpt2-mini", n_layer=n_layer, d_model=d, n_head=n_head, vocab_size=vocab,
-                              max_seq_len=seq))
+                              max_seq_len=seq, activation=activation))
 
 
-def stepper(model, forward, x, y, bf16: bool):
+def stepper(model, forward, x, y, bf16: bool, compile: bool = False):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    # nanoGPT's train.py compiles its model by default (its loss is inside its forward); --compile compiles each
+    # model's forward and loss the same way for every model in the row (the optimizer step stays eager).
+    forward = torch.compile(forward) if compile else forward
     ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
     def one() -> float:
@@ -83,11 +90,15 @@ def interleaved(steppers: dict, steps: int) -> dict:
 
 def speed(args):
     ng = nanogpt_module(args.nanogpt)
+    acts = args.activations
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-          f"batch {args.batch} x seq {args.seq}; median of {args.steps} interleaved steps")
-    print("| shape | params | precision | lmstack tok/s | nanoGPT tok/s | lmstack / nanoGPT |"
-          + (" transformers tok/s |" if args.transformers else ""))
-    print("| --- | ---: | --- | ---: | ---: | ---: |" + (" ---: |" if args.transformers else ""))
+          f"batch {args.batch} x seq {args.seq}; median of {args.steps} interleaved steps"
+          + ("; every model torch.compile'd" if args.compile else "; eager"))
+    print("lmstack's GPT-2 blocks with GELU's tanh form (gelu_tanh: GPT-2's, the default) and/or the exact erf form "
+          "(gelu: nanoGPT's nn.GELU(), the same network as the peer)")
+    print("| shape | params | precision | " + " | ".join(f"lmstack {a} tok/s" for a in acts) + " | nanoGPT tok/s | "
+          + " | ".join(f"{a} / nanoGPT" for a in acts) + " |" + (" transformers tok/s |" if args.transformers else ""))
+    print("| --- | ---: | --- | " + "---: | " * (2 * len(acts) + 1) + ("---: |" if args.transformers else ""))
     rows = []
     for shape in args.shapes:
         n_layer, d, n_head, vocab = SHAPES[shape]
@@ -98,14 +109,16 @@ def speed(args):
         per = {}
         for prec in args.precisions:
             bf16 = prec == "bf16"
-            ours = lmstack_gpt(n_layer, d, n_head, vocab, args.seq).train()
-            steppers = {"lmstack": stepper(ours, lambda m, x, y: F.cross_entropy(
-                m(x).float().flatten(0, 1), y.flatten()), x, y, bf16)}
+            steppers = {}
+            for a in acts:
+                ours = lmstack_gpt(n_layer, d, n_head, vocab, args.seq, a).train()
+                steppers[a] = stepper(ours, lambda m, x, y: F.cross_entropy(
+                    m(x).float().flatten(0, 1), y.flatten()), x, y, bf16, args.compile)
             if ng is not None:
                 torch.manual_seed(0)
                 peer = ng.GPT(ng.GPTConfig(block_size=args.seq, vocab_size=vocab, n_layer=n_layer, n_head=n_head,
                                            n_embd=d, dropout=0.0, bias=True)).train()
-                steppers["nanoGPT"] = stepper(peer, lambda m, x, y: m(x, y)[1], x, y, bf16)
+                steppers["nanoGPT"] = stepper(peer, lambda m, x, y: m(x, y)[1], x, y, bf16, args.compile)
             if args.transformers:
                 import transformers as t
 
@@ -114,20 +127,23 @@ def speed(args):
                                                    n_positions=args.seq, resid_pdrop=0, embd_pdrop=0,
                                                    attn_pdrop=0)).train()
                 steppers["transformers"] = stepper(hf, lambda m, x, y: F.cross_entropy(
-                    m(x).logits.float().flatten(0, 1), y.flatten()), x, y, bf16)
+                    m(x).logits.float().flatten(0, 1), y.flatten()), x, y, bf16, args.compile)
             t = interleaved(steppers, args.steps)
             row = {"shape": shape, "params": sum(p.numel() for p in ours.parameters()), "precision": prec,
-                   **{f"{k}_tok_s": round(tokens / v, 1) for k, v in t.items()}}
-            if "nanoGPT" in t:
-                row["ratio_vs_nanogpt"] = round(t["nanoGPT"] / t["lmstack"], 2)
+                   "compiled": args.compile, **{f"{k}_tok_s": round(tokens / v, 1) for k, v in t.items()}}
+            nan = float("nan")
+            for a in acts:
+                row[f"{a}_vs_nanogpt"] = round(t["nanoGPT"] / t[a], 2) if "nanoGPT" in t else nan
             per[prec] = row
             rows.append(row)
-            print(f"| {shape} | {row['params'] / 1e6:.1f}M | {prec} | {row['lmstack_tok_s']:.0f} | "
-                  f"{row.get('nanoGPT_tok_s', float('nan')):.0f} | {row.get('ratio_vs_nanogpt', float('nan')):.2f}x |"
+            print(f"| {shape} | {row['params'] / 1e6:.1f}M | {prec} | "
+                  + " | ".join(f"{row[f'{a}_tok_s']:.0f}" for a in acts)
+                  + f" | {row.get('nanoGPT_tok_s', nan):.0f} | "
+                  + " | ".join(f"{row[f'{a}_vs_nanogpt']:.2f}x" for a in acts) + " |"
                   + (f" {row['transformers_tok_s']:.0f} |" if args.transformers else ""), flush=True)
         if "bf16" in per and "fp32" in per and "nanoGPT_tok_s" in per["fp32"]:
-            r = per["bf16"]["lmstack_tok_s"] / per["fp32"]["nanoGPT_tok_s"]
-            print(f"| {shape} | | lmstack bf16 / nanoGPT fp32 | | | {r:.2f}x |", flush=True)
+            r = " / ".join(f"{per['bf16'][f'{a}_tok_s'] / per['fp32']['nanoGPT_tok_s']:.2f}x ({a})" for a in acts)
+            print(f"{shape}: lmstack bf16 / nanoGPT fp32 = {r}", flush=True)
     return rows
 
 
@@ -196,6 +212,9 @@ def main(argv=None):
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--nanogpt", default=None, help="nanoGPT's model.py (or a checkout holding it)")
+    ap.add_argument("--activations", nargs="+", default=["gelu_tanh", "gelu"], choices=["gelu_tanh", "gelu"],
+                    help="lmstack's GELU form(s): GPT-2's tanh (the default for gpt2 models) and nanoGPT's erf")
+    ap.add_argument("--compile", action="store_true", help="torch.compile every model (nanoGPT's train.py default)")
     ap.add_argument("--transformers", action="store_true", help="also transformers' GPT2LMHeadModel")
     ap.add_argument("--curves", default=None, metavar="TOKENS",
                     help="prepared token data (lmstack data prepare): pretrain once per --variants instead")

@@ -3,7 +3,8 @@
 One dataclass describes every supported shape. `arch` picks the family, because the families are
 what Hugging Face (and so vLLM and llama.cpp) can read back:
 
-- "gpt2": learned positions, LayerNorm, GELU (tanh) MLP, biases everywhere, tied embeddings.
+- "gpt2": learned positions, LayerNorm, GELU MLP (GPT-2's tanh form; `activation="gelu"` for the exact erf form
+  that nanoGPT and some GPT-2-shaped checkpoints use), biases everywhere, tied embeddings.
 - "llama" / "mistral" / "qwen2": RoPE, RMSNorm, SwiGLU, grouped-query attention; Qwen2 adds q/k/v
   biases, Mistral a sliding attention window.
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from lmstack.errors import LmstackError
 
 ARCHS = ("gpt2", "llama", "mistral", "qwen2")
+GPT2_ACTIVATIONS = ("gelu_tanh", "gelu")  # GPT-2's tanh approximation (the default), the exact erf form
 
 
 @dataclass
@@ -39,6 +41,7 @@ class ModelConfig:
     mlp_bias: bool = False
     tie_embeddings: bool = True
     sliding_window: int | None = None
+    activation: str | None = None  # None: "gelu_tanh" for gpt2 (GPT-2's), "silu" (SwiGLU) for the others
     # Per-layer attention kind as HF's `layer_types`; None means every layer uses sliding_window.
     layer_types: list[str] | None = None
     dropout: float = 0.0
@@ -53,6 +56,11 @@ class ModelConfig:
             raise LmstackError(f"model config: unknown arch '{self.arch}' (supported: {', '.join(ARCHS)})")
         if self.arch == "gpt2":
             self.qkv_bias = self.o_bias = self.mlp_bias = True
+        allowed = GPT2_ACTIVATIONS if self.arch == "gpt2" else ("silu",)
+        self.activation = self.activation or allowed[0]
+        if self.activation not in allowed:
+            raise LmstackError(f"model config: activation '{self.activation}' is not one of {', '.join(allowed)} "
+                               f"for {self.arch}")
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.head_dim is None:

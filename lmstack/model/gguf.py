@@ -567,6 +567,9 @@ def write_gguf(lm, path, quantize: str = "f16", name: str | None = None) -> Path
     if not cfg.is_gpt2 and (cfg.arch != "llama" or cfg.qkv_bias or cfg.o_bias or cfg.mlp_bias):
         raise LmstackError(f"GGUF export: {cfg.arch} models{' with biases' if cfg.arch == 'llama' else ''} are not "
                            "supported (the Llama family without biases, and GPT-2, are)")
+    if cfg.is_gpt2 and cfg.activation != "gelu_tanh":
+        raise LmstackError(f"GGUF export: activation {cfg.activation!r} is not supported (llama.cpp's gpt2 graph "
+                           "computes GELU's tanh form, gelu_tanh)")
     if cfg.rope_scaling and cfg.rope_scaling.get("rope_type", cfg.rope_scaling.get("type")) != "linear":
         raise LmstackError(f"GGUF export: rope scaling {cfg.rope_scaling} is not supported (linear is)")
     if lm.tokenizer is None:

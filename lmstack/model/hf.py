@@ -17,7 +17,9 @@ HF_ARCHITECTURES = {
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
 }
-_ACTS_GPT2 = {"gelu_new", "gelu_pytorch_tanh", "gelu_fast"}
+# transformers' names of GPT-2's GELU forms: the tanh approximations (gelu_fast is a second tanh formula, equal to
+# float rounding) and the exact erf form.
+_ACTS_GPT2 = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu": "gelu"}
 
 
 def _rope_fields(d: dict) -> tuple[float, dict | None]:
@@ -48,7 +50,8 @@ def config_from_hf(d: dict, where: str = "config.json") -> ModelConfig:
         if mt == "gpt2":
             act = d.get("activation_function", "gelu_new")
             if act not in _ACTS_GPT2:
-                raise LmstackError(f"{where}: activation_function {act!r} is not supported for gpt2 (gelu_new)")
+                raise LmstackError(f"{where}: activation_function {act!r} is not supported for gpt2 "
+                                   f"({', '.join(_ACTS_GPT2)})")
             for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
                 if d.get(flag):
                     raise LmstackError(f"{where}: {flag}=true is not supported")
@@ -58,7 +61,7 @@ def config_from_hf(d: dict, where: str = "config.json") -> ModelConfig:
                 arch="gpt2", n_layer=d["n_layer"], n_head=d["n_head"], d_model=d["n_embd"],
                 d_ff=d.get("n_inner") or 4 * d["n_embd"], max_seq_len=d.get("n_positions", 1024),
                 norm_eps=d.get("layer_norm_epsilon", 1e-5), tie_embeddings=d.get("tie_word_embeddings", True),
-                **common,
+                activation=_ACTS_GPT2[act], **common,
             )
         act = d.get("hidden_act", "silu")
         if act != "silu":
@@ -105,7 +108,7 @@ def config_to_hf(cfg: ModelConfig) -> dict:
     if cfg.is_gpt2:
         d.update(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.d_model, n_inner=cfg.d_ff,
                  n_positions=cfg.max_seq_len, n_ctx=cfg.max_seq_len, layer_norm_epsilon=cfg.norm_eps,
-                 activation_function="gelu_new", resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
+                 activation_function="gelu_new" if cfg.activation == "gelu_tanh" else "gelu", resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
                  attn_pdrop=cfg.dropout)
         return d
     if cfg.arch == "qwen2" and (not cfg.qkv_bias or cfg.o_bias):

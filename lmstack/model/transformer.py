@@ -106,12 +106,13 @@ class Attention(nn.Module):
 
     def forward(self, x, rope, mask, cache, causal: bool):
         B, T, _ = x.shape
-        qk, v = self.qkv(x).view(B, T, self.n_head + 2 * self.n_kv, self.hd).split(
-            [self.n_head + self.n_kv, self.n_kv], dim=2)
+        qkv = self.qkv(x).view(B, T, self.n_head + 2 * self.n_kv, self.hd)
         if rope is not None:  # queries and keys rotated together: one op per step of the formula
             cos, sin = rope
-            qk = torch.addcmul(qk * cos, rotate_half(qk), sin)
-        q, k = qk.split([self.n_head, self.n_kv], dim=2)
+            qk, v = qkv.split([self.n_head + self.n_kv, self.n_kv], dim=2)
+            q, k = torch.addcmul(qk * cos, rotate_half(qk), sin).split([self.n_head, self.n_kv], dim=2)
+        else:  # one split, one concatenation in backward
+            q, k, v = qkv.split([self.n_head, self.n_kv, self.n_kv], dim=2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:  # keys/values of the earlier tokens too: [B, n_kv, S, hd]
             k, v = cache.update(self.layer, k, v)
@@ -130,6 +131,10 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.gpt2 = cfg.is_gpt2
+        # GPT-2's tanh approximation unless the config says the exact erf form ("gelu", nanoGPT's); in bf16 on a
+        # CPU the tanh kernel takes about twice the erf one, but a checkpoint's logits need the form it was
+        # trained with.
+        self.gelu = "tanh" if cfg.activation == "gelu_tanh" else "none"
         up_out = cfg.d_ff if self.gpt2 else 2 * cfg.d_ff  # SwiGLU: gate and up in one matrix
         self.up = nn.Linear(cfg.d_model, up_out, bias=cfg.mlp_bias)
         self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.mlp_bias)
@@ -138,7 +143,7 @@ class MLP(nn.Module):
     def forward(self, x):
         h = self.up(x)
         if self.gpt2:
-            h = F.gelu(h, approximate="tanh")
+            h = F.gelu(h, approximate=self.gelu)
         else:
             g, u = h.chunk(2, dim=-1)
             h = F.silu(g) * u
@@ -243,12 +248,15 @@ class Transformer(nn.Module):
         B, T = idx.shape
         cfg = self.cfg
         start = cache.length if cache is not None else 0  # slot of the first new token
+        # GPT-2's learned positions end at max_seq_len. 0..T-1 is checked without reading the tensor: a read is a
+        # host sync and breaks torch.compile's graph in every training step.
+        top = T if positions is None and cache is None else None
         if positions is None:
             positions = cache.positions(T) if cache is not None else torch.arange(T, device=idx.device).expand(B, T)
-        if cfg.is_gpt2 and int(positions.max()) >= cfg.max_seq_len:
-            raise LmstackError(
-                f"sequence of {int(positions.max()) + 1} tokens exceeds the model's context of {cfg.max_seq_len}"
-            )
+        if cfg.is_gpt2:
+            top = top if top is not None else int(positions.max()) + 1
+            if top > cfg.max_seq_len:
+                raise LmstackError(f"sequence of {top} tokens exceeds the model's context of {cfg.max_seq_len}")
         key_pos = positions if pad_mask is None else positions.masked_fill(~pad_mask, -1)  # -1: padding
         holes = False
         if cache is not None:

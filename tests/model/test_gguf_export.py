@@ -131,4 +131,10 @@ def test_unsupported_exports_fail_in_one_line_and_write_nothing(tmp_path, tiny_c
         write_gguf(qwen, tmp_path / "g.gguf")
     with pytest.raises(LmstackError, match="--quantize 'q2_k'"):
         write_gguf(src, tmp_path / "q.gguf", "q2_k")
+    erf = lmstack.lm.LM(Transformer(preset("gpt2-tiny", activation="gelu", vocab_size=src.config.vocab_size)),
+                        src.tokenizer, {})
+    with pytest.raises(LmstackError, match="activation 'gelu' is not supported"):
+        write_gguf(erf, tmp_path / "e.gguf")
     assert list(tmp_path.iterdir()) == []
+    with pytest.raises(LmstackError, match="activation 'gelu' is not one of silu for llama"):
+        preset("llama-tiny", activation="gelu")

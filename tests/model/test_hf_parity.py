@@ -52,6 +52,30 @@ def test_saved_folder_loads_in_transformers(pair, tmp_path):
         assert (back(ids).logits - hf(ids).logits).abs().max().item() < 1e-4
 
 
+def test_gpt2_with_exact_gelu_matches_transformers(tmp_path):
+    # activation_function "gelu" (erf) instead of GPT-2's tanh form: read, computed and written back as such.
+    import dataclasses
+
+    from lmstack.model.transformer import Transformer
+
+    hf = hf_model("gpt2", activation_function="gelu")
+    hf.save_pretrained(tmp_path / "hf")
+    lm = load(tmp_path / "hf")
+    assert lm.config.activation == "gelu"
+    ids = torch.randint(0, 96, (2, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = hf(ids).logits
+        tanh = Transformer(dataclasses.replace(lm.config, activation="gelu_tanh")).eval()
+        tanh.load_state_dict(lm.model.state_dict())
+        assert (tanh(ids) - want).abs().max().item() > 1e-3  # the two forms differ on these weights
+    assert (lm(ids) - want).abs().max().item() < 1e-4
+    lm.save(tmp_path / "ck")
+    assert json.loads((tmp_path / "ck" / "config.json").read_text())["activation_function"] == "gelu"
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ck").eval()
+    with torch.no_grad():
+        assert (back(ids).logits - want).abs().max().item() < 1e-4
+
+
 def test_pytorch_bin_written_by_hand(pair, tmp_path):
     # transformers 5 only writes safetensors; older hub checkpoints ship pytorch_model.bin.
     _, hf, lm, d = pair
