@@ -98,7 +98,7 @@ def speed(args):
           "(gelu: nanoGPT's nn.GELU(), the same network as the peer)")
     print("| shape | params | precision | " + " | ".join(f"lmstack {a} tok/s" for a in acts) + " | nanoGPT tok/s | "
           + " | ".join(f"{a} / nanoGPT" for a in acts) + " |" + (" transformers tok/s |" if args.transformers else ""))
-    print("| --- | ---: | --- | " + "---: | " * (2 * len(acts) + 1) + ("---: |" if args.transformers else ""))
+    print("| --- | ---: | --- |" + " ---: |" * (2 * len(acts) + 1 + args.transformers))
     rows = []
     for shape in args.shapes:
         n_layer, d, n_head, vocab = SHAPES[shape]

@@ -108,8 +108,8 @@ def config_to_hf(cfg: ModelConfig) -> dict:
     if cfg.is_gpt2:
         d.update(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.d_model, n_inner=cfg.d_ff,
                  n_positions=cfg.max_seq_len, n_ctx=cfg.max_seq_len, layer_norm_epsilon=cfg.norm_eps,
-                 activation_function="gelu_new" if cfg.activation == "gelu_tanh" else "gelu", resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
-                 attn_pdrop=cfg.dropout)
+                 activation_function="gelu_new" if cfg.activation == "gelu_tanh" else "gelu",
+                 resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout)
         return d
     if cfg.arch == "qwen2" and (not cfg.qkv_bias or cfg.o_bias):
         raise LmstackError("model config: qwen2 has q/k/v biases and no output bias")
