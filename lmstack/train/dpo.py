@@ -213,9 +213,11 @@ def run(cfg: DPOConfig, step_hook=None) -> Result:
         order = np.concatenate([np.random.default_rng([cfg.seed, e]).permutation(len(pairs)) for e in (epoch, epoch + 1)])
         take = order[off:off + per_step]
         tot = {"loss": 0.0, "acc": 0.0, "margin": 0.0, "chosen": 0.0, "rejected": 0.0}
+        seq_tokens = 0  # chosen + rejected tokens the policy ran over, for tokens/s
         for k in range(cfg.grad_accum):
             mine = take[k * cfg.micro_batch * info.world:(k + 1) * cfg.micro_batch * info.world][info.rank::info.world]
             b = [pairs[i] for i in mine]
+            seq_tokens += sum(len(p[0]) + len(p[2]) for p in b)
             with run.no_sync(k), run.autocast():
                 lp = answer_logprobs(run.dmodel, [p[0] for p in b] + [p[2] for p in b],
                                      [p[1] for p in b] + [p[3] for p in b], pad, info.device)
@@ -235,7 +237,7 @@ def run(cfg: DPOConfig, step_hook=None) -> Result:
         updated, gnorm = optimizer_step(run, step, loss_v, lr)
         done = step + 1
         if updated:
-            log_step(run, done, 0, loss=loss_v, reward_accuracy=tot["acc"], reward_margin=tot["margin"],
+            log_step(run, done, round(dist.all_mean(float(seq_tokens), info) * info.world), loss=loss_v, reward_accuracy=tot["acc"], reward_margin=tot["margin"],
                      reward_chosen=tot["chosen"], reward_rejected=tot["rejected"], lr=lr, grad_norm=gnorm)
         if val_pairs and (done == cfg.steps or (cfg.eval_interval and done % cfg.eval_interval == 0)):
             with run.autocast():

@@ -67,6 +67,11 @@ def test_dpo_raises_implicit_reward_accuracy(tiny_ckpt, tmp_path, lora, loss):
     assert s["val_before"]["val_reward_margin"] == pytest.approx(0.0, abs=1e-5)  # policy == reference at start
     assert s["val_reward_accuracy"] == 1.0 and s["val_reward_margin"] > 0
     assert (tmp_path / "dpo" / "model" / "model.safetensors").exists()  # LoRA merged into a plain checkpoint
+    # Progress counts the chosen + rejected tokens of every step (it logged 0 before): 6 steps x 4 pairs x 2.
+    steps = [r for r in map(json.loads, (tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, 7))
+    assert all(b["tokens"] - a["tokens"] >= 2 * 4 * 2 for a, b in zip([{"tokens": 0}] + steps, steps))
+    assert s["tokens"] == steps[-1]["tokens"] and all(r["tokens_per_s"] > 0 for r in steps[1:])
 
 
 def test_pair_subsets_are_seeded_ordered_and_reported(tiny_ckpt, tmp_path):
