@@ -22,6 +22,7 @@ class MetricsLogger:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.bar = None
         self.tb = None
+        self.tokens_per_s = None  # the latest logged rate, shown on the progress bar
         if not enabled:
             return
         Path(run_dir).mkdir(parents=True, exist_ok=True)
@@ -66,6 +67,8 @@ class MetricsLogger:
     def progress(self, n: int = 1, **shown) -> None:
         if self.bar is not None:
             self.bar.update(n)
+            if self.tokens_per_s is not None:
+                shown = {**shown, "tok/s": f"{self.tokens_per_s:.0f}"}
             self.bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in shown.items()},
                                  refresh=False)
 
