@@ -9,9 +9,9 @@ the file alone); without it that column is skipped with a message. Both models a
 shape (LayerNorm, GELU MLP, biases, tied embeddings), the same batch and sequence length, the same AdamW step
 and, per row, the same precision (fp32, or bf16 autocast). lmstack runs with GPT-2's tanh GELU (its default for
 gpt2 models, which GPT-2's checkpoints need) and with nanoGPT's exact erf GELU (`activation="gelu"`: the same
-network as the peer); `--compile` compiles every model's forward and loss, as nanoGPT's train.py does. Their steps are interleaved in one process (A, B,
-A, B, ...) so that a machine's drift hits both; reported are median step times as tokens/s and the ratios
-lmstack / nanoGPT at equal precision and lmstack bf16 / nanoGPT fp32.
+network as the peer); `--compile` compiles every model's forward and loss, as nanoGPT's train.py does. Their
+steps are interleaved in one process (A, B, A, B, ...) so that a machine's drift hits all; reported are median
+step times as tokens/s and the ratios lmstack / nanoGPT at equal precision and lmstack bf16 / nanoGPT fp32.
 
 --curves DATA pretrains the default course's llama-mini on prepared token data once per --variants
 (optimizer:precision) for the same steps and prints validation loss against steps and wall time: bf16's
