@@ -248,13 +248,12 @@ class Transformer(nn.Module):
         B, T = idx.shape
         cfg = self.cfg
         start = cache.length if cache is not None else 0  # slot of the first new token
-        # GPT-2's learned positions end at max_seq_len. 0..T-1 is checked without reading the tensor: a read is a
-        # host sync and breaks torch.compile's graph in every training step.
-        top = T if positions is None and cache is None else None
+        implied = positions is None and cache is None  # 0..T-1
         if positions is None:
             positions = cache.positions(T) if cache is not None else torch.arange(T, device=idx.device).expand(B, T)
-        if cfg.is_gpt2:
-            top = top if top is not None else int(positions.max()) + 1
+        if cfg.is_gpt2:  # learned positions end at max_seq_len
+            # 0..T-1 is checked from T: reading the tensor is a host sync and a torch.compile graph break per step.
+            top = T if implied else int(positions.max()) + 1
             if top > cfg.max_seq_len:
                 raise LmstackError(f"sequence of {top} tokens exceeds the model's context of {cfg.max_seq_len}")
         key_pos = positions if pad_mask is None else positions.masked_fill(~pad_mask, -1)  # -1: padding

@@ -258,7 +258,8 @@ def log_step(run: Run, done: int, tokens: int, **metrics) -> None:
     now = time.time()
     rec = dict(metrics, tokens=run.counters["tokens"])
     if run.tok_last:
-        rec["tokens_per_s"] = run.log.tokens_per_s = (run.counters["tokens"] - run.tok_last) / max(now - run.t_last, 1e-9)
+        rate = (run.counters["tokens"] - run.tok_last) / max(now - run.t_last, 1e-9)
+        rec["tokens_per_s"] = run.log.tokens_per_s = rate  # the progress bar shows the latest rate
         if run.flops_per_token and run.peak_flops:
             rec["mfu"] = rec["tokens_per_s"] * run.flops_per_token / (run.peak_flops * run.info.world)
     run.t_last, run.tok_last = now, run.counters["tokens"]

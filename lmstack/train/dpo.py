@@ -237,7 +237,8 @@ def run(cfg: DPOConfig, step_hook=None) -> Result:
         updated, gnorm = optimizer_step(run, step, loss_v, lr)
         done = step + 1
         if updated:
-            log_step(run, done, round(dist.all_mean(float(seq_tokens), info) * info.world), loss=loss_v, reward_accuracy=tot["acc"], reward_margin=tot["margin"],
+            tokens = round(dist.all_mean(float(seq_tokens), info) * info.world)
+            log_step(run, done, tokens, loss=loss_v, reward_accuracy=tot["acc"], reward_margin=tot["margin"],
                      reward_chosen=tot["chosen"], reward_rejected=tot["rejected"], lr=lr, grad_norm=gnorm)
         if val_pairs and (done == cfg.steps or (cfg.eval_interval and done % cfg.eval_interval == 0)):
             with run.autocast():
