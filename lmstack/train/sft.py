@@ -211,8 +211,11 @@ def run(cfg: SFTConfig, step_hook=None) -> Result:
     val_loss = None
     for step in range(run.start, cfg.steps):
         lr = run.lr(step)
-        micro = [collate(batches.get(step * cfg.grad_accum + k, info.rank), pad, cfg.packing)
-                 for k in range(cfg.grad_accum)]
+        parts = [batches.get(step * cfg.grad_accum + k, info.rank) for k in range(cfg.grad_accum)]
+        micro = [collate(rows, pad, cfg.packing) for rows in parts]
+        # Progress counts the tokens the step runs the model over (as pretraining, DPO and TRL's num_tokens do),
+        # not only the answer tokens the loss is taken on: tokens/s and MFU are throughput.
+        seen = dist.all_mean(float(sum(len(e.ids) for rows in parts for r in rows for e in r)), info) * info.world
         # Normalise by the step's total target tokens over every micro-batch and rank, so the gradient
         # is the mean over tokens however they fall into micro-batches.
         total = dist.all_mean(float(sum(int(b[2].sum()) for b in micro)), info) * info.world
@@ -226,7 +229,7 @@ def run(cfg: SFTConfig, step_hook=None) -> Result:
         updated, gnorm = optimizer_step(run, step, loss_v, lr)
         done = step + 1
         if updated:
-            log_step(run, done, int(total), loss=loss_v, lr=lr, grad_norm=gnorm)
+            log_step(run, done, int(seen), loss=loss_v, lr=lr, grad_norm=gnorm, target_tokens=int(total))
         if val_rows and cfg.eval_interval and (done % cfg.eval_interval == 0 or done == cfg.steps):
             val_loss = evaluate_rows(run, val_rows, pad)
             run.log.log(done, val_loss=val_loss)

@@ -148,3 +148,17 @@ def test_lora_options_pass_every_lora_field_on():
     sft = SFTConfig(**opts)
     assert (sft.lora, sft.lora_r, sft.lora_dropout, sft.lora_targets) == (True, 4, 0.0, ["qkv"])
     assert opts["lora_targets"] is not cfg.lora_targets
+
+
+def test_progress_counts_every_token_the_model_runs_over(tmp_path, tiny_ckpt):
+    # One epoch of unpacked rows (12 examples, 4 a step, 3 steps) runs over every token of every example once;
+    # tokens/s counts them all (it counted the answer tokens only before), the loss's token count is logged beside.
+    data = write(tmp_path / "d.jsonl", CONVS * 4)
+    run(sft_cfg(tmp_path / "r", tiny_ckpt, data, steps=3, packing=False))
+    from lmstack.train.log import read_metrics
+
+    steps = [r for r in read_metrics(tmp_path / "r" / "metrics.jsonl") if "loss" in r]
+    examples, stats = tokenize_conversations(lmstack.load(tiny_ckpt).tokenizer, CONVS, 96)
+    assert steps[-1]["tokens"] == 4 * sum(len(e.ids) for e in examples)
+    assert sum(r["target_tokens"] for r in steps) == 4 * stats["target_tokens"] < steps[-1]["tokens"]
+    assert all(r["tokens_per_s"] > 0 for r in steps[1:])
