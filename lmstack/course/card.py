@@ -505,7 +505,10 @@ def _why(failed: set[str], s: dict, bon: list[dict]) -> list[str]:
         out.append("- Refusals: more safety demonstrations in SFT (`safety_repeat`) and a stronger safety reward model. "
                    "DPO on pairs that reject a refusal of a harmless request lowers the refusal's tokens everywhere "
                    "(likelihood displacement, Razin et al. 2025; here DPO on the suite's written pairs answered "
-                   "\"I't help with that\"): train it on the policy's own ranked samples, the pipeline's default.")
+                   "\"I't help with that\"). Training on the policy's own ranked samples (tiny-cpu's default) avoids "
+                   "those pairs but teaches refusing only where the samples hold a refusal to prefer; RPO's likelihood "
+                   "term on the chosen answers (`rpo_alpha`) keeps the policy near SFT, its refusals with it, and "
+                   "part of the win goes too (docs/results.md measures both on SmolLM2).")
     return out
 
 

@@ -142,37 +142,92 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     return ctx, whole[len(ctx):]
 
 
+@dataclass
+class _Row:
+    """One row of a scoring batch: the tokens fed, their positions and segments (0: the context; k > 0: the k-th
+    continuation packed after it), and per request (index, row slots whose outputs predict its tokens, tokens)."""
+    fed: list[int]
+    positions: list[int]
+    segments: list[int]
+    scored: list[tuple[int, list[int], list[int]]]
+
+
+def _rows(pairs: list[tuple[list[int], list[int]]], ctx_len: int) -> list[_Row]:
+    """Requests that share a context share one row: the context once, then each continuation but its last token
+    (nothing is predicted from it), every continuation attending to the context and to itself only, at the
+    positions it would have alone — rank classification asks every option of an item after the same prompt, and a
+    few-shot prompt is hundreds of tokens. A request alone, or a group that does not fit the context window
+    together, is its own row, truncated on the left as before."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (c, x) in enumerate(pairs):
+        if not x:
+            raise LmstackError("loglikelihood: empty continuation")
+        if not c:
+            raise LmstackError("loglikelihood: empty context (give at least one token, e.g. BOS)")
+        if len(x) >= ctx_len + 1:
+            raise LmstackError(f"loglikelihood: continuation of {len(x)} tokens does not fit the context "
+                               f"of {ctx_len}")
+        groups.setdefault(tuple(c), []).append(i)
+    rows = []
+    for c, idx in groups.items():
+        conts = [pairs[i][1] for i in idx]
+        if len(idx) > 1 and len(c) + sum(len(x) - 1 for x in conts) <= ctx_len:
+            fed, pos, seg, scored = list(c), list(range(len(c))), [0] * len(c), []
+            for k, (i, x) in enumerate(zip(idx, conts), start=1):
+                slots = [len(c) - 1] + list(range(len(fed), len(fed) + len(x) - 1))
+                fed += x[:-1]
+                pos += range(len(c), len(c) + len(x) - 1)
+                seg += [k] * (len(x) - 1)
+                scored.append((i, slots, x))
+            rows.append(_Row(fed, pos, seg, scored))
+            continue
+        for i, x in zip(idx, conts):
+            full = (list(c) + x)[-(ctx_len + 1):]
+            L = len(full) - 1
+            rows.append(_Row(full[:-1], list(range(L)), [0] * L, [(i, list(range(L - len(x), L)), x)]))
+    return rows
+
+
 @torch.inference_mode()
 def score_pairs(model, pairs: list[tuple[list[int], list[int]]], batch_size: int = 16) -> list[LLResult]:
-    """Token-level: (context ids, continuation ids) -> LLResult. Long inputs keep their rightmost tokens."""
+    """Token-level: (context ids, continuation ids) -> LLResult. Long inputs keep their rightmost tokens;
+    continuations of one context share its forward pass (`_rows`)."""
     device = next(model.parameters()).device
-    ctx_len = model.cfg.max_seq_len
     out: list[LLResult | None] = [None] * len(pairs)
-    # Longest first so that each batch pads little.
-    order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
-        seqs, conts = [], []
-        for i in idx:
-            c, x = pairs[i]
-            if not x:
-                raise LmstackError("loglikelihood: empty continuation")
-            if not c:
-                raise LmstackError("loglikelihood: empty context (give at least one token, e.g. BOS)")
-            full = (c + x)[-(ctx_len + 1):]
-            if len(x) >= len(full):
-                raise LmstackError(f"loglikelihood: continuation of {len(x)} tokens does not fit the context "
-                                   f"of {ctx_len}")
-            seqs.append(full)
-            conts.append(len(x))
-        ids = right_padded(seqs, device)
-        logits = model(ids[:, :-1])
-        lp, _ = target_logprobs(logits, ids[:, 1:])
+    rows = sorted(_rows(pairs, model.cfg.max_seq_len), key=lambda r: -len(r.fed))  # each batch pads little
+    for s in range(0, len(rows), batch_size):
+        batch = rows[s:s + batch_size]
+        T = len(batch[0].fed)
+        ids = torch.zeros(len(batch), T, dtype=torch.long)
+        pos = torch.zeros(len(batch), T, dtype=torch.long)
+        seg = torch.full((len(batch), T), -1)  # -1: padding
+        for r, row in enumerate(batch):
+            n = len(row.fed)
+            ids[r, :n], pos[r, :n], seg[r, :n] = torch.tensor(row.fed), torch.tensor(row.positions), torch.tensor(row.segments)
+        mask = None
+        if any(max(row.segments) > 0 for row in batch):
+            # key k is visible from query q: k <= q, and k is context or of q's own continuation
+            causal = torch.ones(T, T, dtype=torch.bool).tril()
+            mask = (causal & ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])))[:, None]
+            mask = mask.to(device)
+        # Only the scored slots go through the output layer: at a 49k-entry vocabulary the logits of every slot
+        # (and their log-softmax) would be most of the work and of the memory.
+        at = [(r, i, slots, x) for r, row in enumerate(batch) for i, slots, x in row.scored]
+        sel_r = torch.tensor([r for r, _, slots, _ in at for _ in slots], device=device)
+        sel_t = torch.tensor([t for _, _, slots, _ in at for t in slots], device=device)
+        targets = torch.tensor([t for *_, x in at for t in x], device=device)
+        if mask is None:  # plain causal rows, right-padded: the is_causal kernel
+            logits = model(ids.to(device), select=(sel_r, sel_t))
+        else:
+            logits = model(ids.to(device), positions=pos.to(device), attn_mask=mask, select=(sel_r, sel_t))
+        lp, _ = target_logprobs(logits, targets)
         # argmax of the log-softmax, not of the raw logits: the same choice the scores were computed from
-        greedy = F.log_softmax(logits.float(), dim=-1).argmax(-1) == ids[:, 1:]
-        for r, (q, n) in enumerate(zip(seqs, conts)):
-            L = len(q) - 1
-            out[idx[r]] = LLResult(float(lp[r, L - n:L].sum()), bool(greedy[r, L - n:L].all()), n)
+        greedy = F.log_softmax(logits.float(), dim=-1).argmax(-1) == targets
+        k = 0
+        for _, i, _, x in at:
+            n = len(x)
+            out[i] = LLResult(float(lp[k:k + n].sum()), bool(greedy[k:k + n].all()), n)
+            k += n
     return out  # type: ignore[return-value]
 
 

@@ -283,8 +283,10 @@ class Transformer(nn.Module):
         return self.norm_f(x)
 
     def forward(self, idx, positions=None, cache=None, pad_mask=None, attn_mask=None,
-                last_only: bool = False, targets=None, temperature: float = 1.0, entropy: bool = False):
-        """Logits [B, T, vocab] (or [B, 1, vocab] for the last position only, as decoding needs).
+                last_only: bool = False, targets=None, temperature: float = 1.0, entropy: bool = False,
+                select=None):
+        """Logits [B, T, vocab] (or [B, 1, vocab] for the last position only, as decoding needs; or [M, vocab] for
+        the M (row, position) pairs of `select`, two index tensors, as scoring a continuation needs).
 
         With `targets` [B, T] (the next token at each position): (log p(targets), entropy or None), [B, T] each,
         from the chunked kernel (model/logprobs.py) instead of logits, at a sampling `temperature`. Inside
@@ -294,4 +296,6 @@ class Transformer(nn.Module):
             return head_logprobs(self.lm_head, h, targets, temperature, entropy)
         if last_only:
             h = h[:, -1:]
+        elif select is not None:
+            h = h[select]
         return self.lm_head(h)

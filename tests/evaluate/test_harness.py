@@ -233,7 +233,7 @@ def test_chat_mode_feeds_one_bos_with_a_bos_template(style, tmp_path):
                  for q in ("Is the cat small?", "Does Mina live in Porto?")]
     with Fed(m.model) as fed:  # the loglikelihood path
         run_task(load_task(str(tmp_path / "t.yaml")), be, chat=True, bootstrap_iters=10)
-    assert len(fed.scored) == 4 and not fed.prompts
+    assert len(fed.scored) == 2 and not fed.prompts  # one row per question: its two options share it
     for row in fed.scored:
         assert bos_run(row, tok.bos_id) == 1
         # the template's ids (whitespace it ends with moves onto the continuation, as in lm-eval)

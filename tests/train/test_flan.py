@@ -47,7 +47,7 @@ def test_chat_evaluation_feeds_one_bos_with_a_bos_template(style):
     ids = tok.encode_chat(_REC["messages"][:1], add_generation_prompt=True)[0]
     with Fed(m.model) as fed:
         evaluate_records(m, [_REC], "chat", max_new_tokens=2)
-    assert len(fed.scored) == 2 and len(fed.prompts) == 1
+    assert len(fed.scored) == 1 and len(fed.prompts) == 1  # the item's two options share one scored row
     for row in fed.scored + fed.prompts:
         assert bos_run(row, tok.bos_id) == 1
     assert fed.prompts == [ids]  # generation: the template's ids
