@@ -142,6 +142,9 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     return ctx, whole[len(ctx):]
 
 
+MASK_ELEMENTS = 1 << 26  # attention-mask entries per scoring batch with shared rows (16 rows of 2,048 tokens)
+
+
 @dataclass
 class _Row:
     """One row of a scoring batch: the tokens fed, their positions and segments (0: the context; k > 0: the k-th
@@ -195,9 +198,13 @@ def score_pairs(model, pairs: list[tuple[list[int], list[int]]], batch_size: int
     device = next(model.parameters()).device
     out: list[LLResult | None] = [None] * len(pairs)
     rows = sorted(_rows(pairs, model.cfg.max_seq_len), key=lambda r: -len(r.fed))  # each batch pads little
-    for s in range(0, len(rows), batch_size):
-        batch = rows[s:s + batch_size]
-        T = len(batch[0].fed)
+    s = 0
+    while s < len(rows):
+        T = len(rows[s].fed)
+        n = batch_size
+        if any(max(row.segments) > 0 for row in rows[s:s + n]):  # a [rows, T, T] mask: bounded at long contexts
+            n = max(1, min(n, MASK_ELEMENTS // (T * T)))
+        batch, s = rows[s:s + n], s + n
         ids = torch.zeros(len(batch), T, dtype=torch.long)
         pos = torch.zeros(len(batch), T, dtype=torch.long)
         seg = torch.full((len(batch), T), -1)  # -1: padding

@@ -126,3 +126,22 @@ def test_options_sharing_a_context_score_as_alone(arch):
         want = sum(logp[t, full[t + 1]].item() for t in tail)
         assert abs(r.logprob - want) < 1e-4 and r.n_tokens == len(x)
         assert r.is_greedy == all(int(logp[t].argmax()) == full[t + 1] for t in tail)
+
+
+def test_a_mask_budget_splits_batches_without_changing_scores(tiny_lm, monkeypatch):
+    # Batches holding shared rows are cut so that their [rows, T, T] attention mask stays within MASK_ELEMENTS.
+    import lmstack.infer.logprobs as L
+
+    lm = tiny_lm
+    reqs = [(c, x) for c in ("The small cat sat on the mat", "Mina lives in Porto", "Q: 3 plus 4?\nA:")
+            for x in (" yes", " no", " it is not possible to tell")]
+    want = loglikelihood(lm.model, lm.tokenizer, reqs)
+    calls = []
+    monkeypatch.setattr(L, "MASK_ELEMENTS", 1)
+    handle = lm.model.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+    try:
+        got = loglikelihood(lm.model, lm.tokenizer, reqs)
+    finally:
+        handle.remove()
+    assert calls == [1, 1, 1]  # one shared row per batch
+    assert all(abs(a.logprob - b.logprob) < 1e-5 and a.is_greedy == b.is_greedy for a, b in zip(got, want))
