@@ -213,12 +213,12 @@ def run(cfg: SFTConfig, step_hook=None) -> Result:
         lr = run.lr(step)
         parts = [batches.get(step * cfg.grad_accum + k, info.rank) for k in range(cfg.grad_accum)]
         micro = [collate(rows, pad, cfg.packing) for rows in parts]
-        # Progress counts the tokens the step runs the model over (as pretraining, DPO and TRL's num_tokens do),
-        # not only the answer tokens the loss is taken on: tokens/s and MFU are throughput.
-        seen = dist.all_mean(float(sum(len(e.ids) for rows in parts for r in rows for e in r)), info) * info.world
-        # Normalise by the step's total target tokens over every micro-batch and rank, so the gradient
-        # is the mean over tokens however they fall into micro-batches.
-        total = dist.all_mean(float(sum(int(b[2].sum()) for b in micro)), info) * info.world
+        # Normalise by the step's total target tokens over every micro-batch and rank, so the gradient is the mean
+        # over tokens however they fall into micro-batches. Progress counts the tokens the step runs the model over
+        # (as pretraining, DPO and TRL's num_tokens do), not only those targets: tokens/s and MFU are throughput.
+        # Both sums in one collective.
+        seen, total = dist.all_sum(torch.tensor([sum(len(e.ids) for rows in parts for r in rows for e in r),
+                                                 sum(int(b[2].sum()) for b in micro)]), info).tolist()
         loss_sum = 0.0
         for k, b in enumerate(micro):
             with run.no_sync(k):
