@@ -80,6 +80,22 @@ def attention_mask(q_pos, k_pos, q_start: int, window: int | None = None, base=N
     return m | ~m.any(dim=-1, keepdim=True)
 
 
+FP32_ATTENTION_MAX_KEYS = 256
+
+
+def fp32_attention(k) -> bool:
+    """Whether attention under bf16 autocast on a CPU runs in fp32 instead: over at most FP32_ATTENTION_MAX_KEYS
+    keys. PyTorch's CPU flash kernel runs its backward in bf16 at about half its fp32 speed over short sequences
+    (forward + backward of 8 rows x 4 heads x 256 keys x 32 dims: 15.9 ms in bf16, 10.3 in fp32; bf16 is the
+    faster from 512-1024 keys on), which made whole bf16 training steps 9-10% slower at 4-6 layers
+    (docs/benchmarks.md). Autocast is what training recipes run under, their passes without a backward too (a
+    reference or old-policy pass must round as the training pass it is compared with: DPO's margins start at zero,
+    PPO's ratios at one); a model whose weights are bf16 (inference) keeps the bf16 kernel, the faster without a
+    backward."""
+    return (k.device.type == "cpu" and k.shape[-2] <= FP32_ATTENTION_MAX_KEYS and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+
+
 def decode_attention(q, k, v, mask=None):
     """Attention of one new query per row over the cache: q [B, H, 1, hd], k/v [B, kv_heads, S, hd], mask
     [B, 1, 1, S] (True: attend). Two batched matmuls with each key/value head's query heads as rows: on a CPU,
@@ -122,8 +138,12 @@ class Attention(nn.Module):
             p = self.cfg.dropout if self.training else 0.0
             # Grouped-query attention inside the kernel: expanding k/v to every head would copy the whole
             # cache at every layer.
-            y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask, is_causal=causal and mask is None,
-                                               dropout_p=p, enable_gqa=self.n_kv != self.n_head).to(q.dtype)
+            kw = dict(attn_mask=mask, is_causal=causal and mask is None, dropout_p=p, enable_gqa=self.n_kv != self.n_head)
+            if fp32_attention(k):
+                with torch.autocast("cpu", enabled=False):  # autocast would cast the fp32 inputs back to bf16
+                    y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kw).to(q.dtype)
+            else:
+                y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, **kw).to(q.dtype)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.hd))
 
 

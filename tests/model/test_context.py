@@ -17,10 +17,14 @@ def test_gpt2_rejects_positions_past_its_context():
         m(torch.zeros(1, 4, dtype=torch.long), positions=torch.arange(17, 21)[None])
 
 
+@pytest.mark.parametrize("bf16", [False, True])
 @pytest.mark.parametrize("name", ["gpt2-tiny", "llama-tiny"])
-def test_training_forward_compiles_without_graph_breaks(name):
+def test_training_forward_compiles_without_graph_breaks(name, bf16):
     # GPT-2's context check used to read positions.max(): a host sync and a graph break in every training step.
+    # Under bf16 autocast a CPU's short-sequence attention runs in fp32, outside autocast (fp32_attention).
+    torch._dynamo.reset()
     torch.manual_seed(0)
     m = Transformer(preset(name, max_seq_len=16)).train()
-    explained = torch._dynamo.explain(m)(torch.zeros(2, 16, dtype=torch.long))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        explained = torch._dynamo.explain(m)(torch.zeros(2, 16, dtype=torch.long))
     assert explained.graph_break_count == 0, explained.break_reasons

@@ -58,8 +58,10 @@ def test_dpo_raises_implicit_reward_accuracy(tiny_ckpt, tmp_path, lora, loss):
     train = write(tmp_path / "t.jsonl", _pairs(8) + [{"id": "same", "prompt": [{"role": "user", "content": "x"}],
                                                       "chosen": "a", "rejected": "a"}])
     val = write(tmp_path / "v.jsonl", _pairs(4, 100))
+    # LoRA + IPO at lr 3e-3: the clipped steps overshot IPO's target margin back and forth (loss 0.02 -> 11 within six
+    # steps, gradient norms 100-360), so the last step's sign hung on rounding; 5e-4 still reaches every pair.
     cfg = DPOConfig(model=str(tiny_ckpt), data=[train], val_data=[val], out=str(tmp_path / "dpo"), epochs=0, steps=6,
-                    micro_batch=4, lr=3e-3 if lora else 1e-3, beta=0.5, loss=loss, lora=lora, seq_len=128, quiet=True)
+                    micro_batch=4, lr=5e-4 if lora else 1e-3, beta=0.5, loss=loss, lora=lora, seq_len=128, quiet=True)
     res = run(cfg)
     s = res.summary
     assert res.artifacts["model"] == str(tmp_path / "dpo" / "model")

@@ -58,3 +58,51 @@ def test_rope_frequencies_stay_fp32_in_a_bf16_model():
 
     m = Transformer(preset("llama-tiny")).to(torch.bfloat16)
     assert m.inv_freq.dtype == torch.float32 and torch.equal(m.inv_freq, rope_inv_freq(m.cfg))
+
+
+@pytest.mark.parametrize("T,grad,autocast,expected", [
+    (64, True, True, torch.float32), (300, True, True, torch.bfloat16), (64, False, True, torch.float32),
+    (64, False, False, torch.bfloat16)])
+def test_bf16_autocast_attends_in_fp32_over_short_sequences_on_a_cpu(monkeypatch, T, grad, autocast, expected):
+    """Under bf16 autocast on a CPU, attention runs in fp32 up to 256 keys (PyTorch's CPU flash kernel's bf16
+    backward is slower there), in bf16 beyond; with or without a backward (a reference pass must round as the
+    training pass it is compared with); a model with bf16 weights outside autocast keeps the bf16 kernel; the
+    step still trains."""
+    import torch.nn.functional as F
+
+    from lmstack.model.config import preset
+    from lmstack.model.transformer import FP32_ATTENTION_MAX_KEYS, Transformer
+
+    assert FP32_ATTENTION_MAX_KEYS == 256
+    seen, sdpa = [], F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        seen.append((q.dtype, k.dtype, v.dtype, torch.is_autocast_enabled("cpu")))
+        return sdpa(q, k, v, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    torch.manual_seed(0)
+    m = Transformer(preset("llama-tiny", max_seq_len=512)).train()
+    if not autocast:
+        m = m.eval().to(torch.bfloat16)
+    x = torch.randint(0, m.cfg.vocab_size, (2, T))
+    with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        logits = m(x)
+    # The dtype the kernel computes in: autocast casts its inputs to bf16 (RoPE leaves q and k in fp32 before it),
+    # so the fp32 kernel must run outside autocast, on fp32 inputs.
+    assert len(seen) == m.cfg.n_layer, seen
+    for q, k, v, in_autocast in seen:
+        if expected == torch.float32:
+            assert (q, k, v, in_autocast) == (torch.float32, torch.float32, torch.float32, False), seen
+        else:
+            assert in_autocast or (q, k, v) == (torch.bfloat16,) * 3, seen
+    assert logits.dtype == torch.bfloat16
+    if grad:
+        logits.float().logsumexp(-1).mean().backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters() if p.requires_grad)
+        # The same step in fp32 throughout gives the same gradients up to bf16 rounding.
+        g16 = [p.grad.clone() for p in m.parameters()]
+        m.zero_grad()
+        m(x).logsumexp(-1).mean().backward()
+        for a, p in zip(g16, m.parameters()):
+            assert torch.allclose(a, p.grad, atol=2e-2 * p.grad.abs().max().item() + 1e-6), p.shape
