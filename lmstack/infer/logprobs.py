@@ -154,6 +154,10 @@ class _Row:
     segments: list[int]
     scored: list[tuple[int, list[int], list[int]]]
 
+    @property
+    def shared(self) -> bool:  # several continuations packed after one context: needs an explicit mask
+        return len(self.scored) > 1
+
 
 def _rows(pairs: list[tuple[list[int], list[int]]], ctx_len: int) -> list[_Row]:
     """Requests that share a context share one row: the context once, then each continuation but its last token
@@ -201,18 +205,18 @@ def score_pairs(model, pairs: list[tuple[list[int], list[int]]], batch_size: int
     s = 0
     while s < len(rows):
         T = len(rows[s].fed)
-        n = batch_size
-        if any(max(row.segments) > 0 for row in rows[s:s + n]):  # a [rows, T, T] mask: bounded at long contexts
-            n = max(1, min(n, MASK_ELEMENTS // (T * T)))
-        batch, s = rows[s:s + n], s + n
+        size = batch_size
+        if any(row.shared for row in rows[s:s + size]):  # a [rows, T, T] mask: bounded at long contexts
+            size = max(1, min(size, MASK_ELEMENTS // (T * T)))
+        batch, s = rows[s:s + size], s + size
         ids = torch.zeros(len(batch), T, dtype=torch.long)
         pos = torch.zeros(len(batch), T, dtype=torch.long)
         seg = torch.full((len(batch), T), -1)  # -1: padding
         for r, row in enumerate(batch):
-            n = len(row.fed)
-            ids[r, :n], pos[r, :n], seg[r, :n] = torch.tensor(row.fed), torch.tensor(row.positions), torch.tensor(row.segments)
+            L = len(row.fed)
+            ids[r, :L], pos[r, :L], seg[r, :L] = torch.tensor(row.fed), torch.tensor(row.positions), torch.tensor(row.segments)
         mask = None
-        if any(max(row.segments) > 0 for row in batch):
+        if any(row.shared for row in batch):
             # key k is visible from query q: k <= q, and k is context or of q's own continuation
             causal = torch.ones(T, T, dtype=torch.bool).tril()
             mask = (causal & ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])))[:, None]
